@@ -1,0 +1,139 @@
+"""benchmarks.yaml profiles merged under command-line flags: parser defaults < profile < CLI.
+
+Layout of benchmarks.yaml::
+
+    default_profile: smoke
+    profiles:
+      <name>:
+        description: "..."
+        common: {voc_root: ..., seed: 0}      # offered to every stage whose parser has the flag
+        pretrain: {...}                       # one section per entry point, keys = flag dests
+        classify: {...}
+        run: {...}                            # what run_all.sh runs (read by cebench.suite)
+
+Unknown keys and wrong types are errors (PyYAML reads ``1e-4`` as a string: write ``1.0e-4``).
+Relative paths in PATH_KEYS resolve against the directory holding benchmarks.yaml.
+"""
+
+import argparse
+import os
+from pathlib import Path
+
+import yaml
+
+from cebench.errors import CebenchError
+
+STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables")
+PROFILE_KEYS = {"description", "common", "run", *STAGES}
+PATH_KEYS = {"voc_root", "images", "coco_json", "coco_images", "proposals", "results", "weights", "out"}
+
+
+def benchmarks_path():
+    """benchmarks.yaml of this checkout, or the file named by $CEBENCH_BENCHMARKS."""
+    env = os.environ.get("CEBENCH_BENCHMARKS")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "benchmarks.yaml"
+
+
+def load_benchmarks(path=None):
+    """Read and shape-check benchmarks.yaml with yaml.safe_load."""
+    path = Path(path) if path else benchmarks_path()
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise CebenchError(f"benchmarks file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise CebenchError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
+        raise CebenchError(f"{path}: expected a mapping with a 'profiles' section")
+    unknown = set(data) - {"default_profile", "profiles"}
+    if unknown:
+        raise CebenchError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    for name, prof in data["profiles"].items():
+        if not isinstance(prof, dict):
+            raise CebenchError(f"{path}: profile {name!r} must be a mapping")
+        bad = set(prof) - PROFILE_KEYS
+        if bad:
+            raise CebenchError(f"{path}: profile {name!r} has unknown sections {sorted(bad)}")
+    data["_path"] = path
+    return data
+
+
+def get_profile(name=None, path=None):
+    """The named profile (or the file's default) as a dict; a missing profile is a clear error."""
+    data = load_benchmarks(path)
+    name = name or data.get("default_profile")
+    if name not in data["profiles"]:
+        raise CebenchError(f"unknown profile {name!r}; {data['_path']} defines {sorted(data['profiles'])}")
+    prof = dict(data["profiles"][name])
+    prof["_name"], prof["_dir"] = name, data["_path"].parent
+    return prof
+
+
+def _check_type(action, key, value, where):
+    expect = None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        expect, ok = "true/false", isinstance(value, bool)
+    elif action.nargs not in (None, "?"):
+        expect, ok = "a list", isinstance(value, list)
+    elif action.type is float:
+        expect, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif action.type is int:
+        expect, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = value is None or isinstance(value, (str, int, float))
+        expect = "a string"
+    if not ok:
+        hint = " (PyYAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and expect == "a number" else ""
+        raise CebenchError(f"{where}: {key} must be {expect}, got {value!r}{hint}")
+    if action.choices is not None and value not in action.choices:
+        raise CebenchError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
+
+
+def _resolve_path(key, value, base):
+    if key in PATH_KEYS and isinstance(value, str) and value != "random" and not os.path.isabs(value):
+        return str((base / value).resolve())
+    return value
+
+
+def profile_defaults(parser, stage, profile):
+    """The profile's values for `stage`, checked against the parser's flags."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    actions = {a.dest: a for a in parser._actions}
+    where = f"benchmarks.yaml profile {profile['_name']!r}"
+    section = profile.get(stage) or {}
+    if not isinstance(section, dict):
+        raise CebenchError(f"{where}: section {stage!r} must be a mapping")
+    unknown = sorted(set(section) - set(actions))
+    if unknown:
+        raise CebenchError(f"{where}, {stage}: unknown keys {unknown}")
+    values = {k: v for k, v in (profile.get("common") or {}).items() if k in actions}
+    values.update(section)
+    for key, value in values.items():
+        _check_type(actions[key], key, value, f"{where}, {stage}")
+    return {k: _resolve_path(k, v, profile["_dir"]) for k, v in values.items()}
+
+
+def add_profile_flag(parser):
+    """Every entry point takes --profile."""
+    parser.add_argument("--profile", default=None,
+                        help="profile of benchmarks.yaml that supplies defaults (smoke, voc-mini, paper); "
+                             "flags given on the command line override it")
+
+
+def parse_with_profile(parser, argv, stage):
+    """Two-stage parse (timm): find --profile, load its defaults for `stage`, parse again with them."""
+    if not any(a.dest == "profile" for a in parser._actions):
+        add_profile_flag(parser)
+    known, _ = parser.parse_known_args(argv)
+    profile = get_profile(known.profile)
+    parser.set_defaults(**profile_defaults(parser, stage, profile))
+    args = parser.parse_args(argv)
+    args.profile = profile["_name"]
+    return args
+
+
+def resolved_config(args):
+    """The run's configuration as a plain dict, ready for a record or checkpoint."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())}
