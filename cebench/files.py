@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -51,8 +52,12 @@ def safe_torch_load(path, what="checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CebenchError(f"{path}: refused to load {what}: it needs code to unpickle ({first[:160]})") from None
+        # weights_only refuses pickled objects that need code; torch names the offending global
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
+        if found:
+            raise CebenchError(f"{path}: refused to load {what}: it contains pickled code "
+                               f"({found.group(1)}); only tensors and plain values are accepted") from None
+        raise CebenchError(f"{path}: not a readable {what} (damaged or not a torch file)") from None
     except Exception as err:  # torch raises RuntimeError/EOFError/zipfile errors for damaged files
         raise CebenchError(f"{path}: not a readable {what} ({type(err).__name__}: {str(err)[:160]})") from None
 
