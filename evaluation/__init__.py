@@ -1,0 +1,1 @@
+"""Evaluation: metrics, retrieval, inpainting scores, result records and tables."""
