@@ -1,0 +1,1 @@
+"""Context-encoder pretraining: AlexNet encoder, channel-wise FC, decoder, masks, loss, loop and ce.pt I/O."""

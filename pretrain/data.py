@@ -1,0 +1,187 @@
+"""Unlabelled images for pretraining: a recursive folder, an optional uint8 cache, and a replayable sample stream.
+
+Every sample is a pure function of (seed, position in the stream): which image (a per-epoch permutation seeded
+by (seed, epoch)), its crop and flip, and its mask. A run resumed at step k therefore sees exactly the batches an
+uninterrupted run would, and DDP ranks read disjoint positions of the same stream.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cebench.errors import CebenchError
+from cebench.logs import progress
+from cebench.runtime import default_num_workers, worker_seed_init
+from pretrain.masks import make_masks
+
+EXTENSIONS = {".jpg", ".jpeg", ".png"}
+IMAGE_MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics; masked pixels become 0 = the mean after normalising
+IMAGE_STD = (0.229, 0.224, 0.225)
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+def list_images(root, image_list=None):
+    """Sorted JPEG/PNG files under `root` (recursive), optionally only the ids (file stems) listed in a file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CebenchError(f"image folder not found: {root}")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    if image_list:
+        try:
+            ids = {line.split()[0] for line in Path(image_list).read_text().splitlines() if line.strip()}
+        except OSError as err:
+            raise CebenchError(f"{image_list}: cannot read the image list ({err.strerror})") from None
+        paths = [p for p in paths if p.stem in ids]
+        if len(paths) < len(ids):
+            raise CebenchError(f"{image_list}: {len(ids) - len(paths)} of {len(ids)} listed ids have no image "
+                               f"under {root}")
+    if not paths:
+        raise CebenchError(f"no .jpg/.jpeg/.png images under {root}")
+    return paths
+
+
+def read_image(path, short_side):
+    """Decode an image as RGB uint8 (H, W, 3) with its shorter side resized to `short_side`."""
+    try:
+        with Image.open(path) as img:
+            scale = short_side / min(img.size)
+            size = (max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale)))
+            img.draft("RGB", size)  # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is enough
+            img = img.convert("RGB")
+            if img.size != size:
+                img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise CebenchError(f"{path}: unreadable image ({type(err).__name__}: {str(err)[:120]})") from None
+
+
+def check_images(paths, skip_bad):
+    """With skip_bad, drop files PIL cannot parse (header check) and count them; otherwise keep all."""
+    if not skip_bad:
+        return list(paths), 0
+    good = []
+    for path in progress(paths, desc="checking images", leave=False):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            good.append(path)
+        except Exception:  # any parse failure means the file is skipped; the count is reported
+            pass
+    if not good:
+        raise CebenchError("no readable images left after skipping bad files")
+    return good, len(paths) - len(good)
+
+
+class ImageCache:
+    """All images pre-resized into one flat uint8 buffer (fork-friendly: workers share its pages)."""
+
+    def __init__(self, paths, short_side, skip_bad=False, threads=None):
+        def load(path):
+            try:
+                return read_image(path, short_side)
+            except CebenchError:
+                if skip_bad:
+                    return None
+                raise
+
+        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:  # PIL releases the GIL
+            arrays = list(progress(pool.map(load, paths), total=len(paths), desc="caching images", leave=False))
+        self.paths = [p for p, a in zip(paths, arrays, strict=True) if a is not None]
+        arrays = [a for a in arrays if a is not None]
+        self.skipped = len(paths) - len(arrays)
+        if not arrays:
+            raise CebenchError("no readable images to cache")
+        self.shapes = np.array([a.shape for a in arrays], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.shapes.prod(axis=1))])
+        self.buffer = np.concatenate([a.reshape(-1) for a in arrays])
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def __getitem__(self, i):
+        return self.buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
+
+    @staticmethod
+    def fits(n_images, short_side, limit=CACHE_LIMIT_BYTES):
+        """Whether a cache of `n_images` (aspect ~4:3) stays under `limit` bytes."""
+        return n_images * short_side * short_side * 3 * 4 / 3 < limit
+
+
+class InpaintingStream(torch.utils.data.Dataset):
+    """Position -> (uint8 crop (3, S, S), bool mask (1, S, S)); deterministic in (seed, position)."""
+
+    def __init__(self, paths, input_size, load_size, mask_kind, seed, cache=None, shapes=None):
+        self.paths, self.cache, self.shapes = (cache.paths if cache is not None else list(paths)), cache, shapes
+        self.input_size, self.load_size, self.mask_kind, self.seed = input_size, load_size, mask_kind, seed
+        self._perm = (None, None)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image_index(self, position):
+        epoch, offset = divmod(position, len(self.paths))
+        if self._perm[0] != epoch:  # one permutation per epoch, seeded by (seed, epoch)
+            self._perm = (epoch, np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.paths)))
+        return int(self._perm[1][offset])
+
+    def __getitem__(self, position):
+        index = self.image_index(position)
+        image = self.cache[index] if self.cache is not None else read_image(self.paths[index], self.load_size)
+        rng = np.random.default_rng([self.seed, 1, position])
+        s = self.input_size
+        top = int(rng.integers(0, image.shape[0] - s + 1))
+        left = int(rng.integers(0, image.shape[1] - s + 1))
+        crop = image[top:top + s, left:left + s]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        crop = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))  # (3, S, S) uint8
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        return crop, make_masks(self.mask_kind, 1, s, s, gen, self.shapes)[0]  # (1, S, S) bool
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batches of stream positions for steps [start, stop): rank r of W takes slice r of each global batch."""
+
+    def __init__(self, start_step, stop_step, batch_size, rank=0, world_size=1):
+        self.start, self.stop, self.batch, self.rank, self.world = start_step, stop_step, batch_size, rank, world_size
+
+    def __len__(self):
+        return max(0, self.stop - self.start)
+
+    def __iter__(self):
+        for step in range(self.start, self.stop):
+            base = (step * self.world + self.rank) * self.batch
+            yield list(range(base, base + self.batch))
+
+
+def make_loader(dataset, start_step, stop_step, batch_size, rank=0, world_size=1, workers=None, pin_memory=False):
+    """DataLoader over the stream; `workers=None` uses cebench's default (one per spare core).
+
+    Workers overlap crops and masks with the step even when images are cached: on a GPU the step is faster
+    than the main process could prepare a batch. Forked workers share the cache's pages.
+    """
+    if workers is None:
+        workers = default_num_workers()
+    sampler = StepBatchSampler(start_step, stop_step, batch_size, rank, world_size)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
+                                       worker_init_fn=worker_seed_init, pin_memory=pin_memory,
+                                       prefetch_factor=4 if workers else None)
+
+
+def normalize(images, device):
+    """uint8 (N, 3, H, W) -> float (N, 3, H, W) with ImageNet mean/std, on `device`."""
+    x = images.to(device, non_blocking=True).float().div_(255.0)
+    mean = torch.tensor(IMAGE_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x):
+    """Inverse of `normalize`, clamped to [0, 1] for display."""
+    mean = torch.tensor(IMAGE_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGE_STD, device=x.device).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)

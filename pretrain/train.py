@@ -1,0 +1,154 @@
+"""Pretrain a context encoder by inpainting (Pathak et al. 2016, §3) — the features behind Table 2.
+
+    python -m pretrain.train --profile voc-mini --out results/voc-mini/ce.pt
+    torchrun --nproc_per_node=4 -m pretrain.train --profile paper --device cuda --images /data/imagenet/train
+"""
+
+import argparse
+import time
+
+import torch
+
+from cebench.config import add_profile_flag, parse_with_profile, resolved_config
+from cebench.errors import run_cli
+from cebench.files import atomic_write_json, refuse_overwrite
+from cebench.logs import get_logger
+from cebench.runtime import barrier, cleanup_distributed, init_distributed
+from pretrain import loop
+from pretrain.masks import MASK_KINDS
+from pretrain.weights import save_checkpoint
+
+
+EPILOG = """Defaults shown are the parser's; a --profile replaces them (see benchmarks.yaml), and flags replace
+both. Start with `--profile smoke` (minutes) or `--profile voc-mini` (~20 min on 2 CPU cores); `--profile paper`
+is the paper's 100K-step run for a GPU. Interrupted? Rerun the same command with --resume: on CPU the result
+equals an uninterrupted run weight for weight. Outputs: --out (ce.pt) plus <stem>.last.pt, <stem>.loss.png,
+<stem>.samples.png, <stem>.metrics.jsonl, <stem>.config.json next to it."""
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m pretrain.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG)
+    add_profile_flag(p)
+    g = p.add_argument_group("data")
+    g.add_argument("--images", default=None, help="folder of unlabelled images, searched recursively for "
+                   "JPEG/PNG (a VOC JPEGImages or an ImageNet train folder both work)")
+    g.add_argument("--image-list", default=None, help="optional file of image ids (one per line, e.g. VOC "
+                   "ImageSets/Main/train.txt): pretrain only on those, keeping transfer test images unseen")
+    g.add_argument("--image-split", default=None, help="shorthand for --image-list when --images is a VOC "
+                   "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image)")
+    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files and count them "
+                   "instead of stopping at the first one")
+    g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
+                   "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
+                   "core; 0 prepares batches in the training process)")
+    g = p.add_argument_group("model")
+    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
+                   help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
+    g.add_argument("--pool-free", action="store_true", help="replace max-pooling by strided convolutions")
+    g.add_argument("--width", type=float, default=1.0, help="encoder channel multiplier (1.0 = paper; "
+                   "smaller only for quick CPU checks)")
+    g.add_argument("--input-size", type=int, default=227, help="square crop fed to the network (paper: 227)")
+    g.add_argument("--load-size", type=int, default=256, help="shorter image side before the random crop")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout after the channel-wise FC layer")
+    g.add_argument("--decoder-width", type=float, default=1.0, help="decoder channel multiplier")
+    g = p.add_argument_group("masks and loss")
+    g.add_argument("--mask", default="random-region", choices=list(MASK_KINDS), help="region to drop; the "
+                   "paper's features use random-region (central-region features latch onto the hole's border)")
+    g.add_argument("--region-shapes", default=None, help="folder of VOC segmentation PNGs (e.g. VOC2012/"
+                   "SegmentationObject): random-region masks then paste their object shapes, as the paper; "
+                   "without it, the released code's noise pattern")
+    g.add_argument("--overlap", type=int, default=0, help="px of context around the hole also reconstructed "
+                   "(paper: 7 for its central-region inpainting model; 0 for feature learning)")
+    g.add_argument("--overlap-weight", type=float, default=10.0, help="L2 weight of the overlap band")
+    g.add_argument("--adv-weight", type=float, default=0.0, help="adversarial loss weight (paper: 0.001 for "
+                   "inpainting quality); 0 = off, as for every feature-learning run")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=100_000, help="total steps of the schedule (paper: ~100K)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total "
+                   "(a cap for quick runs; the schedule still follows --steps)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per step per process")
+    g.add_argument("--lr", type=float, default=1.0e-4, help="Adam learning rate (paper: 1e-4 random region, "
+                   "1e-3 central)")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (released code: 0.5)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (paper: none)")
+    g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
+                   help="constant as the paper, or cosine decay to zero over --steps")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
+                   "use 1 when other jobs share the cores, as over-subscribed threads stall each other)")
+    g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
+                   "loss curve, sample grid) go next to it")
+    g.add_argument("--resume", action="store_true", help="continue from <stem>.last.pt if present")
+    g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
+    g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
+    g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
+    g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
+    return p
+
+
+def main(argv=None):
+    # config: parser defaults < benchmarks.yaml profile < command line
+    args = parse_with_profile(get_args_parser(), argv, "pretrain")
+    loop.check_args(args)
+    cfg = resolved_config(args)
+    paths = loop.run_paths(cfg["out"])
+    if not args.resume and not args.overwrite:
+        refuse_overwrite(paths["out"])
+        refuse_overwrite(paths["last"])
+    # distributed + seed (every random choice of a step is a function of (seed, step), see pretrain.data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rt = init_distributed(args.device)
+    log = get_logger("pretrain", rt.is_main)
+    try:
+        return _run(cfg, rt, paths, log)
+    finally:
+        cleanup_distributed()
+
+
+def _run(cfg, rt, paths, log):
+    # data
+    dataset, skipped = loop.build_dataset(cfg, log if rt.is_main else None)
+    fingerprint = loop.dataset_fingerprint(dataset)
+    # model + optimiser
+    trainer = loop.Trainer(cfg, rt)
+    # resume
+    counters = {"step": 0, "history": [], "wall_time_s": 0.0}
+    if cfg["resume"] and paths["last"].exists():
+        counters = loop.load_run(paths, trainer, cfg, fingerprint)
+        log.info("resumed from %s at step %d", paths["last"], counters["step"])
+    elif rt.is_main:
+        paths["metrics"].unlink(missing_ok=True)
+    stop = min(cfg["steps"], cfg["max_steps"] or cfg["steps"])
+    if rt.is_main:
+        atomic_write_json(paths["config"], cfg)
+        log.info("steps %d..%d of %d, batch %d x %d processes, mask %s, device %s", counters["step"], stop,
+                 cfg["steps"], cfg["batch_size"], rt.world_size, cfg["mask"], rt.device)
+    # loop
+    start = time.perf_counter()
+    loader = loop.make_train_loader(dataset, cfg, rt, counters["step"], stop)
+    counters = loop.train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop)
+    identical, checksums = loop.ranks_identical(trainer)
+    # ce.pt + figures, from rank 0 only
+    meta = loop.final_meta(cfg, trainer, counters, len(dataset), skipped, identical, checksums)
+    if rt.is_main:
+        save_checkpoint(paths["out"], trainer.model, meta)
+        if not cfg["no_figures"]:
+            from pretrain.figures import write_figures  # matplotlib only when figures are wanted
+            write_figures(trainer.model, dataset, counters["history"], paths, rt.device)
+        log.info("wrote %s (%d steps, %d images seen, %.1f s)", paths["out"], meta["steps"], meta["images_seen"],
+                 meta["wall_time_s"])
+    barrier(rt)
+    elapsed, steps_run = time.perf_counter() - start, len(loader)
+    return {"out": str(paths["out"]), "steps": counters["step"], "images_seen": meta["images_seen"],
+            "final_loss": counters["history"][-1][1] if counters["history"] else None,
+            "images_per_s": steps_run * cfg["batch_size"] * rt.world_size / elapsed,
+            "wall_time_s": meta["wall_time_s"], "ddp_ranks_identical": identical}
+
+
+if __name__ == "__main__":
+    run_cli(main)
