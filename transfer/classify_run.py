@@ -1,0 +1,177 @@
+"""The stages of `python -m transfer.classify`, kept apart so the entry point reads as a list of steps."""
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cebench.errors import CebenchError
+from cebench.files import atomic_write_json
+from cebench.records import make_record
+from cebench.runtime import default_num_workers
+from evaluation.metrics import classification_map, classification_map_ci
+from pretrain.data import normalize
+from transfer import engine
+from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.classification import ClassificationTask, Classifier, ViewSpec, VocImages
+from transfer.probe import linear_probe
+from transfer.voc import VOC_CLASSES, load_split
+
+CACHE_LIMIT_BYTES = 2 * 1024**3
+AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
+
+
+def check_args(args):
+    for name in ("steps", "batch_size", "input_size", "base_size", "test_crops", "probe_views", "fc_dim",
+                 "ckpt_every", "log_every", "rescale_images"):
+        if getattr(args, name) < 1:
+            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.min_scale <= args.max_scale:
+        raise CebenchError("--min-scale must be positive and not above --max-scale")
+    if args.lr <= 0 or args.probe_c <= 0:
+        raise CebenchError("--lr and --probe-c must be positive")
+
+
+def load_data(cfg, log):
+    """(train, test) VocImages of the two splits; bad files stop the run or, with --skip-bad, are counted."""
+    splits = [load_split(cfg["voc_root"], cfg["year"], cfg[key], skip_bad=cfg["skip_bad"])
+              for key in ("train_split", "test_split")]
+    spec = ViewSpec(cfg["input_size"], cfg["base_size"], cfg["min_scale"], cfg["max_scale"])
+    if cfg["cache"] == "auto":
+        size = sum(a.width * a.height * 3 for s in splits for a in s.annotations)
+        cache = 0 < size < CACHE_LIMIT_BYTES
+    else:
+        cache = cfg["cache"] == "on"
+    for s in splits:
+        log.info("VOC%s %s: %d images%s", s.year, s.split, len(s),
+                 f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "")
+    return tuple(VocImages(s, spec, cache=cache) for s in splits)
+
+
+def num_workers(cfg, images):
+    return cfg["workers"] if cfg["workers"] is not None else (0 if images._cache is not None
+                                                             else default_num_workers())
+
+
+def build(cfg):
+    """Backbone from --weights; the trunk flags apply to `random` only."""
+    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
+    return build_backbone(cfg["weights"], arch=arch, input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
+                          dropout=cfg["dropout"], seed=cfg["seed"])
+
+
+def output_paths(cfg, info, repo_root):
+    """Record path (--out or results/<profile>/classification[-probe]_<init>.json) and its run folder."""
+    label = cfg["init_label"] or info["init"]
+    kind = "classification-probe" if cfg["probe"] else "classification"
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"{kind}_{label}.json"
+    run_dir = out.parent / f"{out.stem}.run"
+    return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
+            "rescale": run_dir / "rescale.json"}
+
+
+def clear_run(paths, cfg):
+    """A run that is not resumed starts from nothing: old checkpoint, metrics and rescaling go."""
+    paths["run_dir"].mkdir(parents=True, exist_ok=True)
+    if not (cfg["resume"] and paths["checkpoint"].is_file()):
+        for name in (engine.CHECKPOINT_NAME, engine.METRICS_NAME, "rescale.json"):
+            (paths["run_dir"] / name).unlink(missing_ok=True)
+
+
+def calibration_images(train, n, seed, device):
+    """`n` normalised training views (distinct images while they last), seeded: (n, 3, S, S)."""
+    order = np.random.default_rng(engine.derive_seed(seed, 6)).permutation(len(train))
+    views = [train.view(int(order[k % len(order)]), np.random.default_rng(engine.derive_seed(seed, 6, k)))
+             for k in range(n)]
+    return normalize(torch.stack(views), device)
+
+
+def rescale(backbone, info, train, cfg, rt, paths, log):
+    """Krähenbühl's rescaling, or what a resumed run did before (its weights are in the checkpoint)."""
+    if not cfg["rescale"]:
+        return {"applied": False}
+    if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
+        return json.loads(paths["rescale"].read_text())
+    backbone.to(rt.device)
+    images = calibration_images(train, cfg["rescale_images"], cfg["seed"], rt.device)
+    summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    summary["applied"] = True
+    log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
+             summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
+    if rt.is_main:
+        atomic_write_json(paths["rescale"], summary)
+    return summary
+
+
+def probe(backbone, train, test, cfg, rt):
+    """Frozen pool5 + logistic regression on the main rank; test logits (N, 20)."""
+    if not rt.is_main:
+        return None
+    return linear_probe(backbone, train, test, device=rt.device, train_views=cfg["probe_views"],
+                        test_crops=cfg["test_crops"], c=cfg["probe_c"], seed=cfg["seed"])
+
+
+def train_config(cfg, workers):
+    return engine.TrainConfig(
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer="sgd", momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"], schedule=cfg["lr_schedule"], lr_step=cfg["lr_step"],
+        lr_gamma=cfg["lr_gamma"], max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None,
+        eval_every=cfg["eval_every"] or None, checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"],
+        num_workers=workers, seed=cfg["seed"])
+
+
+def finetune(backbone, train, test, cfg, rt, paths, log):
+    """Every layer fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
+    model = Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+    workers = num_workers(cfg, train)
+    task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
+                              num_workers=workers)
+    fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
+                     logger=log)
+    return task.last_scores, fit
+
+
+def _pct(x):
+    return None if x is None or math.isnan(x) else round(100.0 * float(x), 4)
+
+
+def _protocol(cfg, info, rescaling, fit):
+    common = {"ap": AP_DEFINITION, "also_reported": "map_voc07: the devkit's 11-point AP",
+              "test_crops": cfg["test_crops"], "test_views": "random views (scale, crop, mirror) as in training, "
+              "logits averaged", "views": {k: cfg[k] for k in ("input_size", "base_size", "min_scale", "max_scale")},
+              "architecture": info["arch"], "pool5_shape": info["pool5_shape"], "fc_dim": cfg["fc_dim"],
+              "fc_init": info["fc_init"], "init": info["init"], "weights": info["source"],
+              "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
+              "test_split": f"VOC{cfg['year']} {cfg['test_split']}"}
+    if cfg["probe"]:
+        return dict(common, mode="linear probe", layers_trained="none (logistic regression on frozen pool5)",
+                    probe_views=cfg["probe_views"], probe_c=cfg["probe_c"])
+    return dict(common, mode="fine-tune", layers_trained="all", iterations=fit.step, schedule_steps=cfg["steps"],
+                batch_size=cfg["batch_size"], optimizer="SGD", lr=cfg["lr"], bias_lr_mult=2.0,
+                lr_schedule=cfg["lr_schedule"], lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
+                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], clip_grad=cfg["clip_grad"],
+                loss="sigmoid cross-entropy, difficult ignored", images_per_s=round(fit.images_per_s, 2),
+                train_time_s=round(fit.train_time_s, 1))
+
+
+def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s):
+    """The result record (DESIGN.md contract) with the devkit 11-point mAP and skipped images beside it."""
+    labels = test.split.labels
+    value, per_class = classification_map(scores, labels, mode="sklearn")
+    with warnings.catch_warnings():  # the same classes as the line above: warned once
+        warnings.simplefilter("ignore", UserWarning)
+        voc07, per_class07 = classification_map(scores, labels, mode="voc07")
+    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=1000, seed=cfg["seed"])
+    skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
+    label = cfg["init_label"] or info["init"]
+    return make_record(
+        task="classification", init=label, dataset=f"VOC{cfg['year']}", split=cfg["test_split"], metric="mAP",
+        value=value, ci95=ci, per_class={VOC_CLASSES[i]: v for i, v in enumerate(per_class)},
+        n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
+        protocol=_protocol(cfg, info, rescaling, fit),
+        map_voc07=_pct(voc07), per_class_voc07={VOC_CLASSES[i]: _pct(v) for i, v in enumerate(per_class07)},
+        n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
+        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

@@ -1,0 +1,277 @@
+"""PASCAL VOC from a standard VOCdevkit: image sets, annotations, image labels, segmentation masks.
+
+Layout read (any year folder, e.g. VOC2007, VOC2012)::
+
+    <voc_root>/VOC<year>/JPEGImages/<id>.jpg   Annotations/<id>.xml   SegmentationClass/<id>.png
+    <voc_root>/VOC<year>/ImageSets/Main/<split>.txt   ImageSets/Segmentation/<split>.txt
+
+Labels follow the devkit's classification convention per image and class: 1 (a non-difficult object of the
+class), 0 (only difficult ones: ignored by the metric), -1 (none). The XML is parsed with torchvision's
+``VOCDetection.parse_voc_xml``; torchvision's dataset classes themselves are not used because they accept only
+fixed split names, need the root folder to be named ``VOCdevkit`` and parse lazily (a bad file would surface
+mid-training). Here every file of a split is checked when the split is loaded: a malformed XML, an unknown
+class name, a missing image or a truncated JPEG is a CebenchError naming the file, or with ``skip_bad=True``
+the image is left out and listed in ``VocSplit.skipped``.
+"""
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets import VOCDetection
+
+from cebench.errors import CebenchError
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+               "tvmonitor")
+CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
+IGNORE_LABEL = 255  # void / object border in SegmentationClass masks
+
+
+@dataclass(frozen=True)
+class VocObject:
+    """One annotated object: class index into VOC_CLASSES, inclusive 1-based pixel box, difficult flag."""
+
+    label: int
+    box: tuple  # (x1, y1, x2, y2), VOC pixel coordinates, inclusive
+    difficult: bool
+
+    @property
+    def name(self):
+        return VOC_CLASSES[self.label]
+
+
+@dataclass(frozen=True)
+class VocAnnotation:
+    """An image's size and objects as read from its XML."""
+
+    width: int
+    height: int
+    objects: tuple
+
+
+@dataclass
+class VocSplit:
+    """The images of one split with their annotations, labels [N, 20] in 1/-1/0, and what was skipped."""
+
+    root: Path
+    year: str
+    split: str
+    ids: list
+    image_paths: list
+    annotations: list
+    labels: np.ndarray  # (N, 20) int8
+    skipped: list = field(default_factory=list)  # [{"id", "file", "reason"}]
+
+    def __len__(self):
+        return len(self.ids)
+
+
+def year_dir(voc_root, year):
+    """<voc_root>/VOC<year>, with a hint when the root points one level too deep or shallow."""
+    root = Path(voc_root)
+    path = root / f"VOC{year}"
+    if not path.is_dir():
+        hint = ""
+        if (root / "VOCdevkit" / f"VOC{year}").is_dir():
+            hint = f" (did you mean --voc-root {root / 'VOCdevkit'}?)"
+        elif root.name == f"VOC{year}":
+            hint = f" (pass the folder that holds VOC{year}: --voc-root {root.parent})"
+        raise CebenchError(f"VOC{year} not found under {root}{hint}")
+    return path
+
+
+def read_image_set(voc_root, year, split, kind="Main"):
+    """Image ids listed in ImageSets/<kind>/<split>.txt (kind: Main or Segmentation)."""
+    path = year_dir(voc_root, year) / "ImageSets" / kind / f"{split}.txt"
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
+        raise CebenchError(f"image set not found: {path} (available: {', '.join(available) or 'none'})")
+    ids = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if len(parts) > 1 and kind != "Main":
+            raise CebenchError(f"{path}:{n}: expected one image id per line, got {line!r}")
+        if parts:
+            ids.append(parts[0])
+    if not ids:
+        raise CebenchError(f"image set is empty: {path}")
+    if len(set(ids)) != len(ids):
+        raise CebenchError(f"{path}: lists some image ids more than once")
+    return ids
+
+
+def read_class_list(voc_root, year, class_name, split):
+    """The devkit's per-class list ImageSets/Main/<class>_<split>.txt as {id: 1 | 0 | -1}."""
+    path = year_dir(voc_root, year) / "ImageSets" / "Main" / f"{class_name}_{split}.txt"
+    if not path.is_file():
+        raise CebenchError(f"per-class image set not found: {path}")
+    flags = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("1", "0", "-1"):
+            raise CebenchError(f"{path}:{n}: expected '<id> <1|0|-1>', got {line!r}")
+        flags[parts[0]] = int(parts[1])
+    return flags
+
+
+def _int_field(node, key, path, where):
+    try:
+        return int(round(float(node[key])))
+    except (KeyError, TypeError, ValueError):
+        raise CebenchError(f"{path}: {where} lacks a numeric <{key}>") from None
+
+
+def _parse_object(obj, path):
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        raise CebenchError(f"{path}: an <object> has no <name>")
+    name = obj["name"].strip()
+    if name not in CLASS_INDEX:
+        raise CebenchError(f"{path}: unknown class name {name!r} (VOC has {', '.join(VOC_CLASSES)})")
+    box = obj.get("bndbox")
+    if not isinstance(box, dict):
+        raise CebenchError(f"{path}: object {name!r} has no <bndbox>")
+    x1, y1, x2, y2 = (_int_field(box, k, path, f"the <bndbox> of {name!r}") for k in ("xmin", "ymin", "xmax", "ymax"))
+    # Official VOC has a few boxes touching 0 or a pixel past the border, so only nonsense is refused here.
+    if not (0 <= x1 <= x2 and 0 <= y1 <= y2):
+        raise CebenchError(f"{path}: box {(x1, y1, x2, y2)} of {name!r} is not a box (need 0 <= min <= max)")
+    difficult = str(obj.get("difficult", "0")).strip()
+    if difficult not in ("0", "1"):
+        raise CebenchError(f"{path}: <difficult> of {name!r} must be 0 or 1, got {difficult!r}")
+    return VocObject(CLASS_INDEX[name], (x1, y1, x2, y2), difficult == "1")
+
+
+def parse_annotation(path):
+    """Read one Annotations/<id>.xml; any defect is a CebenchError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CebenchError(f"annotation not found: {path}")
+    try:
+        tree = VOCDetection.parse_voc_xml(ET.parse(path).getroot())
+    except ET.ParseError as err:
+        raise CebenchError(f"{path}: malformed XML ({err})") from None
+    ann = tree.get("annotation")
+    if not isinstance(ann, dict):
+        raise CebenchError(f"{path}: not a VOC annotation (no <annotation> root)")
+    size = ann.get("size")
+    width = _int_field(size, "width", path, "<size>") if isinstance(size, dict) else 0
+    height = _int_field(size, "height", path, "<size>") if isinstance(size, dict) else 0
+    raw = ann.get("object", [])
+    raw = raw if isinstance(raw, list) else [raw]  # parse_voc_xml nests the object list once
+    raw = [o for item in raw for o in (item if isinstance(item, list) else [item])]
+    objects = tuple(_parse_object(o, path) for o in raw)
+    return VocAnnotation(width, height, objects)
+
+
+def image_labels(objects, num_classes=20):
+    """Per-class label of one image: 1 if a non-difficult object of the class, 0 if only difficult ones, else -1."""
+    labels = np.full(num_classes, -1, dtype=np.int8)
+    for obj in objects:
+        if obj.difficult:
+            labels[obj.label] = max(labels[obj.label], 0)
+        else:
+            labels[obj.label] = 1
+    return labels
+
+
+def load_image(path, draft=False):
+    """Decode an image fully to RGB (a truncated or unreadable file is a CebenchError naming it)."""
+    return _decode(path, draft)[0]
+
+
+def _decode(path, draft):
+    """(RGB image, stored size); with draft=True a JPEG decodes at 1/8 scale, still reading every byte."""
+    path = Path(path)
+    if not path.is_file():
+        raise CebenchError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if draft:  # DCT scaling: truncation still shows, at a fraction of the cost
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+            return img.convert("RGB"), size
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CebenchError(f"{path}: unreadable image ({err})") from None
+
+
+def _check_image(path, ann):
+    """Decode cheaply; an image whose size disagrees with its XML would get misplaced boxes, so refuse it."""
+    _, (width, height) = _decode(path, draft=True)
+    if ann.width and ann.height and (width, height) != (ann.width, ann.height):
+        raise CebenchError(f"{path}: image is {width}x{height} but its annotation says {ann.width}x{ann.height}")
+
+
+def load_split(voc_root, year, split, *, skip_bad=False, check_images=True):
+    """Every image of ImageSets/Main/<split>.txt with annotation and labels, each file checked up front."""
+    base = year_dir(voc_root, year)
+    ids, paths, anns, labels, skipped = [], [], [], [], []
+    for image_id in read_image_set(voc_root, year, split):
+        image_path = base / "JPEGImages" / f"{image_id}.jpg"
+        try:
+            ann = parse_annotation(base / "Annotations" / f"{image_id}.xml")
+            if check_images:
+                _check_image(image_path, ann)
+            elif not image_path.is_file():
+                raise CebenchError(f"image not found: {image_path}")
+        except CebenchError as err:
+            if not skip_bad:
+                raise
+            skipped.append({"id": image_id, "reason": str(err)})
+            continue
+        ids.append(image_id)
+        paths.append(image_path)
+        anns.append(ann)
+        labels.append(image_labels(ann.objects))
+    if not ids:
+        raise CebenchError(f"no usable images in {base}/ImageSets/Main/{split}.txt ({len(skipped)} skipped)")
+    return VocSplit(Path(voc_root), str(year), split, ids, paths, anns,
+                    np.stack(labels).astype(np.int8), skipped)
+
+
+def load_mask(path):
+    """A SegmentationClass palette PNG as an (H, W) uint8 array of class indices (255 = void)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CebenchError(f"segmentation mask not found: {path}")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise CebenchError(f"{path}: expected a palette (P) or grey (L) PNG of class indices, not {img.mode}")
+            mask = np.array(img, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CebenchError(f"{path}: unreadable mask ({err})") from None
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(len(VOC_CLASSES) + 1), IGNORE_LABEL])
+    if bad.size:
+        raise CebenchError(f"{path}: mask holds values {bad[:5].tolist()} outside 0..20 and 255")
+    return mask
+
+
+def segmentation_files(voc_root, year, split, *, skip_bad=False):
+    """(ids, image paths, mask paths, skipped) of ImageSets/Segmentation/<split>.txt, each file checked."""
+    base = year_dir(voc_root, year)
+    ids, images, masks, skipped = [], [], [], []
+    for image_id in read_image_set(voc_root, year, split, kind="Segmentation"):
+        image_path = base / "JPEGImages" / f"{image_id}.jpg"
+        mask_path = base / "SegmentationClass" / f"{image_id}.png"
+        try:
+            size = load_image(image_path, draft=False).size
+            mask = load_mask(mask_path)
+            if mask.shape[::-1] != size:
+                raise CebenchError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {size[0]}x{size[1]}")
+        except CebenchError as err:
+            if not skip_bad:
+                raise
+            skipped.append({"id": image_id, "reason": str(err)})
+            continue
+        ids.append(image_id)
+        images.append(image_path)
+        masks.append(mask_path)
+    if not ids:
+        raise CebenchError(f"no usable images in {base}/ImageSets/Segmentation/{split}.txt")
+    return ids, images, masks, skipped
