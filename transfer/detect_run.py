@@ -1,0 +1,265 @@
+"""The stages of `python -m transfer.detect`, kept apart so the entry point reads as a list of steps."""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from cebench.errors import CebenchError
+from cebench.files import atomic_write_json, atomic_write_text
+from cebench.records import make_record, write_record
+from cebench.runtime import barrier
+from evaluation.metrics import detection_map_ci
+from pretrain.data import normalize
+from transfer import engine
+from transfer.backbone import build_backbone, fresh_layers
+from transfer.coco import coco_ap, load_coco_split
+from transfer.detection_data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
+                                     proposals_for)
+from transfer.detection_task import DetectionTask, detection_scores, voc_detections
+from transfer.detector import FastRCNN
+from transfer.proposals import cached_proposals, load_proposal_file, selective_search_settings
+from transfer.rescale import krahenbuhl_rescale_
+from transfer.voc import load_split
+
+AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
+
+
+def check_args(args):
+    for name in ("steps", "batch_size", "scale", "max_size", "rois_per_image", "fc_dim", "max_proposals",
+                 "ss_max_side", "ckpt_every", "log_every", "max_dets", "rescale_images"):
+        if getattr(args, name) < 1:
+            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 < args.fg_fraction <= 1 or not 0 <= args.bg_iou_low < args.fg_iou <= 1:
+        raise CebenchError("need 0 < --fg-fraction <= 1 and 0 <= --bg-iou-low < --fg-iou <= 1")
+    if args.lr <= 0 or not 0 < args.nms <= 1:
+        raise CebenchError("--lr must be positive and --nms in (0, 1]")
+    if bool(args.coco_json) != bool(args.coco_test_json) or (args.coco_json and not args.coco_images):
+        raise CebenchError("COCO data needs --coco-json (train), --coco-test-json (test) and --coco-images")
+
+
+def load_splits(cfg, log):
+    """(train, test) DetectionSplits from the VOCdevkit, or from COCO files when --coco-json is given."""
+    if cfg["coco_json"]:
+        splits = [load_coco_split(cfg[k], cfg["coco_images"], skip_bad=cfg["skip_bad"])
+                  for k in ("coco_json", "coco_test_json")]
+        if splits[0].classes != splits[1].classes:
+            raise CebenchError(f"{cfg['coco_test_json']}: its categories differ from those of {cfg['coco_json']}")
+    else:
+        splits = [from_voc(load_split(cfg["voc_root"], cfg["year"], cfg[k], skip_bad=cfg["skip_bad"]))
+                  for k in ("train_split", "test_split")]
+    for s in splits:
+        log.info("%s: %d images, %d objects%s", s.name, len(s), sum(len(b) for b in s.boxes),
+                 f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "")
+    return splits
+
+
+def proposal_settings(cfg):
+    return selective_search_settings(cfg["ss_mode"], cfg["ss_max_side"], cfg["max_proposals"], min_size=2)
+
+
+def load_proposals(cfg, splits, rt, log):
+    """Per split a list of each image's proposals, from --proposals or the selective-search cache."""
+    if cfg["proposals"]:
+        boxes = load_proposal_file(cfg["proposals"], one_based=not cfg["proposals_zero_based"])
+        by_split, info = [boxes, boxes], {"source": str(cfg["proposals"]), "method": "user file"}
+    else:
+        # Keyed by (split, id): two COCO files may number their images alike.
+        images = {(k, i): p for k, s in enumerate(splits) for i, p in zip(s.ids, s.image_paths, strict=True)}
+        settings, workers = proposal_settings(cfg), cfg["ss_workers"] or os.cpu_count() or 1
+        if rt.is_main:  # other ranks wait, then read the verified cache
+            boxes, info = cached_proposals(images, cfg["proposals_cache"], settings, workers=workers)
+            log.info("proposals: %d from the cache, %d computed, in %s", info["hits"], info["computed"],
+                     info["cache_dir"])
+        barrier(rt)
+        if not rt.is_main:
+            boxes, info = cached_proposals(images, cfg["proposals_cache"], settings, workers=1, show_progress=False)
+        by_split = [{i: boxes[(k, i)] for i in s.ids} for k, s in enumerate(splits)]
+        info = dict(info, method="selective search (OpenCV ximgproc)", settings=settings)
+    per_split = [[b[: cfg["max_proposals"]] for b in proposals_for(s, p, cfg["proposals"] or "proposals")]
+                 for s, p in zip(splits, by_split, strict=True)]
+    info["mean_per_image"] = {name: float(np.mean([len(b) for b in p])) for name, p in zip(
+        ("train", "test"), per_split, strict=True)}
+    return per_split, info
+
+
+def datasets(cfg, splits, proposals):
+    sampling = RoiSampling(cfg["rois_per_image"], cfg["fg_fraction"], cfg["fg_iou"], cfg["bg_iou_low"], cfg["fg_iou"])
+    train = TrainImages(splits[0], proposals[0], scale=cfg["scale"], max_size=cfg["max_size"], flip=cfg["flip"],
+                        sampling=sampling)
+    test = TestImages(splits[1], proposals[1], scale=cfg["scale"], max_size=cfg["max_size"])
+    return train, test
+
+
+def build(cfg, num_classes):
+    """Fast R-CNN on the backbone of --weights; the trunk flags apply to `random` only."""
+    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
+    # 227 px sets the RoI grid: AlexNet's pool5 is 6×6 there, the grid fc6 is built for.
+    backbone, info = build_backbone(cfg["weights"], arch=arch, input_size=227, fc_dim=cfg["fc_dim"],
+                                    dropout=cfg["dropout"], seed=cfg["seed"])
+    model = FastRCNN(backbone, num_classes=num_classes, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+    info["spatial_scale"], info["roi_grid"] = model.spatial_scale, list(model.pool_size)
+    return model, info
+
+
+def output_paths(cfg, info, repo_root):
+    """Record path (--out or results/<profile>/detect_<init>.json) and its run folder."""
+    label = cfg["init_label"] or info["init"]
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"detect_{label}.json"
+    run_dir = out.parent / f"{out.stem}.run"
+    return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
+            "rescale": run_dir / "rescale.json", "examples": out.parent / f"{out.stem}_examples"}
+
+
+def guarded_outputs(cfg, paths, classes):
+    """Files a new run would replace: the record, the run's checkpoint and, if asked for, the devkit files."""
+    devkit = [Path(cfg["write_devkit"]) / f"comp4_det_{cfg['test_split']}_{c}.txt" for c in classes[:1]
+              ] if cfg["write_devkit"] else []
+    return [paths["out"], paths["checkpoint"], *devkit]
+
+
+def clear_run(paths, cfg):
+    """A run that is not resumed starts from nothing: old checkpoint, metrics and rescaling go."""
+    paths["run_dir"].mkdir(parents=True, exist_ok=True)
+    if not (cfg["resume"] and paths["checkpoint"].is_file()):
+        for name in (engine.CHECKPOINT_NAME, engine.METRICS_NAME, "rescale.json"):
+            (paths["run_dir"] / name).unlink(missing_ok=True)
+
+
+def rescale(model, info, train, cfg, rt, paths, log):
+    """Krähenbühl's rescaling through RoI pooling, on a few training images with their sampled RoIs."""
+    if not cfg["rescale"]:
+        return {"applied": False}
+    if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
+        return json.loads(paths["rescale"].read_text())
+    order = np.random.default_rng(engine.derive_seed(cfg["seed"], 6)).permutation(len(train))
+    items = []
+    for k in range(min(cfg["rescale_images"], len(train))):
+        engine.seed_globals(engine.derive_seed(cfg["seed"], 6, k))
+        items.append(train[int(order[k])])
+    images, rois, _, _ = collate_rois(items)
+    model.to(rt.device)
+    rois = rois.to(rt.device)
+    backbone = model.backbone
+    summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), backbone.parameter_layers(),
+                                  fresh_layers(backbone, info), normalize(images, rt.device),
+                                  iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    summary.update(applied=True, normalised_layers=len(fresh_layers(backbone, info)), n_rois=len(rois))
+    log.info("rescaled on %d images / %d RoIs (gradient/weight ratio spread %.1f -> %.2f)", len(items), len(rois),
+             summary["ratio_spread_before"], summary["ratio_spread_after"])
+    if rt.is_main:
+        atomic_write_json(paths["rescale"], summary)
+    return summary
+
+
+def finetune(model, train, test, cfg, rt, paths, log):
+    """Fine-tune every layer with the one engine; returns (test detections, FitResult)."""
+    task = DetectionTask(train, test, device=rt.device, num_workers=cfg["workers"],
+                         test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
+                                        "max_per_image": cfg["max_dets"]})
+    config = engine.TrainConfig(
+        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer="sgd", momentum=cfg["momentum"],
+        weight_decay=cfg["weight_decay"], schedule="step", lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
+        max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None, eval_every=cfg["eval_every"] or None,
+        checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"], num_workers=cfg["workers"], seed=cfg["seed"])
+    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log)
+    return task.last_detections, fit
+
+
+def write_devkit(folder, split_name, classes, detections):
+    """The devkit's results files comp4_det_<split>_<class>.txt: '<id> <score> <x1> <y1> <x2> <y2>', 1-based."""
+    folder = Path(folder)
+    per_class = voc_detections(detections, len(classes))
+    for c, name in enumerate(classes):
+        lines = [f"{d[0]} {d[1]:.6f} {d[2]:.2f} {d[3]:.2f} {d[4]:.2f} {d[5]:.2f}\n" for d in per_class[c]]
+        atomic_write_text(folder / f"comp4_det_{split_name}_{name}.txt", "".join(lines))
+    return folder
+
+
+def draw_examples(split, detections, folder, n, min_score=0.3):
+    """PNGs of the first `n` test images: ground truth in green, detections scoring >= min_score in red."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(min(n, len(split))):
+        image = Image.open(split.image_paths[i]).convert("RGB")
+        draw = ImageDraw.Draw(image)
+        for box in split.boxes[i]:
+            draw.rectangle([float(v) for v in box], outline=(0, 220, 0), width=1)
+        boxes, scores, labels = detections[split.ids[i]]
+        for box, score, label in zip(boxes, scores, labels, strict=True):
+            if score >= min_score:
+                draw.rectangle([float(v) for v in box], outline=(255, 40, 40), width=2)
+                draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{split.classes[label - 1]} {score:.2f}",
+                          fill=(255, 255, 0))
+        image.save(folder / f"{split.ids[i]}.png")
+    return folder
+
+
+def _pct(x):
+    return None if x is None or math.isnan(x) else round(100.0 * float(x), 4)
+
+
+def _protocol(cfg, info, rescaling, proposals, fit):
+    return {
+        "ap": AP_DEFINITION, "also_reported": "coco_ap (AP@[.5:.95]) and coco_ap50 by pycocotools COCOeval, "
+        "difficult objects as iscrowd", "detector": "Fast R-CNN (Girshick 2015), single scale",
+        "scale": cfg["scale"], "max_size": cfg["max_size"], "flip": cfg["flip"],
+        "rois_per_image": cfg["rois_per_image"], "images_per_batch": cfg["batch_size"],
+        "fg_fraction": cfg["fg_fraction"], "fg_iou": cfg["fg_iou"], "bg_iou": [cfg["bg_iou_low"], cfg["fg_iou"]],
+        "roi_pooling": {"grid": info["roi_grid"], "spatial_scale": info["spatial_scale"]},
+        "bbox_targets": "(dx, dy, dw, dh) normalised by means (0, 0, 0, 0) and stds (0.1, 0.1, 0.2, 0.2)",
+        "proposals": {k: v for k, v in proposals.items() if k not in ("hits", "computed")}, "test": {
+            "nms": cfg["nms"], "score_thresh": cfg["score_thresh"], "max_dets_per_image": cfg["max_dets"],
+            "per_class_before_nms": 100},
+        "architecture": info["arch"], "fc_dim": cfg["fc_dim"], "fc_init": info["fc_init"], "init": info["init"],
+        "weights": info["source"], "rescaling": rescaling, "layers_trained": "all", "iterations": fit.step,
+        "schedule_steps": cfg["steps"], "optimizer": "SGD", "lr": cfg["lr"], "lr_step": cfg["lr_step"],
+        "lr_gamma": cfg["lr_gamma"], "bias_lr_mult": 2.0, "momentum": cfg["momentum"],
+        "weight_decay": cfg["weight_decay"], "loss": "softmax cross-entropy + smooth L1 (beta 1)",
+        "images_per_s": round(fit.images_per_s, 2)}
+
+
+def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s):
+    """The result record: VOC07 mAP@0.5 with a bootstrap interval over test images, per-class AP, COCO AP."""
+    train, test = splits
+    value, per_class = detection_scores(detections, test)
+    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=1000,
+                          seed=cfg["seed"])
+    coco = coco_ap(test, detections)
+    label = cfg["init_label"] or info["init"]
+    dataset = f"VOC{cfg['year']}" if not cfg["coco_json"] else f"COCO {Path(cfg['coco_test_json']).name}"
+    return make_record(
+        task="detection", init=label, dataset=dataset, split=cfg["test_split"] if not cfg["coco_json"] else "test",
+        metric="mAP@0.5", value=value, ci95=ci, per_class={n: v for n, v in zip(test.classes, per_class,
+                                                                                 strict=True)},
+        n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
+        protocol=_protocol(cfg, info, rescaling, proposals, fit), coco_ap=_pct(coco["ap"]),
+        coco_ap50=_pct(coco["ap50"]), n_proposals_mean=round(proposals["mean_per_image"]["test"], 2),
+        n_proposals_mean_train=round(proposals["mean_per_image"]["train"], 2),
+        n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
+        proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
+        n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
+        weights_meta=info["meta"], **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+
+
+def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s):
+    """The record, plus the devkit results files and drawn examples when asked for; returns the record."""
+    test = splits[1]
+    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s)
+    if cfg["write_devkit"]:
+        record["devkit_dir"] = str(write_devkit(cfg["write_devkit"], cfg["test_split"], test.classes, detections))
+    if cfg["draw"]:
+        record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))
+    write_record(paths["out"], record)
+    return record
+
+
+def summary(record, fit, proposals, paths):
+    """What main() returns: the headline numbers and how the proposals were obtained."""
+    return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"], "coco_ap": record["coco_ap"],
+            "coco_ap50": record["coco_ap50"], "steps": fit.step, "n_proposals_mean": record["n_proposals_mean"],
+            "proposals": {k: proposals.get(k) for k in ("hits", "computed")}, "wall_time_s": record["wall_time_s"]}
