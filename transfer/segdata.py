@@ -1,0 +1,165 @@
+"""PASCAL VOC semantic segmentation data: SegmentationClass palette masks, joint augmentation, batching.
+
+Masks hold class indices 0..20 (0 background) and 255 (void: object borders and unlabelled pixels). Every
+geometric change applies to the image and its mask together; masks are only ever resampled with nearest
+neighbour, so no label is ever interpolated (PAPER.md, "Segmentation": 255 is ignored by loss and metric).
+"""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from cebench.errors import CebenchError
+from pretrain.data import IMAGE_MEAN, IMAGE_STD
+from transfer.voc import IGNORE_LABEL as IGNORE_INDEX
+from transfer.voc import load_image, load_mask, segmentation_files
+
+NUM_CLASSES = 21  # background + the 20 VOC classes
+CACHE_LIMIT_BYTES = 1024**3  # --cache auto keeps a split in memory below this
+YEARS = ("2012", "2007")  # --year auto: the paper's VOC2012 when the root holds it, else VOC2007
+
+
+def find_year(voc_root, split, year="auto"):
+    """The VOC year under `voc_root` whose ImageSets/Segmentation lists `split` (auto: 2012, then 2007)."""
+    if year != "auto":
+        return str(year)
+    for candidate in YEARS:
+        if (Path(voc_root) / f"VOC{candidate}" / "ImageSets" / "Segmentation" / f"{split}.txt").is_file():
+            return candidate
+    raise CebenchError(f"{voc_root}: neither VOC2012 nor VOC2007 has ImageSets/Segmentation/{split}.txt "
+                       "(pass the VOCdevkit folder as --voc-root, or --year)")
+
+
+class VOCSegmentation(Dataset):
+    """(image (3, H, W) float normalised, mask (H, W) int64) pairs of one ImageSets/Segmentation split."""
+
+    def __init__(self, voc_root, split, year="auto", transform=None, cache="auto", skip_bad=False):
+        self.year, self.split, self.transform = find_year(voc_root, split, year), split, transform
+        # Every image and mask is opened and checked here, so a bad file fails now and not mid-training.
+        self.ids, self.image_paths, self.mask_paths, self.skipped = segmentation_files(
+            voc_root, self.year, split, skip_bad=skip_bad)
+        # Decoded once, before DataLoader workers fork, so that they share the arrays copy-on-write.
+        self._cache = None
+        if cache == "on" or cache is True or (cache == "auto" and self._estimated_bytes() < CACHE_LIMIT_BYTES):
+            self._cache = [self.load(i) for i in range(len(self.ids))]
+
+    def _estimated_bytes(self):
+        """Decoded size of the split (image + mask), from the first image's size."""
+        with Image.open(self.image_paths[0]) as im:
+            return 4 * im.width * im.height * len(self.ids)
+
+    @property
+    def cached(self):
+        return self._cache is not None
+
+    def __len__(self):
+        return len(self.ids)
+
+    def load(self, index):
+        """Decoded (image uint8 (H, W, 3), mask uint8 (H, W)) of one image."""
+        if self._cache is not None:
+            return self._cache[index]
+        return np.array(load_image(self.image_paths[index])), load_mask(self.mask_paths[index])
+
+    def __getitem__(self, index):
+        image, mask = self.load(index)
+        image = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).contiguous())  # (3, H, W) uint8
+        mask = tv_tensors.Mask(torch.from_numpy(mask))  # (H, W) uint8
+        if self.transform is not None:
+            image, mask = self.transform(image, mask)
+        return image, mask
+
+
+class SegTransform:
+    """Joint image+mask transform: random rescale, crop (padded: mean image, void mask), flip, normalise."""
+
+    def __init__(self, *, scale_range=(1.0, 1.0), crop_size=0, flip_prob=0.0, mean=IMAGE_MEAN,
+                 std=IMAGE_STD):
+        self.scale_range, self.crop_size, self.flip_prob = tuple(scale_range), int(crop_size), float(flip_prob)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._fill = tuple(int(round(255 * m)) for m in self.mean)  # pad value = mean pixel, 0 once normalised
+
+    def __call__(self, image, mask):
+        lo, hi = self.scale_range
+        if (lo, hi) != (1.0, 1.0):
+            scale = lo + (hi - lo) * torch.rand(()).item()
+            h, w = image.shape[-2:]
+            size = [max(1, round(h * scale)), max(1, round(w * scale))]
+            image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+            # NEAREST_EXACT samples pixel centres (PIL's rule): labels are copied, never blended.
+            mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
+        if self.crop_size:
+            image, mask = self._random_crop(image, mask)
+        if self.flip_prob and torch.rand(()).item() < self.flip_prob:
+            image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
+        image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+
+    def _random_crop(self, image, mask):
+        """crop_size x crop_size window at a random place; images smaller than it are padded first."""
+        size = self.crop_size
+        h, w = image.shape[-2:]
+        pad_h, pad_w = max(0, size - h), max(0, size - w)
+        if pad_h or pad_w:
+            image = TF.pad(image, [0, 0, pad_w, pad_h], fill=list(self._fill))
+            mask = TF.pad(mask, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
+            h, w = h + pad_h, w + pad_w
+        top = int(torch.randint(0, h - size + 1, ()).item())
+        left = int(torch.randint(0, w - size + 1, ()).item())
+        return TF.crop(image, top, left, size, size), TF.crop(mask, top, left, size, size)
+
+    def describe(self):
+        """Plain dict for the record's protocol."""
+        return {"scale_range": list(self.scale_range), "crop_size": self.crop_size, "flip_prob": self.flip_prob,
+                "mask_resampling": "nearest (never interpolated)", "pad": "mean pixel / void 255"}
+
+
+def sample_batch(dataset, transform, n, seed=0):
+    """n random items of `dataset` under another transform, stacked (e.g. crops for data-dependent init)."""
+    view = copy.copy(dataset)
+    view.transform = transform
+    order = torch.randperm(len(view), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([view[i][0] for i in order])  # (n, 3, S, S)
+
+
+def pad_collate(batch):
+    """Stack (image, mask) pairs of different sizes: pad bottom/right with 0 (the mean) and void 255."""
+    height = max(image.shape[-2] for image, _ in batch)
+    width = max(image.shape[-1] for image, _ in batch)
+    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
+    for i, (image, mask) in enumerate(batch):
+        images[i, :, :image.shape[-2], :image.shape[-1]] = image
+        masks[i, :mask.shape[-2], :mask.shape[-1]] = mask
+    return images, masks  # (N, 3, H, W), (N, H, W)
+
+
+def voc_palette():
+    """The VOC colour map (256 RGB triples, the devkit's bit-interleaving rule; 255 void is cream)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        c, r, g, b = label, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[label] = (r, g, b)
+    return palette
+
+
+def save_mask(path, labels):
+    """Write a (H, W) label map as a palette PNG that load_mask (and the VOC devkit) read back unchanged."""
+    im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode 'L'
+    im.putpalette(voc_palette().reshape(-1).tolist())  # turns it into mode 'P' with the indices unchanged
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path

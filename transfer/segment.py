@@ -1,0 +1,181 @@
+"""FCN semantic segmentation transfer: mean IU on PASCAL VOC (PAPER.md Table 2, "Segmentation" column).
+
+An FCN-32s (or 16s/8s) on the AlexNet trunk of --weights, fine-tuned on ImageSets/Segmentation/<train-split>,
+scored on every <test-split> image at its own resolution; writes one result record, the predictions as palette
+PNGs and a PNG of a few colour-coded examples next to the record.
+
+    python -m transfer.segment --profile voc-mini --weights results/voc-mini/ce.pt
+    python -m transfer.segment --profile voc-mini --weights random --max-steps 20 --out /tmp/seg.json
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from cebench.config import benchmarks_path, parse_with_profile, resolved_config
+from cebench.errors import run_cli
+from cebench.files import atomic_write_json
+from cebench.logs import get_logger
+from cebench.records import write_record
+from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
+from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.engine import TrainConfig, fit
+from transfer.fcn import VARIANTS, fcn_from_backbone
+from transfer.segdata import SegTransform, VOCSegmentation, sample_batch
+from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, prepare_outputs, run_paths, save_examples,
+                              segmentation_protocol, segmentation_record)
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("transfer.segment", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder holding VOC2012/ and/or VOC2007/")
+    g.add_argument("--year", default="auto", choices=["auto", "2012", "2011", "2010", "2009", "2008", "2007"],
+                   help="auto: VOC2012 when the root has the split (the paper's protocol), else VOC2007")
+    g.add_argument("--train-split", default="train", help="ImageSets/Segmentation/<name>.txt to fine-tune on")
+    g.add_argument("--test-split", default="val", help="split to score (add seg11valid.txt there for FCN's list)")
+    g.add_argument("--crop-size", type=int, default=0, help="random square training crops; 0 = whole images "
+                   "(then keep one image per micro-batch or they are padded with void)")
+    g.add_argument("--min-scale", type=float, default=1.0, help="random rescaling of training images (1 = none)")
+    g.add_argument("--max-scale", type=float, default=1.0)
+    g.add_argument("--flip-prob", type=float, default=0.0, help="probability of a horizontal flip in training")
+    g.add_argument("--skip-bad", action="store_true", help="leave out images with a missing or unreadable image "
+                   "or mask (listed in the record) instead of stopping")
+    g.add_argument("--cache", default="auto", choices=["auto", "on", "off"],
+                   help="keep decoded images in memory (auto: when the splits fit in about 1 GB)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 with the cache)")
+    g = p.add_argument_group("model")
+    g.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "
+                   "or 'random' (Gaussian init)")
+    g.add_argument("--init-label", default=None, help="name of this initialisation in the record and file names")
+    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"], help="trunk for 'random'")
+    g.add_argument("--width", type=float, default=1.0, help="channel multiplier for 'random' (match the ce.pt)")
+    g.add_argument("--pool-free", action="store_true", help="pool-free trunk for 'random'")
+    g.add_argument("--variant", default="32s", choices=VARIANTS, help="FCN-32s (the paper), or 16s/8s skips")
+    g.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
+    g.add_argument("--backbone-size", type=int, default=227, help="input size whose pool5 gives fc6's kernel "
+                   "(227 -> 6x6, as voc-fcn-alexnet); also the size of the rescaling crops")
+    g.add_argument("--pad", type=int, default=100, help="conv1 padding of voc-fcn-alexnet (>= 82 for FCN-32s)")
+    g.add_argument("--upsampling", default="fixed", choices=["fixed", "learned"],
+                   help="bilinear up-sampling, frozen (voc-fcn-alexnet; fast) or trained from bilinear")
+    g.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
+    g.add_argument("--rescale", dest="rescale", action="store_true", default=True,
+                   help="Krähenbühl et al.'s data-dependent init + rescaling, as the paper (default)")
+    g.add_argument("--no-rescale", dest="rescale", action="store_false", help="fine-tune from the raw init")
+    g.add_argument("--rescale-images", type=int, default=32, help="training crops used for rescaling")
+    g.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
+    g = p.add_argument_group("optimisation (defaults: voc-fcn-alexnet's solver)")
+    g.add_argument("--steps", type=int, default=100_000, help="length of the schedule in iterations")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations in total (a cap "
+                   "for quick runs; the schedule keeps --steps)")
+    g.add_argument("--batch-size", type=int, default=20, help="images per iteration, over all processes")
+    g.add_argument("--accum-steps", type=int, default=20, help="micro-batches per iteration (Caffe's iter_size)")
+    g.add_argument("--lr", type=float, default=1.0e-4, help="base learning rate (score biases learn at 2x)")
+    g.add_argument("--lr-schedule", default="constant", choices=["constant", "step", "cosine"])
+    g.add_argument("--lr-step", type=int, default=10_000, help="iterations between steps of the step schedule")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each step of the step schedule")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5.0e-4)
+    g.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global L2 norm (0 = off)")
+    g.add_argument("--loss-normalization", default="batch", choices=LOSS_NORMALIZATIONS, help="batch: pixel "
+                   "sum per image (Caffe's normalize: false, as FCN; pair with a tiny lr); valid: mean per pixel")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    g.add_argument("--out", default=None, help="result record (default results/<profile>/segment_<init>.json); "
+                   "the run folder <record>.run/ and <record>.examples.png go beside it")
+    g.add_argument("--save-predictions", default=None, help="folder for every test prediction as a palette PNG "
+                   "(default <record>.predictions/)")
+    g.add_argument("--n-examples", type=int, default=4, help="test images shown in <record>.examples.png")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images for ci95")
+    g.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
+    g.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists")
+    g.add_argument("--ckpt-every", type=int, default=4000, help="iterations between run checkpoints")
+    g.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations (0 = end only)")
+    g.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
+    return p
+
+
+def build_model(args, backbone, info, train_ds):
+    """Rescale the backbone as the paper (on training crops at its input size), then make it an FCN."""
+    if args.rescale:
+        crops = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.backbone_size,
+                             flip_prob=args.flip_prob)
+        images = sample_batch(train_ds, crops, args.rescale_images, seed=args.seed)
+        info["rescale"] = rescale_backbone_(backbone, info, images, iterations=args.rescale_iterations,
+                                            seed=args.seed)
+    return fcn_from_backbone(backbone, variant=args.variant, pad=args.pad, dropout=args.dropout,
+                             learn_upsampling=args.upsampling == "learned")
+
+
+def _train_config(args, workers):
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, schedule=args.lr_schedule, lr_step=args.lr_step,
+                       lr_gamma=args.lr_gamma, max_steps=args.max_steps, accum_steps=args.accum_steps,
+                       clip_grad_norm=args.clip_grad or None, eval_every=args.eval_every or None,
+                       checkpoint_every=args.ckpt_every, log_every=args.log_every, num_workers=workers,
+                       seed=args.seed)
+
+
+def main(argv=None):
+    # config
+    args = parse_with_profile(get_args_parser(), argv, "segment")
+    config, started = resolved_config(args), time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    # distributed + seed
+    runtime = init_distributed(args.device)
+    seed_everything(args.seed)
+    logger = get_logger("cebench.segment", runtime.is_main)
+    try:
+        # backbone from --weights (cheap); the output paths follow the init it turned out to be
+        arch = {"arch": args.arch, "width": args.width, "pool_free": args.pool_free}
+        backbone, info = build_backbone(args.weights, arch=arch, input_size=args.backbone_size, fc_dim=args.fc_dim,
+                                        dropout=args.dropout, seed=args.seed)
+        label = args.init_label or info["init"]
+        out = Path(args.out or benchmarks_path().parent / "results" / args.profile / f"segment_{label}.json")
+        run_dir, pred_dir, examples_png = run_paths(out, args.save_predictions)
+        if runtime.is_main:
+            prepare_outputs(out, run_dir, pred_dir, resume=args.resume, overwrite=args.overwrite)
+            atomic_write_json(run_dir / "config.json", config)
+        barrier(runtime)
+        # data: augmented crops for training, whole images at their own size for testing
+        transform = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.crop_size,
+                                 flip_prob=args.flip_prob)
+        train_ds, test_ds = (VOCSegmentation(args.voc_root, split, args.year, transform=t, cache=args.cache,
+                                             skip_bad=args.skip_bad)
+                             for split, t in ((args.train_split, transform), (args.test_split, SegTransform())))
+        logger.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, args.train_split, len(train_ds),
+                    test_ds.year, args.test_split, len(test_ds))
+        # model: rescaled backbone, fc6/fc7 as convolutions, FCN head
+        model = build_model(args, backbone, info, train_ds)
+        # optimiser, schedule, resume and loop: the one engine (it resumes from run_dir's checkpoint)
+        task = SegmentationTask(train_ds, test_ds, loss_normalization=args.loss_normalization,
+                                prediction_dir=pred_dir, n_examples=args.n_examples, show_progress=runtime.is_main)
+        workers = args.workers if args.workers is not None else 0 if train_ds.cached else default_num_workers()
+        train_config = _train_config(args, workers)
+        result = fit(task, model, train_config, run_dir, runtime, resume=True, logger=logger)
+        if not runtime.is_main:
+            return {}
+        # final evaluation (fit's, on the main rank; predictions already written) -> record, examples PNG
+        save_examples(examples_png, test_ds, task.last["examples"])
+        protocol = segmentation_protocol(model, info, train_ds, transform, train_config, args.loss_normalization)
+        record = segmentation_record(
+            task.last, n_boot=args.n_boot, seed=args.seed, init=label, dataset=f"VOC{test_ds.year}",
+            split=args.test_split, wall_time_s=time.time() - started, config=config, protocol=protocol,
+            steps_done=result.step, predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
+            skipped=train_ds.skipped + test_ds.skipped)
+        write_record(out, record)
+        logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],
+                    *record["ci95"], record["pixel_acc"], out)
+        return dict(result.metrics, out=str(out), value=record["value"], ci95=record["ci95"])
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    run_cli(main)
