@@ -1,0 +1,103 @@
+"""Gallery and query (held-out) images for retrieval and inpainting: VOC splits with labels, or any folder."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cebench.errors import CebenchError
+from pretrain.data import list_images
+from transfer.voc import VOC_CLASSES, load_split
+
+
+@dataclass
+class ImageSet:
+    """Image ids and paths, with VOC labels [N, 20] in 1/0/-1 when known (None for an unlabelled folder)."""
+
+    ids: list
+    paths: list
+    labels: np.ndarray = None
+    source: str = ""
+
+    def __len__(self):
+        return len(self.ids)
+
+    def subset(self, n, seed):
+        """A seeded random subset of at most n images, kept in the original order (n=None keeps all)."""
+        if n is None or n >= len(self):
+            return self
+        keep = np.sort(np.random.default_rng(seed).choice(len(self), n, replace=False))
+        labels = None if self.labels is None else self.labels[keep]
+        return ImageSet([self.ids[i] for i in keep], [self.paths[i] for i in keep], labels,
+                        f"{self.source}, {n} drawn with seed {seed}")
+
+
+def voc_images(voc_root, year, split):
+    """A VOC split (ImageSets/Main/<split>.txt) with its image labels."""
+    s = load_split(voc_root, year, split, check_images=False)
+    return ImageSet(list(s.ids), list(s.image_paths), s.labels, f"VOC{year} {split}")
+
+
+def folder_images(root, image_list=None):
+    """Every JPEG/PNG under a folder (recursive), optionally only the ids (file stems) of a list file."""
+    paths = list_images(root, image_list)
+    return ImageSet([p.stem for p in paths], paths, None, f"{root}" + (f" ({image_list})" if image_list else ""))
+
+
+def gallery_and_queries(*, voc_root, year, gallery_split, query_split, images=None, gallery_list=None,
+                        query_list=None, max_gallery=None, max_queries=None, seed=0):
+    """(gallery, queries): VOC splits, or a folder split by id lists (queries drawn with `seed` when unlisted)."""
+    if images:
+        if query_list:
+            queries = folder_images(images, query_list)
+            gallery = folder_images(images, gallery_list) if gallery_list else folder_images(images)
+        elif gallery_list:
+            gallery = folder_images(images, gallery_list)
+            queries = folder_images(images)
+        else:  # no lists: a seeded draw of queries, the rest is the gallery
+            everything = folder_images(images)
+            queries = everything.subset(max_queries or max(1, len(everything) // 5), seed)
+            gallery = everything
+        held = set(queries.ids)
+        keep = [i for i, image_id in enumerate(gallery.ids) if image_id not in held]
+        gallery = ImageSet([gallery.ids[i] for i in keep], [gallery.paths[i] for i in keep], None, gallery.source)
+    else:
+        gallery = voc_images(voc_root, year, gallery_split)
+        queries = voc_images(voc_root, year, query_split)
+        overlap = set(gallery.ids) & set(queries.ids)
+        if overlap:
+            raise CebenchError(f"VOC{year} splits {gallery_split!r} and {query_split!r} share {len(overlap)} images; "
+                               "queries must be held out from the gallery")
+    if len(gallery) == 0 or len(queries) == 0:
+        raise CebenchError(f"empty gallery ({len(gallery)}) or query set ({len(queries)})")
+    return gallery.subset(max_gallery, seed), queries.subset(max_queries, seed + 1)
+
+
+def present(labels):
+    """Bool [N, 20]: the image holds an object of the class (difficult ones included)."""
+    return np.asarray(labels) >= 0
+
+
+def class_names():
+    return list(VOC_CLASSES)
+
+
+def add_data_args(parser, queries="query"):
+    """Data flags shared by retrieval and inpainting: a VOCdevkit's splits, or a folder with optional id lists."""
+    g = parser.add_argument_group("data")
+    g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC<year>/")
+    g.add_argument("--year", default="2007", help="VOC year folder to read")
+    g.add_argument("--gallery-split", default="train", help="ImageSets/Main split searched for neighbours")
+    g.add_argument("--query-split", default="val", help=f"held-out split of {queries} images (never in the gallery)")
+    g.add_argument("--images", default=None, help="any folder of JPEG/PNG images (recursive) instead of VOC; no "
+                   "labels, so no precision score. Queries come from --query-list or a seeded draw")
+    g.add_argument("--gallery-list", default=None, help="with --images: file of gallery image ids (file stems)")
+    g.add_argument("--query-list", default=None, help=f"with --images: file of {queries} image ids")
+    g.add_argument("--max-gallery", type=int, default=None, help="seeded random subset of the gallery (quick runs)")
+    g.add_argument("--max-queries", type=int, default=None, help=f"seeded random subset of the {queries} images")
+    return g
+
+
+def dataset_name(cfg):
+    """Name of the data in records: VOC<year>, or the image folder's name."""
+    return Path(cfg["images"]).name if cfg.get("images") else f"VOC{cfg['year']}"

@@ -1,0 +1,152 @@
+"""Inpainting of held-out images' central hole (paper Table 1): mean L1, mean L2 (%) and PSNR (dB) over the hole.
+
+Fills each held-out image's hole by pasting the same region of its nearest gallery neighbour, found with the
+context's features (HOG: the paper's "NN-inpainting (HOG features)"; pool5 of --weights: "NN-inpainting
+(context-encoder features)"), and, for a ce.pt with a decoder, with the context encoder's own reconstruction.
+One record per method: the NN record at --out, the decoder's next to it (<out>_decoder.json).
+
+    python -m evaluation.inpainting --profile voc-mini --features hog --out results/voc-mini/inpainting_hog.json
+    python -m evaluation.inpainting --profile voc-mini --weights results/voc-mini/ce.pt
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.errors import CebenchError, run_cli
+from cebench.files import refuse_overwrite
+from cebench.logs import get_logger
+from cebench.records import make_record, write_record
+from cebench.runtime import init_distributed, seed_everything
+from evaluation.features import add_feature_args, build_extractor, center_on_gallery, extract_features, hole_mask
+from evaluation.figures import inpainting_grid
+from evaluation.fills import evaluate_fills
+from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
+from evaluation.inpaint_metrics import summarize
+from evaluation.knn import KnnIndex
+from pretrain.weights import load_context_encoder
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m evaluation.inpainting", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_profile_flag(p)
+    add_data_args(p, "held-out")
+    add_feature_args(p)
+    g = p.add_argument_group("inpainting")
+    g.add_argument("--decoder", default="auto", choices=["auto", "on", "off"], help="also score the context "
+                   "encoder's decoder (auto: when --weights is a ce.pt that holds one)")
+    g.add_argument("--examples", type=int, default=8, help="held-out images drawn in the examples PNG")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="random init, subsets, examples and bootstrap")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--max-steps", type=int, default=None, help="cap on batches per image set (quick runs)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--out", default=None, help="record of NN-inpainting (default results/<profile>/"
+                   "inpainting_<init>.json); the decoder's record and the examples PNG go next to it")
+    g.add_argument("--overwrite", action="store_true", help="replace existing records")
+    return p
+
+
+def load_decoder(cfg, info):
+    """The ContextEncoder to score, or None (HOG, random or supervised weights; or --decoder off)."""
+    if cfg["decoder"] == "off" or (cfg["decoder"] == "auto" and info["init"] != "ce"):
+        return None
+    if info["init"] != "ce":
+        raise CebenchError(f"--decoder on needs a ce.pt as --weights, got {cfg['weights']!r}")
+    try:
+        model, _ = load_context_encoder(cfg["weights"])
+    except CebenchError:
+        if cfg["decoder"] == "on":
+            raise
+        return None  # auto: an encoder-only ce.pt has no decoder to score
+    if model.input_size != cfg["input_size"]:
+        raise CebenchError(f"{cfg['weights']}: its decoder was trained at {model.input_size} px; pass --input-size "
+                           f"{model.input_size} (or --decoder off)")
+    return model
+
+
+def method_record(cfg, info, method, errors, queries, started, extra):
+    """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
+    stats = summarize(errors, seed=cfg["seed"])
+    scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
+                     "ci95": [round((1 if name == "psnr" else 100) * v, 4) for v in (low, high)],
+                     "unit": "dB" if name == "psnr" else "%"} for name, (mean, low, high) in stats.items()}
+    per_class = {}
+    if queries.labels is not None:
+        holds = present(queries.labels[:len(errors["l2"])])
+        per_class = {c: float(errors["l2"][holds[:, i]].mean()) for i, c in enumerate(class_names())
+                     if holds[:, i].any()}
+    return make_record(
+        task="inpainting", init=info["init"], dataset=dataset_name(cfg), split=cfg["query_split"], metric="mean L2",
+        value=stats["l2"][0], ci95=stats["l2"][1:], per_class=per_class, n_images=len(errors["l2"]),
+        seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=extra, method=method,
+        features=cfg["features"] if method == "nn-inpainting" else "decoder", scores=scores,
+        weights_meta=info["meta"])
+
+
+def main(argv=None):
+    # config: parser defaults < benchmarks.yaml profile < command line
+    args = parse_with_profile(get_args_parser(), argv, "inpainting")
+    cfg = resolved_config(args)
+    started = time.time()
+    rt = init_distributed(cfg["device"])
+    seed_everything(cfg["seed"])
+    log = get_logger("inpainting")
+    # data: gallery to borrow regions from, held-out images to fill
+    gallery, queries = gallery_and_queries(
+        voc_root=cfg["voc_root"], year=cfg["year"], gallery_split=cfg["gallery_split"],
+        query_split=cfg["query_split"], images=cfg["images"], gallery_list=cfg["gallery_list"],
+        query_list=cfg["query_list"], max_gallery=cfg["max_gallery"], max_queries=cfg["max_queries"],
+        seed=cfg["seed"])
+    # model: the feature extractor, and the decoder when there is one
+    extractor, info = build_extractor(cfg, rt.device)
+    decoder = load_decoder(cfg, info)
+    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"inpainting_{info['init']}.json")
+    out_decoder = out.with_name(f"{out.stem}_decoder.json")
+    for path in (out, out_decoder) if decoder is not None else (out,):
+        refuse_overwrite(path, cfg["overwrite"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # nearest neighbour of every held-out context in the gallery (exact cosine search, faiss)
+    opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
+    gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
+    query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="held-out", **opts)
+    if cfg["center"]:
+        center_on_gallery(gallery_feats, query_feats)
+    _, nearest = KnnIndex(gallery_feats, "cosine").search(query_feats, 1)
+    # fill and score, streaming held-out images and their neighbours
+    keep = np.random.default_rng(cfg["seed"]).choice(len(nearest), min(cfg["examples"], len(nearest)), replace=False)
+    errors, examples = evaluate_fills(queries.paths[:len(nearest)], gallery.paths, nearest[:, 0], cfg["input_size"],
+                                      model=decoder, device=rt.device, batch_size=cfg["batch_size"],
+                                      workers=cfg["workers"], keep=keep)
+    examples_png = inpainting_grid(out.with_name(f"{out.stem}.png"), examples, hole_mask(cfg["input_size"])[0, 0]
+                                   .numpy(), f"held-out {dataset_name(cfg)} {cfg['query_split']}: NN with "
+                                   + ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}"))
+    # result records
+    protocol = {"hole": "central, half the height and width (1/4 of the area)", "pixels": "[0, 1], RGB",
+                "input": f"shorter side resized to {cfg['input_size']}, centre crop", "gallery": gallery.source,
+                "held_out": queries.source, "nn": "exact cosine search of context features"
+                + (" centred on the gallery mean" if cfg["center"] else "") + "; the neighbour's hole region pasted",
+                "metrics": "per image mean over hole pixels and channels of |error| (L1) and error^2 (L2); PSNR = "
+                           "10 log10(1/L2) per image; means over images; bootstrap 95% intervals over images",
+                "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
+                "examples_png": str(examples_png)}
+    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol)}
+    if decoder is not None:
+        records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
+                                             dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
+                                                  trained_mask=info["meta"].get("mask")))
+    for path, record in records.items():
+        write_record(path, record)
+        s = record["scores"]
+        log.info("%s %s: L1 %.2f%%, L2 %.2f%%, PSNR %.2f dB -> %s", record["method"], record["init"],
+                 s["l1"]["value"], s["l2"]["value"], s["psnr"]["value"], path)
+    return {"records": {str(p): r["scores"] for p, r in records.items()}, "examples": str(examples_png)}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,215 @@
+"""The paper's Table 1 and Table 2 as pandas DataFrames, built only from result records and published.csv.
+
+Cells: our value (mean over runs of one initialisation, e.g. seeds), the 95% interval (mean of the runs'
+bootstrap bounds), the number of runs, and the paper's value beside it. A missing run is NaN: an empty cell in
+the CSV and Markdown, never a zero.
+"""
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cebench.errors import CebenchError
+from cebench.records import read_record
+
+PUBLISHED = Path(__file__).with_name("published.csv")
+INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
+               "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
+               "ce": "Context encoder", "hog": "HOG"}
+TABLE2_TASKS = ("classification", "detection", "segmentation", "retrieval")
+TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
+               "nn-inpainting:ce": "NN-inpainting (context-encoder features)",
+               "nn-inpainting:random": "NN-inpainting (random-init features)",
+               "nn-inpainting:supervised": "NN-inpainting (ImageNet features)",
+               "context-encoder:ce": "Context encoder (decoder)"}
+TABLE1_SCORES = {"l1": "Mean L1", "l2": "Mean L2", "psnr": "PSNR"}
+
+
+def load_records(results_dir):
+    """Every result record under results_dir (recursive) -> (records, skipped files); other JSON is skipped."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise CebenchError(f"results folder not found: {root}")
+    records, skipped = [], []
+    for path in sorted(root.rglob("*.json")):
+        try:
+            record = read_record(path)
+        except CebenchError:
+            skipped.append(path)
+            continue
+        record["_path"] = str(path)
+        records.append(record)
+    return records, skipped
+
+
+def read_published(path=PUBLISHED):
+    """The paper's numbers, one per line: table, key, row, column, value, unit, source, note."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as err:
+        raise CebenchError(f"{path}: unreadable published numbers ({err})") from None
+    missing = {"table", "key", "row", "column", "value", "source"} - set(table.columns)
+    if missing:
+        raise CebenchError(f"{path}: lacks columns {sorted(missing)}")
+    return table
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def variant_of(record):
+    """What sets a run's protocol apart from the default one (runs of different variants are never averaged)."""
+    protocol = record.get("protocol") or {}
+    marks = [protocol["mode"]] if protocol.get("mode") and protocol["mode"] != "fine-tune" else []
+    if record["task"] in ("retrieval", "inpainting") and (record.get("config") or {}).get("center") is False:
+        marks.append("uncentred")
+    return ", ".join(marks)
+
+
+def column_of(record):
+    """Table 2 column of a transfer/retrieval record: the task, marked when it is not the default protocol."""
+    variant = variant_of(record)
+    return record["task"] + (f" ({variant})" if variant else "")
+
+
+def aggregate(records, value_of=lambda r: (r["value"], *(r["ci95"] or (None, None)))):
+    """Mean value and interval over runs; runs reporting another metric than the most common are dropped."""
+    metric = Counter(r["metric"] for r in records).most_common(1)[0][0]
+    kept = [r for r in records if r["metric"] == metric]
+    rows = np.array([[np.nan if v is None else float(v) for v in value_of(r)] for r in kept], dtype=float)
+    finite = np.isfinite(rows)
+    mean = np.where(finite.any(axis=0), np.where(finite, rows, 0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1),
+                    np.nan)  # per column, over the runs that have it
+    return {"value": mean[0], "low": mean[1], "high": mean[2], "runs": len(kept), "metric": metric,
+            "dropped": [r["_path"] for r in records if r["metric"] != metric]}
+
+
+def pretrain_meta(record):
+    """ce.pt meta of a record's weights: protocol.pretrain_meta, weights_meta, else read from config.weights."""
+    for meta in ((record.get("protocol") or {}).get("pretrain_meta"), record.get("weights_meta")):
+        if meta:
+            return meta
+    weights = (record.get("config") or {}).get("weights")
+    if record.get("init") == "ce" and weights and Path(weights).is_file():
+        from pretrain.weights import read_checkpoint  # only for records that carry no meta: loads the file
+
+        return read_checkpoint(weights)["meta"]
+    return {}
+
+
+def _duration(seconds):
+    if seconds is None:
+        return ""
+    for unit, size in (("days", 86400), ("hours", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def pretraining_columns(key, records):
+    """(our pretraining time, images seen) of an initialisation, from the ce.pt meta its records carry."""
+    if key == "random":
+        return "none (initialisation)", ""
+    if key == "hog":
+        return "none (hand-made)", ""
+    metas = [m for m in (pretrain_meta(r) for r in records) if m.get("wall_time_s") is not None]
+    if not metas:
+        return "", ""
+    meta = metas[0]
+    device = f" ({meta['device']})" if meta.get("device") else ""
+    seen = meta.get("images_seen")
+    return _duration(meta["wall_time_s"]) + device, (f"{seen:,}" if isinstance(seen, int) else "")
+
+
+def _ordered(keys):
+    order = list(INIT_LABELS)
+    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
+
+
+def table2(records, published):
+    """Rows per initialisation; per task our value, interval, runs and the paper's value; pretraining columns."""
+    pub = published[published["table"] == "table2"]
+    cells, by_init = defaultdict(list), defaultdict(list)
+    for r in records:
+        if r["task"] != "inpainting":
+            cells[(r["init"], column_of(r))].append(r)
+            by_init[r["init"]].append(r)
+    # The paper's three tasks always (its numbers stand beside empty cells), then retrieval and protocol variants.
+    present = {c for _, c in cells} | {t for t in TABLE2_TASKS[:3] if (pub["column"] == t).any()}
+    base = {t: i for i, t in enumerate(TABLE2_TASKS)}
+    columns = sorted(present, key=lambda c: (base.get(c.split(" (")[0], len(base)), c))
+    rows, dropped = [], []
+    for key in _ordered(set(by_init) | set(pub["key"])):
+        paper = dict(zip(pub[pub["key"] == key]["column"], pub[pub["key"] == key]["value"], strict=True))
+        ours_time, seen = pretraining_columns(key, by_init.get(key, []))
+        row = {"key": key, "row": INIT_LABELS.get(key, key), "supervision (paper)": paper.get("supervision", ""),
+               "pretraining time (ours)": ours_time, "images seen (ours)": seen,
+               "pretraining time (paper)": paper.get("pretraining_time", "")}
+        for col in columns:
+            cell = aggregate(cells[(key, col)]) if cells.get((key, col)) else {}
+            dropped += cell.get("dropped", [])
+            row.update({col: cell.get("value", math.nan), f"{col} low": cell.get("low", math.nan),
+                        f"{col} high": cell.get("high", math.nan), f"{col} runs": cell.get("runs", 0),
+                        f"{col} paper": _number(paper.get(col))})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("key"), columns, dropped
+
+
+def _table1_key(record):
+    variant = variant_of(record) if record.get("method", "nn-inpainting") == "nn-inpainting" else ""
+    return f"{record.get('method', 'nn-inpainting')}:{record['init']}" + (f" ({variant})" if variant else "")
+
+
+def table1(records, published):
+    """Rows per inpainting method and features; mean L1, mean L2 (%) and PSNR (dB) with intervals and the paper's."""
+    pub = published[published["table"] == "table1"]
+    groups = defaultdict(list)
+    for r in records:
+        if r["task"] == "inpainting" and isinstance(r.get("scores"), dict):
+            groups[_table1_key(r)].append(r)
+    order = list(TABLE1_ROWS)
+    keys = sorted(set(groups) | set(pub["key"]), key=lambda k: (order.index(k) if k in order else len(order), k))
+    rows = []
+    for key in keys:
+        paper = dict(zip(pub[pub["key"] == key]["column"], pub[pub["key"] == key]["value"], strict=True))
+        base, _, variant = key.partition(" (")
+        label = TABLE1_ROWS.get(base, base) + (f" ({variant}" if variant else "")
+        row = {"key": key, "row": label}
+        for score, title in TABLE1_SCORES.items():
+            cell = {}
+            if groups.get(key):
+                cell = aggregate(groups[key], lambda r, s=score: (r["scores"][s]["value"], *r["scores"][s]["ci95"]))
+            row.update({title: cell.get("value", math.nan), f"{title} low": cell.get("low", math.nan),
+                        f"{title} high": cell.get("high", math.nan), f"{title} runs": cell.get("runs", 0),
+                        f"{title} paper": _number(paper.get(score))})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values())
+
+
+def _fmt(value, low, high):
+    if not np.isfinite(value):
+        return ""
+    digits = 2 if abs(value) < 10 else 1
+    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"{value:.{digits}f}{interval}"
+
+
+def markdown(table, columns, text_columns=()):
+    """Markdown of a table: 'value [low, high]' for ours and the paper's value beside it; empty when missing."""
+    shown = pd.DataFrame(index=table.index)
+    shown["Method"] = table["row"]
+    for col in text_columns:
+        shown[col] = table[col]
+    for col in columns:
+        shown[f"{col} (ours)"] = [_fmt(v, lo, hi) for v, lo, hi in
+                                  zip(table[col], table[f"{col} low"], table[f"{col} high"], strict=True)]
+        if table[f"{col} paper"].notna().any():  # no paper column where the paper has no number
+            shown[f"{col} (paper)"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[f"{col} paper"]]
+    return shown.to_markdown(index=False)

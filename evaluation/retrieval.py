@@ -1,0 +1,133 @@
+"""Context retrieval (paper §5.1, Fig. 8): nearest neighbours of a masked image's context in a gallery, with faiss.
+
+Embeds each image with its central hole (pool5 of a weights spec, or HOG), searches the gallery (exact flat
+search by default; IVF/HNSW for large galleries), draws the neighbours as a grid and scores precision@k: the
+share of neighbours holding an object of a class their query holds (VOC labels), with its chance level.
+
+    python -m evaluation.retrieval --profile voc-mini --weights results/voc-mini/ce.pt
+    python -m evaluation.retrieval --profile voc-mini --features hog --out results/voc-mini/retrieval_hog.json
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.errors import CebenchError, run_cli
+from cebench.files import refuse_overwrite
+from cebench.logs import get_logger
+from cebench.records import make_record, write_record
+from cebench.runtime import init_distributed, seed_everything
+from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, extract_features, hole_mask,
+                                 load_square)
+from evaluation.figures import retrieval_grid
+from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
+from evaluation.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
+from evaluation.retrieval_metrics import precision_at_k
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m evaluation.retrieval", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_profile_flag(p)
+    add_data_args(p, "query")
+    add_feature_args(p)
+    g = p.add_argument_group("search")
+    g.add_argument("--k", type=int, default=10, help="neighbours per query (precision@k)")
+    g.add_argument("--metric", default="cosine", choices=METRICS, help="cosine: L2-normalised features")
+    g.add_argument("--index", default="flat", choices=KINDS, help="flat = exact; ivf/hnsw = approximate (PCA + "
+                   "faiss index + exact re-ranking), for galleries of ~100K images and more")
+    g.add_argument("--grid-queries", type=int, default=8, help="queries drawn in the grid PNG (seeded choice)")
+    g.add_argument("--grid-neighbours", type=int, default=6, help="neighbours per query in the grid")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="random init, query/gallery subsets, grid and bootstrap")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per image set (quick runs)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--out", default=None, help="result record (default results/<profile>/retrieval_<init>.json); "
+                   "the grid PNG goes next to it")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing record")
+    return p
+
+
+def draw_grid(path, cfg, gallery, queries, neighbours, relevant, title):
+    """The grid PNG of a seeded choice of queries and their nearest neighbours."""
+    rng = np.random.default_rng(cfg["seed"])
+    rows = np.sort(rng.choice(len(neighbours), min(cfg["grid_queries"], len(neighbours)), replace=False))
+    size, shown = cfg["input_size"], min(cfg["grid_neighbours"], neighbours.shape[1])
+    images = [load_square(queries.paths[r], size) for r in rows]
+    found = [[load_square(gallery.paths[j], size) for j in neighbours[r, :shown]] for r in rows]
+    marks = None if relevant is None else relevant[rows, :shown]
+    return retrieval_grid(path, images, found, hole_mask(size)[0, 0].numpy(), marks, title)
+
+
+def main(argv=None):
+    # config: parser defaults < benchmarks.yaml profile < command line
+    args = parse_with_profile(get_args_parser(), argv, "retrieval")
+    cfg = resolved_config(args)
+    started = time.time()
+    rt = init_distributed(cfg["device"])
+    seed_everything(cfg["seed"])
+    log = get_logger("retrieval")
+    # data: gallery and held-out queries
+    gallery, queries = gallery_and_queries(
+        voc_root=cfg["voc_root"], year=cfg["year"], gallery_split=cfg["gallery_split"],
+        query_split=cfg["query_split"], images=cfg["images"], gallery_list=cfg["gallery_list"],
+        query_list=cfg["query_list"], max_gallery=cfg["max_gallery"], max_queries=cfg["max_queries"],
+        seed=cfg["seed"])
+    # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
+    extractor, info = build_extractor(cfg, rt.device)
+    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"retrieval_{info['init']}.json")
+    refuse_overwrite(out, cfg["overwrite"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
+    gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
+    query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="queries", **opts)
+    n_gallery, n_queries = len(gallery_feats), len(query_feats)
+    if cfg["center"]:
+        center_on_gallery(gallery_feats, query_feats)
+    if cfg["k"] > n_gallery:
+        raise CebenchError(f"--k {cfg['k']} exceeds the gallery's {n_gallery} images")
+    # search: faiss, exact by default
+    index = KnnIndex(gallery_feats, cfg["metric"], cfg["index"], seed=cfg["seed"])
+    _, neighbours = index.search(query_feats, cfg["k"])  # (Q, k) gallery rows, nearest first
+    # score: precision@k when both sets have VOC labels
+    score = None
+    if gallery.labels is not None and queries.labels is not None:
+        score = precision_at_k(present(queries.labels[:n_queries]), present(gallery.labels[:n_gallery]),
+                               neighbours, seed=cfg["seed"])
+    title = ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}") + f", {n_queries} queries: " + (
+        f"precision@{cfg['k']} {100 * score['precision']:.1f}% (chance {100 * score['chance']:.1f}%)"
+        if score else "unlabelled images")
+    grid = draw_grid(out.with_suffix(".png"), cfg, gallery, queries, neighbours,
+                     score["relevant"] if score else None, title)
+    # result record
+    protocol = {"features": cfg["features"], "input": f"shorter side resized to {cfg['input_size']}, centre crop",
+                "hole": "central, half the height and width (1/4 of the area), filled with the dataset mean",
+                "centered": cfg["center"], "search": index.params, "k": cfg["k"], "gallery": gallery.source,
+                "queries": queries.source,
+                "relevance": "a neighbour is relevant when it holds an object (difficult included) of a class its "
+                             "query holds; per_class: among queries holding the class, share of neighbours holding it",
+                "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"]}
+    if "hog_params" in info:
+        protocol["hog_params"] = info["hog_params"]
+    record = make_record(
+        task="retrieval", init=info["init"], dataset=dataset_name(cfg), split=cfg["query_split"],
+        metric=f"precision@{cfg['k']}", value=score["precision"] if score else None,
+        ci95=score["ci95"] if score else None,
+        per_class=dict(zip(class_names(), score["per_class"], strict=True)) if score else {}, n_images=n_queries,
+        seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=protocol,
+        chance=round(100 * score["chance"], 4) if score else None, n_gallery=n_gallery,
+        feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"])
+    write_record(out, record)
+    log.info("%s: %s = %s (chance %s), wrote %s and %s", record["init"], record["metric"], record["value"],
+             record["chance"], out, grid)
+    return {"out": str(out), "grid": str(grid), "value": record["value"], "ci95": record["ci95"],
+            "chance": record["chance"], "neighbours": neighbours}
+
+
+if __name__ == "__main__":
+    run_cli(main)

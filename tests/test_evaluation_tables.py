@@ -1,0 +1,92 @@
+"""evaluation.tables: Table 1 and Table 2 from hand-written records, the paper's numbers beside ours."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from cebench.errors import CebenchError
+from cebench.records import make_record, write_record
+from evaluation import tables
+from evaluation.paper_tables import read_published
+
+
+def _record(task, init, value, ci, seed=0, metric="mAP", **extra):
+    return make_record(task=task, init=init, dataset="VOC2007", split="val", metric=metric, value=value, ci95=ci,
+                       per_class={}, n_images=50, seed=seed, wall_time_s=1.0, config={"profile": "unit"},
+                       protocol=extra.pop("protocol", {"mode": "fine-tune"}), **extra)
+
+
+def _inpainting(init, method, l1, l2, db):
+    scores = {"l1": {"value": l1, "ci95": [l1 - 1, l1 + 1]}, "l2": {"value": l2, "ci95": [l2 - 0.5, l2 + 0.5]},
+              "psnr": {"value": db, "ci95": [db - 0.3, db + 0.3]}}
+    return _record("inpainting", init, l2 / 100, (l2 / 100 - 0.005, l2 / 100 + 0.005), metric="mean L2",
+                   method=method, scores=scores)
+
+
+@pytest.fixture()
+def results(tmp_path):
+    meta = {"wall_time_s": 5400.0, "images_seen": 96000, "device": "cpu"}
+    write_record(tmp_path / "classification_ce.json",
+                 _record("classification", "ce", 0.40, (0.38, 0.42), protocol={"mode": "fine-tune",
+                                                                               "pretrain_meta": meta}))
+    write_record(tmp_path / "classification_random_s0.json", _record("classification", "random", 0.30, (0.28, 0.32)))
+    write_record(tmp_path / "classification_random_s1.json",
+                 _record("classification", "random", 0.34, (0.32, 0.36), seed=1))
+    write_record(tmp_path / "retrieval_hog.json", _record("retrieval", "hog", 0.25, (0.2, 0.3), metric="precision@10"))
+    uncentred = _record("retrieval", "hog", 0.15, (0.1, 0.2), metric="precision@10")
+    uncentred["config"]["center"] = False  # another protocol: its own column, never averaged with the above
+    write_record(tmp_path / "retrieval_hog_uncentred.json", uncentred)
+    write_record(tmp_path / "inpainting_hog.json", _inpainting("hog", "nn-inpainting", 20.0, 7.0, 12.0))
+    write_record(tmp_path / "inpainting_ce_decoder.json", _inpainting("ce", "context-encoder", 10.0, 2.5, 17.0))
+    (tmp_path / "speed.json").write_text(json.dumps({"not": "a record"}))
+    return tmp_path
+
+
+def test_tables_from_records(results):
+    out = tables.main(["--results", str(results)])
+    t2 = out["table2"]
+    # ours beside the paper's; two seeds averaged; a missing run is empty (NaN), never zero
+    assert t2.at["ce", "classification"] == pytest.approx(40.0)
+    assert t2.at["ce", "classification paper"] == pytest.approx(56.5)
+    assert t2.at["random", "classification"] == pytest.approx(32.0)
+    assert t2.at["random", "classification runs"] == 2
+    assert pd.isna(t2.at["ce", "detection"]) and t2.at["ce", "detection paper"] == pytest.approx(44.5)
+    assert t2.at["ce", "pretraining time (ours)"] == "1.5 hours (cpu)"
+    assert t2.at["ce", "images seen (ours)"] == "96,000"
+    assert t2.at["hog", "retrieval"] == pytest.approx(25.0) and t2.at["hog", "retrieval runs"] == 1
+    assert t2.at["hog", "retrieval (uncentred)"] == pytest.approx(15.0)
+    t1 = out["table1"]
+    assert t1.at["nn-inpainting:hog", "Mean L2"] == pytest.approx(7.0)
+    assert t1.at["nn-inpainting:hog", "Mean L2 paper"] == pytest.approx(6.92)
+    assert pd.isna(t1.at["nn-inpainting:ce", "PSNR"])  # the paper's row without a run of ours
+    assert t1.at["context-encoder:ce", "PSNR paper"] == pytest.approx(18.58)
+    for name in ("table1.csv", "table1.md", "table2.csv", "table2.md", "table2.png"):
+        assert (results / name).stat().st_size > 0
+    csv = pd.read_csv(results / "table2.csv", index_col="key")
+    assert pd.isna(csv.at["ce", "detection"]) and csv.at["ce", "detection paper"] == pytest.approx(44.5)
+    md = (results / "table2.md").read_text()
+    assert "40.0 [38.0, 42.0]" in md and "Provenance: profile unit" in md and "1 other JSON" in md
+    ce_row = next(line for line in md.splitlines() if line.startswith("| Context encoder"))
+    assert " 0.0" not in ce_row.replace("40.0", "")  # missing cells are blank
+
+
+def test_tables_regenerate_identically(results):
+    tables.main(["--results", str(results)])
+    first = {p: (results / p).read_text() for p in ("table1.md", "table2.md", "table2.csv")}
+    tables.main(["--results", str(results)])
+    assert first == {p: (results / p).read_text() for p in first}
+
+
+def test_no_records_is_a_clear_error(tmp_path):
+    with pytest.raises(CebenchError, match="no result records"):
+        tables.main(["--results", str(tmp_path)])
+    with pytest.raises(CebenchError, match="not found"):
+        tables.main(["--results", str(tmp_path / "missing")])
+
+
+def test_published_numbers_name_their_source():
+    published = read_published()
+    assert published["source"].str.contains("Pathak").all()
+    ce = published[(published["key"] == "ce") & (published["column"] == "classification")]
+    assert ce["value"].tolist() == ["56.5"]
