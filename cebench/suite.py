@@ -1,0 +1,445 @@
+"""The suite runner behind `bash run_all.sh`: every stage of a profile in order, resumable, logged.
+
+Reads the profile's `run:` section of benchmarks.yaml, runs each stage as its own process
+(`python -m pretrain.train ...`, `python -m transfer.classify ...`), writes everything under results/<profile>/,
+skips a stage whose output and stamp match the resolved command and profile, stops at the first failure, and
+prints Table 2 at the end. Stages are only ever run as subprocesses: plumbing imports no model code.
+
+    bash run_all.sh                                   # smoke: synthetic data, the whole pipeline on a CPU
+    bash run_all.sh voc-mini --max-steps 200 --dry-run
+    bash run_all.sh paper --images /data/imagenet/train --voc-root /data/VOCdevkit --supervised alexnet.pth
+"""
+
+import argparse
+import codecs
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cebench.config import STAGES, get_profile, load_benchmarks
+from cebench.errors import CebenchError, run_cli
+from cebench.files import atomic_write_json
+from cebench.records import git_info, read_record
+
+REPO = Path(__file__).resolve().parents[1]
+MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
+           "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
+           "inpainting": "evaluation.inpainting", "tables": "evaluation.tables"}
+TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation",
+         "retrieval": "retrieval", "inpainting": "inpainting"}
+INITS = ("ce", "random", "supervised", "hog")  # hog: hand-made features, for retrieval and inpainting only
+RUN_KEYS = {"stages", "synthetic", "supervised"}
+STAGE_KEYS = {"inits", "module"}
+SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
+# Which stages receive each pass-through option of run_all (all others take them from the profile).
+PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "device": ("pretrain", *TASKS),
+                "seed": ("pretrain", *TASKS), "max_steps": ("pretrain", "classify", "detect", "segment")}
+BAR = "=" * 100
+
+
+@dataclass
+class Job:
+    """One process of the suite: a stage run for one initialisation, writing `out`."""
+
+    stage: str
+    init: str | None
+    argv: list  # after the python executable: ["-m", module, ...]
+    out: Path
+    inputs: list = field(default_factory=list)  # weight files whose content the result depends on
+    always: bool = False  # data generation and tables: cheap, run every time
+
+    @property
+    def label(self):
+        return f"{self.stage} ({self.init})" if self.init else self.stage
+
+    @property
+    def stamp(self):
+        """Next to the output: the hash it was made with and whether it finished."""
+        return self.out.with_name(self.out.name + ".stamp")
+
+
+def _shown(path):
+    """A path as commands show it: relative to the checkout when inside it (children run from there)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def _profile_path(profile, value):
+    return Path(value) if os.path.isabs(value) else (Path(profile["_dir"]) / value).resolve()
+
+
+def run_section(profile):
+    """The profile's `run:` section, shape-checked; unknown keys and inits are errors."""
+    where = f"benchmarks.yaml profile {profile['_name']!r}, run"
+    run = profile.get("run")
+    if not isinstance(run, dict) or not isinstance(run.get("stages"), dict):
+        raise CebenchError(f"{where}: missing; it needs a 'stages' mapping (what run_all.sh runs)")
+    for bad, keys in ((set(run) - RUN_KEYS, "keys"), (set(run["stages"]) - set(STAGES), "stages")):
+        if bad:
+            raise CebenchError(f"{where}: unknown {keys} {sorted(bad)}")
+    for stage, spec in run["stages"].items():
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - STAGE_KEYS:
+            raise CebenchError(f"{where}.stages.{stage}: expected a mapping with keys {sorted(STAGE_KEYS)}")
+        inits = spec.get("inits", [])
+        allowed = INITS if stage in ("retrieval", "inpainting") else INITS[:3]
+        if stage in TASKS and (not isinstance(inits, list) or not inits or set(inits) - set(allowed)):
+            raise CebenchError(f"{where}.stages.{stage}.inits: expected a list of {list(allowed)}, got {inits!r}")
+    synthetic = run.get("synthetic")
+    if synthetic is not None and (not isinstance(synthetic, dict) or set(synthetic) - SYNTHETIC_KEYS
+                                  or "out" not in synthetic):
+        raise CebenchError(f"{where}.synthetic: expected a mapping with 'out' and keys of {sorted(SYNTHETIC_KEYS)}")
+    return run
+
+
+def _pass_through(stage, opts):
+    """run_all's overrides that this stage takes, as command-line flags."""
+    argv = []
+    for key, stages in PASS_THROUGH.items():
+        value = getattr(opts, key)
+        if value is not None and stage in stages:
+            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
+    return argv
+
+
+def plan(profile, opts):
+    """The jobs of a run in order: synthetic data (smoke), pretraining, transfers, evaluations, tables."""
+    run, name = run_section(profile), profile["_name"]
+    results = Path(opts.results_dir or REPO / "results" / name).resolve()
+    stages = run["stages"]
+    supervised = opts.supervised or (run.get("supervised") and str(_profile_path(profile, run["supervised"])))
+    ce = Path(opts.ce).resolve() if opts.ce else results / "ce.pt"
+    jobs = []
+    if run.get("synthetic") and not (opts.voc_root and opts.images):  # some stage still reads the synthetic data
+        syn = dict(run["synthetic"])
+        argv = ["-m", "transfer.synthetic", "--out", _shown(_profile_path(profile, syn.pop("out")))]
+        for key, value in syn.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        jobs.append(Job("data", "synthetic", argv, REPO / argv[3], always=True))
+    for stage in STAGES:  # the pipeline's order, whatever the order in the YAML
+        if stage not in stages:
+            continue
+        spec, common = stages[stage] or {}, ["--profile", name]
+        module = spec.get("module", MODULES[stage])
+        if stage == "pretrain":
+            if not opts.ce:
+                argv = ["-m", module, *common, "--out", _shown(ce), *_pass_through(stage, opts)]
+                jobs.append(Job(stage, "ce", argv, ce))
+            continue
+        if stage == "tables":
+            argv = ["-m", module, *common, "--results", _shown(results)]
+            jobs.append(Job(stage, None, argv, results / "table2.md", always=True))
+            continue
+        for init in spec["inits"]:
+            if init == "supervised" and not supervised:
+                continue
+            weights = {"ce": ce, "random": "random", "supervised": supervised}.get(init)
+            source = ["--features", "hog"] if init == "hog" else ["--weights", _shown(weights)
+                                                                   if weights != "random" else "random"]
+            out = results / f"{stage}_{init}.json"
+            argv = ["-m", module, *common, *source, "--out", _shown(out), *_pass_through(stage, opts)]
+            inputs = [Path(weights).resolve()] if init in ("ce", "supervised") else []
+            jobs.append(Job(stage, init, argv, out, inputs))
+    if any(j.init == "ce" and j.stage != "pretrain" for j in jobs) and "pretrain" not in stages and not opts.ce:
+        raise CebenchError(f"profile {name!r} runs no pretraining: pass --ce PATH (a ce.pt) for the 'ce' runs")
+    return jobs, results
+
+
+def preflight(profile, jobs, opts):
+    """Clear errors for missing data before anything runs (the paper profile needs the user's data)."""
+    made = [j.out for j in jobs if j.stage == "data"]  # exists once the data job has run
+    problems = [f"weights not found: {p}" for j in jobs for p in j.inputs if j.stage != "pretrain"
+                and not (p.is_file() or any(k.stage == "pretrain" and k.out == p for k in jobs))]
+    needs = {}  # path -> (what, flag, hint)
+    for job in jobs:
+        section = profile.get(job.stage) or {}
+        if job.stage == "pretrain":
+            path = opts.images or section.get("images")
+            needs[path] = ("folder of unlabelled images for pretraining", "--images", "e.g. ImageNet's train/")
+        elif job.stage in PASS_THROUGH["voc_root"]:
+            path = opts.voc_root or section.get("voc_root") or (profile.get("common") or {}).get("voc_root")
+            needs[path] = ("VOCdevkit", "--voc-root", "the folder that holds VOC2007/")
+    for path, (what, flag, hint) in needs.items():
+        path = path and _profile_path(profile, path)
+        if not path:
+            problems.append(f"it sets no {what}: pass {flag} DIR ({hint})")
+        elif not path.is_dir() and not any(path.is_relative_to(m) for m in made):
+            problems.append(f"no {what} at {path}: pass {flag} DIR ({hint})")
+    if problems:
+        raise CebenchError(f"profile {profile['_name']!r}: " + "; ".join(dict.fromkeys(problems)))
+
+
+_DIGESTS = {}
+
+
+def _digest(path):
+    """sha256 of a weights file (cached by path, size and mtime); 'missing' before it exists."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    key = (str(path), path.stat().st_size, path.stat().st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def job_hash(job, profile):
+    """What a result depends on: its command, the profile sections its entry point reads, its input weights."""
+    content = {"argv": job.argv, "common": profile.get("common"), "section": profile.get(job.stage),
+               "inputs": {_shown(p): _digest(p) for p in job.inputs}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def job_state(job, digest, force):
+    """skip (up to date), resume (same config, unfinished), changed (other config) or fresh."""
+    try:
+        stamp = json.loads(job.stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        stamp = None
+    if stamp is None and not force:
+        return "fresh"
+    if force or stamp.get("hash") != digest:
+        return "changed"
+    return "skip" if stamp.get("status") == "done" and job.out.exists() else "resume"
+
+
+_FLAGS = {}
+
+
+def _supports(module, flag, env):
+    """Whether an entry point's --help lists `flag` (asked only when a stage is rerun over old outputs)."""
+    if module not in _FLAGS:
+        proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, env=env, capture_output=True,
+                              text=True)
+        _FLAGS[module] = proc.stdout
+    return flag in _FLAGS[module].split()
+
+
+class Tee:
+    """Everything printed goes to the terminal and to run.log (progress bars kept at their last state)."""
+
+    def __init__(self, log_path=None):
+        self.log = open(log_path, "a", encoding="utf-8") if log_path else None
+        self._partial = ""
+
+    def write(self, text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        if self.log is None:
+            return
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self.log.write(line.rstrip("\r").rsplit("\r", 1)[-1] + "\n")
+        if "\r" in self._partial.rstrip("\r"):
+            self._partial = self._partial.rstrip("\r").rsplit("\r", 1)[-1]
+        self.log.flush()
+
+    def print(self, *parts):
+        self.write(" ".join(str(p) for p in parts) + "\n")
+
+    def close(self):
+        if self.log:
+            self.write("" if not self._partial else "\n")
+            self.log.close()
+
+
+def child_env():
+    """Unbuffered children that import this checkout even when it is not pip-installed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def run_process(argv, tee, env):
+    """Run `python argv...` from the checkout, streaming its output through the tee; returns the exit status."""
+    proc = subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace").decode
+    try:
+        while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+            tee.write(decode(chunk))
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: give the child (which got the same Ctrl-C) time to save
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.stdout.close()
+
+
+def _check_output(job):
+    """A finished stage must have written its output; a record must be well formed and of its task."""
+    if not job.out.exists():
+        raise CebenchError(f"{job.label} exited with status 0 but did not write {_shown(job.out)}")
+    if job.stage in TASKS:
+        record = read_record(job.out)
+        if record["task"] != TASKS[job.stage]:
+            raise CebenchError(f"{_shown(job.out)}: record of task {record['task']!r}, expected {TASKS[job.stage]!r}")
+        return f"{record['metric']} = {record['value']}"
+    return ""
+
+
+def _extra_flags(job, state, env):
+    """--resume to continue an interrupted run, --overwrite to replace a stale one, where the stage has them."""
+    stale = state == "changed" or (state == "fresh" and job.out.exists())
+    module = job.argv[1]
+    if state == "resume" and _supports(module, "--resume", env):
+        return ["--resume"]
+    if stale and _supports(module, "--overwrite", env):
+        return ["--overwrite"]
+    return []
+
+
+def run_job(job, profile, opts, tee, env):
+    """Run one job unless its stamp says it is up to date; returns (status, seconds, summary text)."""
+    digest = job_hash(job, profile)
+    state = "run" if job.always else job_state(job, digest, opts.force)
+    if state == "skip":
+        tee.print(f"up to date, skipped: {_shown(job.out)} (stamp matches the command and profile)")
+        return "skipped", 0.0, _check_output(job)
+    argv = job.argv + ([] if opts.dry_run else _extra_flags(job, state, env))
+    tee.print(f"$ python {shlex.join(argv)}" + (f"    # {state} run" if state in ("resume", "changed") else ""))
+    if opts.dry_run:
+        return "dry-run", 0.0, ""
+    stamp = {"hash": digest, "status": "running", "command": ["python", *argv], "started": time.time()}
+    if not job.always:
+        atomic_write_json(job.stamp, stamp)
+    start = time.perf_counter()
+    status = run_process(argv, tee, env)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        tee.print(f"\n{BAR}\nFAILED: {job.label} exited with status {status} after {seconds:.0f} s\n"
+                  f"command (run from {REPO}):\n  {shlex.quote(sys.executable)} {shlex.join(argv)}\n"
+                  f"log: {_shown(tee.log.name) if tee.log else '-'}\n{BAR}")
+        raise CebenchError(f"stage {job.label} failed (exit status {status}); fix the cause and rerun the same "
+                           "command: finished stages are skipped")
+    summary = _check_output(job)
+    if not job.always:
+        atomic_write_json(job.stamp, {**stamp, "status": "done", "wall_time_s": round(seconds, 1)})
+    tee.print(f"-- {job.label} done in {seconds:.0f} s" + (f": {summary}" if summary else ""))
+    return "ran", seconds, summary
+
+
+def _table2(results):
+    """The Table 2 that evaluation.tables wrote (results/<profile>/table2.md or below)."""
+    found = [results / "table2.md"] if (results / "table2.md").is_file() else sorted(results.rglob("table2.md"))
+    if not found:
+        raise CebenchError(f"evaluation.tables finished but wrote no table2.md under {_shown(results)}")
+    return found[0]
+
+
+SYNTHETIC_BANNER = """{bar}
+SYNTHETIC DATA. Profile {name!r} runs on a small dataset that the project draws itself ({root}):
+shapes standing for 6 VOC classes on textured backgrounds, in the VOCdevkit layout. It checks that every
+stage runs end to end; its numbers say nothing about context encoders on real images (use voc-mini or paper).
+"""
+
+
+def _report(tee, rows, results, synthetic):
+    tee.print(f"\n{BAR}\nsummary ({_shown(results)})")
+    for label, status, seconds, summary in rows:
+        tee.print(f"  {label:<24} {status:<8} {seconds:7.0f} s  {summary}")
+    table = _table2(results)
+    tee.print(f"\n{BAR}\nTable 2 ({_shown(table)})\n{BAR}")
+    tee.print(table.read_text().rstrip())
+    if synthetic:
+        tee.print(f"\nNOTE: every number above was measured on SYNTHETIC data ({synthetic}); it checks the "
+                  "pipeline, not the paper.")
+
+
+def _profiles_help():
+    """The profiles of benchmarks.yaml, their descriptions and what run_all runs for each."""
+    try:
+        data = load_benchmarks()
+    except CebenchError as err:
+        return f"profiles: cannot read benchmarks.yaml ({err})"
+    lines = [f"profiles ({data['_path']}):"]
+    for name, prof in data["profiles"].items():
+        lines.append(f"  {name}{'  [default]' if name == data.get('default_profile') else ''}")
+        stages = {s: (spec or {}).get("inits") for s, spec in ((prof.get("run") or {}).get("stages") or {}).items()}
+        runs = ", ".join(f"{s} [{', '.join(stages[s])}]" if stages[s] else s for s in STAGES if s in stages)
+        for text in (" ".join(str(prof.get("description", "")).split()), f"runs: {runs}"):
+            lines += textwrap.wrap(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(lines) + "\n\n" + textwrap.fill(
+        "inits: ce = the context encoder that the pretrain stage trains; random = the paper's Gaussian "
+        "initialisation; hog = HOG features (retrieval, inpainting); supervised = your ImageNet AlexNet, run only "
+        "when --supervised PATH is given. Each stage reads its other settings from its own section of the profile.",
+        100)
+
+
+def _abspath(value):
+    return str(Path(value).expanduser().resolve())
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        prog="run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_profiles_help(),
+        description=textwrap.fill(
+            "Run a profile of benchmarks.yaml end to end: (synthetic data,) pretraining, classification, detection, "
+            "segmentation, retrieval, inpainting, tables; then print Table 2. Outputs go to results/<profile>/ with "
+            "a run.log. Rerunning the same command resumes: a stage whose output exists with a matching stamp is "
+            "skipped; a changed profile section, flag or input weights reruns it.", 100))
+    parser.add_argument("profile", nargs="?", default=None, help="profile name (default: the file's default_profile)")
+    g = parser.add_argument_group("data and weights")
+    g.add_argument("--voc-root", type=_abspath, metavar="DIR",
+                   help="VOCdevkit (the folder holding VOC2007/) for every transfer and evaluation stage")
+    g.add_argument("--images", type=_abspath, metavar="DIR",
+                   help="folder of unlabelled images for pretraining (the paper profile needs one)")
+    g.add_argument("--supervised", type=_abspath, metavar="PATH",
+                   help="a torchvision AlexNet state_dict (ImageNet-trained): adds the supervised row")
+    g.add_argument("--ce", type=_abspath, metavar="PATH", help="use this ce.pt and skip pretraining")
+    g = parser.add_argument_group("passed to the stages that take them")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--seed", type=int, metavar="N")
+    g.add_argument("--max-steps", type=int, metavar="N",
+                   help="cap on the optimisation steps of pretrain, classify, detect and segment, for quick trials")
+    g = parser.add_argument_group("run")
+    g.add_argument("--results-dir", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
+    g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")
+    g.add_argument("--force", action="store_true", help="rerun every stage, ignoring stamps")
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    profile = get_profile(args.profile)
+    jobs, results = plan(profile, args)
+    preflight(profile, jobs, args)
+    synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)
+    tee = Tee(None if args.dry_run else (results.mkdir(parents=True, exist_ok=True) or results / "run.log"))
+    env, rows = child_env(), []
+    try:
+        sha = git_info().get("git_commit", "not a git checkout")
+        tee.print(f"{BAR}\nrun_all {profile['_name']} -> {_shown(results)}  ({time.strftime('%Y-%m-%d %H:%M:%S')},"
+                  f" commit {sha[:12]})\nargs: {shlex.join(sys.argv[1:] if argv is None else argv)}")
+        if synthetic:
+            tee.print(SYNTHETIC_BANNER.format(bar=BAR, name=profile["_name"], root=synthetic))
+        for n, job in enumerate(jobs, 1):
+            tee.print(f"{BAR}\n[{n}/{len(jobs)}] {job.label}  ->  {_shown(job.out)}\n{'-' * len(BAR)}")
+            rows.append((job.label, *run_job(job, profile, args, tee, env)))
+        if not args.dry_run:
+            _report(tee, rows, results, synthetic)
+    except KeyboardInterrupt:  # the running stage got the same Ctrl-C and kept its last checkpoint
+        tee.print("\ninterrupted: rerun the same command to resume (finished stages are skipped)")
+        raise SystemExit(130) from None
+    finally:
+        tee.close()
+    return {"profile": profile["_name"], "results": str(results), "synthetic": bool(synthetic),
+            "jobs": [{"stage": j.stage, "init": j.init, "out": str(j.out), "status": r[1], "summary": r[3]}
+                     for j, r in zip(jobs, rows, strict=False)]}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,426 @@
+"""A deterministic synthetic PASCAL VOC devkit: the data of the `smoke` profile, made in seconds on a CPU.
+
+Six VOC classes, each drawn as its own family of shapes, colours and textures (so classification, detection
+and segmentation are learnable), pasted 1-3 per image on textured backgrounds (so inpainting has structure),
+written in the VOC2007 layout that every VOC reader of this project accepts. Same seed, same bytes.
+
+    python -m transfer.synthetic --out data/smoke
+    python -m transfer.synthetic --out /tmp/voc-synth --n-train 40 --n-val 20 --size 96 --seed 1
+"""
+
+import argparse
+import colorsys
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from cebench.errors import CebenchError, run_cli
+from cebench.files import atomic_write_text
+from cebench.logs import progress
+from transfer.voc import VOC_CLASSES
+
+GENERATOR_VERSION = 1  # bump when the drawing changes: a stamp with another version is not reused
+STAMP_NAME = "synthetic.json"
+DIFFICULT_RATE = 0.12  # share of objects drawn small and faint, flagged difficult (VOC2007 trainval: ~11%)
+JPEG_QUALITY = 90  # as voc-mini
+
+
+class _Canvas:
+    """An object drawn part by part into an RGB image and its binary mask at the same time."""
+
+    def __init__(self, w, h):
+        self.w, self.h = w, h
+        self.rgb, self.mask = Image.new("RGB", (w, h)), Image.new("L", (w, h))
+        self._rgb, self._mask = ImageDraw.Draw(self.rgb), ImageDraw.Draw(self.mask)
+
+    def add(self, kind, xy, colour):
+        """Draw one part (`kind` is an ImageDraw method) given in fractions of the canvas size."""
+        pts = [(x * (self.w - 1), y * (self.h - 1)) for x, y in xy]
+        getattr(self._rgb, kind)(pts, fill=colour)
+        getattr(self._mask, kind)(pts, fill=255)
+
+
+def _hsv(h, s, v):
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0), 1), min(max(v, 0), 1)))
+
+
+def _shade(colour, factor):
+    return tuple(int(min(255, c * factor)) for c in colour)
+
+
+def _draw_aeroplane(c, rng):
+    body = _hsv(rng.uniform(0.5, 0.7), rng.uniform(0.03, 0.2), rng.uniform(0.75, 0.95))
+    c.add("polygon", [(0.36, 0.5), (0.6, 0.5), (0.4, 0.0), (0.3, 0.0)], _shade(body, 0.8))  # far wing
+    c.add("polygon", [(0.0, 0.5), (0.14, 0.45), (0.05, 0.1)], _shade(body, 0.85))  # tail fin
+    c.add("ellipse", [(0.0, 0.38), (1.0, 0.62)], body)  # fuselage
+    c.add("polygon", [(0.38, 0.5), (0.62, 0.5), (0.42, 1.0), (0.32, 1.0)], _shade(body, 0.9))  # near wing
+    return "none"
+
+
+def _draw_bird(c, rng):
+    body = _hsv(rng.uniform(0.55, 0.66), rng.uniform(0.55, 0.9), rng.uniform(0.55, 0.9))
+    c.add("polygon", [(0.0, 0.4), (0.2, 0.55), (0.0, 0.8)], _shade(body, 0.7))  # tail
+    c.add("ellipse", [(0.1, 0.3), (0.75, 0.88)], body)
+    c.add("ellipse", [(0.58, 0.08), (0.9, 0.5)], body)  # head
+    c.add("polygon", [(0.86, 0.22), (1.0, 0.3), (0.86, 0.38)], _hsv(0.09, 0.9, 0.95))  # beak
+    c.add("ellipse", [(0.25, 0.45), (0.58, 0.72)], _shade(body, 0.7))  # wing
+    return "speckle"
+
+
+def _draw_bottle(c, rng):
+    glass = _hsv(rng.uniform(0.25, 0.4), rng.uniform(0.5, 0.9), rng.uniform(0.35, 0.75))
+    c.add("rounded_rectangle", [(0.05, 0.35), (0.95, 1.0)], glass)
+    c.add("polygon", [(0.05, 0.42), (0.32, 0.2), (0.68, 0.2), (0.95, 0.42)], glass)  # shoulder
+    c.add("rectangle", [(0.33, 0.05), (0.67, 0.25)], glass)  # neck
+    c.add("rectangle", [(0.28, 0.0), (0.72, 0.08)], _hsv(rng.uniform(0, 1), 0.6, 0.5))  # cap
+    c.add("rectangle", [(0.2, 0.45), (0.32, 0.92)], _shade(glass, 1.6))  # highlight
+    return "vertical"
+
+
+def _draw_car(c, rng):
+    paint = _hsv(rng.uniform(-0.04, 0.04), rng.uniform(0.65, 0.95), rng.uniform(0.55, 0.95))
+    c.add("polygon", [(0.2, 0.42), (0.3, 0.08), (0.7, 0.08), (0.82, 0.42)], paint)  # cabin
+    c.add("polygon", [(0.27, 0.4), (0.34, 0.15), (0.66, 0.15), (0.75, 0.4)], _hsv(0.58, 0.25, 0.85))  # windows
+    c.add("rounded_rectangle", [(0.0, 0.38), (1.0, 0.8)], paint)
+    for x in (0.22, 0.78):  # wheels: radius 0.2 of the height on a 2:1 canvas
+        c.add("ellipse", [(x - 0.1, 0.6), (x + 0.1, 1.0)], (25, 25, 25))
+    return "horizontal"
+
+
+def _draw_cat(c, rng):
+    fur = _hsv(rng.uniform(0.05, 0.11), rng.uniform(0.5, 0.85), rng.uniform(0.5, 0.9))
+    c.add("polygon", [(0.08, 0.5), (0.14, 0.0), (0.45, 0.28)], fur)  # ears
+    c.add("polygon", [(0.92, 0.5), (0.86, 0.0), (0.55, 0.28)], fur)
+    c.add("ellipse", [(0.05, 0.2), (0.95, 1.0)], fur)  # head
+    eye = _hsv(rng.uniform(0.15, 0.3), 0.8, 0.9)
+    c.add("ellipse", [(0.25, 0.45), (0.4, 0.6)], eye)
+    c.add("ellipse", [(0.6, 0.45), (0.75, 0.6)], eye)
+    c.add("polygon", [(0.44, 0.68), (0.56, 0.68), (0.5, 0.76)], _hsv(0.95, 0.5, 0.9))  # nose
+    return "stripes"
+
+
+def _draw_tvmonitor(c, rng):
+    frame = _hsv(rng.uniform(0, 1), 0.1, rng.uniform(0.08, 0.25))
+    c.add("polygon", [(0.4, 0.84), (0.6, 0.84), (0.72, 1.0), (0.28, 1.0)], frame)  # stand
+    c.add("rectangle", [(0.0, 0.0), (1.0, 0.86)], frame)
+    c.add("rectangle", [(0.08, 0.08), (0.92, 0.78)], _hsv(rng.uniform(0, 1), rng.uniform(0.2, 0.6), 0.95))
+    return "scanlines"
+
+
+# name -> (drawing, width / height of its canvas)
+SHAPES = {"aeroplane": (_draw_aeroplane, 1.8), "bird": (_draw_bird, 1.3), "bottle": (_draw_bottle, 0.42),
+          "car": (_draw_car, 2.0), "cat": (_draw_cat, 1.0), "tvmonitor": (_draw_tvmonitor, 1.3)}
+CLASSES = tuple(SHAPES)  # the classes that occur; the other 14 VOC classes have no objects
+
+
+def _texture(rgb, kind, rng):
+    """Multiply a class-typical texture into an object's pixels, (h, w, 3) float in [0, 1]."""
+    h, w = rgb.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "stripes":  # tabby: dark bands across the fur
+        gain = 0.75 + 0.25 * np.cos(2 * np.pi * (xx * rng.uniform(0.6, 1.4) / max(w, 1) * 5 + yy / max(h, 1)))
+    elif kind == "speckle":
+        gain = 1.0 + rng.normal(0, 0.12, (h, w))
+    elif kind == "scanlines":
+        gain = np.where(yy.astype(int) % 3 == 0, 0.8, 1.0)
+    elif kind == "vertical":
+        gain = 0.8 + 0.3 * yy / max(h - 1, 1)
+    elif kind == "horizontal":
+        gain = 1.1 - 0.25 * xx / max(w - 1, 1)
+    else:
+        return rgb
+    return np.clip(rgb * gain[..., None], 0, 1)
+
+
+def draw_object(name, long_side, rng):
+    """An object of class `name`: RGB (h, w, 3) float in [0, 1], bool mask (h, w), and its pose."""
+    draw, aspect = SHAPES[name]
+    w, h = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
+    canvas = _Canvas(max(4, int(round(w))), max(4, int(round(h))))
+    kind = draw(canvas, rng)
+    rgb, mask = canvas.rgb, canvas.mask
+    flipped = bool(rng.random() < 0.5)
+    if flipped:
+        rgb, mask = rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT), mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    angle = float(rng.uniform(-12, 12))
+    rgb = rgb.rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
+    mask = mask.rotate(angle, resample=Image.Resampling.NEAREST, expand=True)
+    rgb = _texture(np.asarray(rgb, dtype=np.float32) / 255.0, kind, rng)
+    pose = "Frontal" if name in ("cat", "tvmonitor", "bottle") else ("Left" if flipped else "Right")
+    return rgb, np.asarray(mask) > 127, pose
+
+
+def _random_colour(rng):
+    return np.array(colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.05, 0.5), rng.uniform(0.25, 0.95)),
+                    dtype=np.float32)
+
+
+def background(w, h, rng):
+    """A textured scene without objects: gradient, stripes, smooth blobs or a horizon, plus noise."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) / max(w, h)
+    theta = rng.uniform(0, 2 * np.pi)
+    along = xx * np.cos(theta) + yy * np.sin(theta)
+    along = (along - along.min()) / max(float(np.ptp(along)), 1e-6)
+    kind = rng.integers(4)
+    if kind == 0:
+        mix = along
+    elif kind == 1:
+        mix = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3, 10) * along + rng.uniform(0, 2 * np.pi))
+    elif kind == 2:
+        k = int(rng.integers(3, 8))
+        low = Image.fromarray((rng.random((k, k)) * 255).astype(np.uint8))
+        mix = np.asarray(low.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
+    else:
+        horizon = rng.uniform(0.3, 0.7) * h / max(w, h)
+        mix = 1.0 / (1.0 + np.exp(-(yy - horizon) * rng.uniform(20, 80)))
+    mix = mix[..., None]
+    img = _random_colour(rng) * (1 - mix) + _random_colour(rng) * mix
+    img += rng.normal(0, rng.uniform(0.01, 0.05), img.shape).astype(np.float32)
+    return np.clip(img, 0, 1)
+
+
+def _visible_ok(owner, full_areas, min_fraction=0.55, min_pixels=30):
+    """Every object keeps enough of itself visible after occlusion and cropping."""
+    counts = np.bincount(owner[owner >= 0].ravel(), minlength=len(full_areas))
+    return all(n >= min_pixels and n >= min_fraction * a for n, a in zip(counts, full_areas, strict=True))
+
+
+def _paste(img, owner, k, rgb, mask, x0, y0, opacity):
+    """Alpha-paste object `k` with its top-left corner at (x0, y0), clipped to the image; returns copies."""
+    H, W = owner.shape
+    h, w = mask.shape
+    ys, xs = slice(max(0, y0), min(H, y0 + h)), slice(max(0, x0), min(W, x0 + w))
+    oy, ox = slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0)
+    img, owner = img.copy(), owner.copy()
+    m = mask[oy, ox]
+    img[ys, xs][m] = img[ys, xs][m] * (1 - opacity) + rgb[oy, ox][m] * opacity
+    owner[ys, xs][m] = k
+    return img, owner
+
+
+def make_scene(w, h, rng):
+    """One image: (H, W, 3) float RGB, per-pixel object owner (-1 background), and its object list."""
+    img, owner = background(w, h, rng), np.full((h, w), -1, dtype=np.int16)
+    n_objects = int(rng.choice([1, 2, 3], p=[0.5, 0.3, 0.2]))
+    objects, full_areas = [], []
+    for k in range(n_objects):
+        name = CLASSES[rng.integers(len(CLASSES))]
+        difficult = k > 0 and rng.random() < DIFFICULT_RATE  # the first object is always a clear one
+        scale = rng.uniform(0.12, 0.2) if difficult else rng.uniform(0.35, 0.7) * (1.0, 0.85, 0.75)[k]
+        rgb, mask, pose = draw_object(name, scale * max(w, h), rng)
+        mh, mw = mask.shape
+        for _ in range(10):  # a few placements; an object that cannot be placed visibly is left out
+            x0 = int(rng.integers(-mw // 6, max(w - mw + mw // 6, -mw // 6) + 1))
+            y0 = int(rng.integers(-mh // 6, max(h - mh + mh // 6, -mh // 6) + 1))
+            new_img, new_owner = _paste(img, owner, len(objects), rgb, mask, x0, y0, 0.6 if difficult else 1.0)
+            if _visible_ok(new_owner, [*full_areas, int(mask.sum())]):
+                truncated = x0 < 0 or y0 < 0 or x0 + mw > w or y0 + mh > h
+                img, owner = new_img, new_owner
+                objects.append({"name": name, "pose": pose, "truncated": int(truncated), "difficult": int(difficult)})
+                full_areas.append(int(mask.sum()))
+                break
+    for k, obj in enumerate(objects):  # VOC boxes bound the visible pixels, 1-based and inclusive
+        ys, xs = np.nonzero(owner == k)
+        obj["bbox"] = (int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1)
+    return img, owner, objects
+
+
+def class_mask(owner, objects):
+    """VOC class indices per pixel (0 background); difficult objects and a band at every edge are 255 (void)."""
+    labels = np.zeros(owner.shape, dtype=np.uint8)
+    for k, obj in enumerate(objects):
+        labels[owner == k] = 255 if obj["difficult"] else VOC_CLASSES.index(obj["name"]) + 1
+    # Both pixels on either side of a change of owner: a 2 px void border, VOC's ~5 px at 500 px scaled down.
+    band = np.zeros(owner.shape, dtype=bool)
+    step_x, step_y = owner[:, :-1] != owner[:, 1:], owner[:-1, :] != owner[1:, :]
+    band[:, :-1] |= step_x
+    band[:, 1:] |= step_x
+    band[:-1, :] |= step_y
+    band[1:, :] |= step_y
+    labels[band] = 255
+    return labels
+
+
+def voc_palette():
+    """The devkit's 256-colour palette (bit-interleaved colour map; 255 -> (224, 224, 192))."""
+    palette = []
+    for index in range(256):
+        rgb, c = [0, 0, 0], index
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
+            c >>= 3
+        palette += rgb
+    return palette
+
+
+def annotation_xml(image_id, width, height, objects, segmented):
+    """The VOC2007 annotation of one image, laid out like the devkit's files."""
+    parts = [f"<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>{image_id}.jpg</filename>\n"
+             "\t<source>\n\t\t<database>cebench synthetic VOC (not PASCAL VOC)</database>\n"
+             "\t\t<annotation>transfer.synthetic</annotation>\n\t\t<image>generated</image>\n\t</source>\n"
+             f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+             f"\t<segmented>{int(segmented)}</segmented>\n"]
+    for obj in objects:
+        x1, y1, x2, y2 = obj["bbox"]
+        parts.append(f"\t<object>\n\t\t<name>{obj['name']}</name>\n\t\t<pose>{obj['pose']}</pose>\n"
+                     f"\t\t<truncated>{obj['truncated']}</truncated>\n\t\t<difficult>{obj['difficult']}</difficult>\n"
+                     f"\t\t<bndbox>\n\t\t\t<xmin>{x1}</xmin>\n\t\t\t<ymin>{y1}</ymin>\n"
+                     f"\t\t\t<xmax>{x2}</xmax>\n\t\t\t<ymax>{y2}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+    parts.append("</annotation>\n")
+    return "".join(parts)
+
+
+def _image_size(size, rng):
+    """(width, height) with the longer side `size`: mostly landscape, like VOC's 500x375 photos."""
+    short = int(round(size * rng.uniform(0.66, 0.85)))
+    r = rng.random()
+    return (size, short) if r < 0.7 else (short, size) if r < 0.9 else (size, size)
+
+
+def _split_ids(n_train, n_val, seg_fraction, seed):
+    """Ids per split (sorted) and the set of ids that get a segmentation mask."""
+    ids = [f"{i + 1:06d}" for i in range(n_train + n_val)]
+    rng = np.random.default_rng([seed, 0])
+    order = rng.permutation(len(ids))
+    splits = {"train": sorted(ids[i] for i in order[:n_train]), "val": sorted(ids[i] for i in order[n_train:])}
+    segmented = set()
+    for split in ("train", "val"):
+        k = int(round(seg_fraction * len(splits[split])))
+        segmented.update(str(i) for i in rng.choice(splits[split], size=k, replace=False))
+    return ids, splits, segmented
+
+
+def _write_lists(root, splits, objects_of, segmented):
+    """ImageSets/Main (split lists and <class>_<split>.txt flags) and ImageSets/Segmentation."""
+    splits = {**splits, "trainval": sorted(splits["train"] + splits["val"])}
+    for split, ids in splits.items():
+        atomic_write_text(root / "ImageSets/Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+        seg_ids = [i for i in ids if i in segmented]
+        atomic_write_text(root / "ImageSets/Segmentation" / f"{split}.txt", "".join(f"{i}\n" for i in seg_ids))
+        for name in VOC_CLASSES:
+            lines = []
+            for i in ids:  # 1: a clear object of the class, 0: only difficult ones, -1: none
+                flags = [1 - o["difficult"] for o in objects_of[i] if o["name"] == name]
+                lines.append(f"{i} {(1 if any(flags) else 0) if flags else -1:>2}\n")
+            atomic_write_text(root / "ImageSets/Main" / f"{name}_{split}.txt", "".join(lines))
+
+
+README = """SYNTHETIC DATA -- this is NOT PASCAL VOC.
+
+Generated by `python -m transfer.synthetic` (cebench) with settings {settings}.
+It follows the VOCdevkit layout (VOCdevkit/VOC2007) so that every stage of the pipeline runs on it
+unchanged, but its images are drawn shapes: {classes} on gradient, striped, blotchy or horizon
+backgrounds, 1-3 objects per image, about {difficult:.0%} of the extra objects small, faint and flagged
+difficult (void in the masks). The other 14 VOC classes never occur. Masks have a 2 px void (255) border
+at every object edge, like real VOC masks.
+
+Numbers measured on these data check that the pipeline runs end to end. They say nothing about how well
+context-encoder features transfer to real images: use the voc-mini or paper profile for that.
+"""
+
+
+def generate(out, *, n_train, n_val, size, seed, seg_fraction):
+    """Write the synthetic VOCdevkit into the (new) folder `out`; returns per-class object counts."""
+    root = Path(out) / "VOCdevkit" / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Main", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    ids, splits, segmented = _split_ids(n_train, n_val, seg_fraction, seed)
+    palette, objects_of = voc_palette(), {}
+    for index, image_id in enumerate(progress(ids, desc="synthetic VOC", unit="img")):
+        rng = np.random.default_rng([seed, 1, index])  # one stream per image: images do not depend on counts
+        w, h = _image_size(size, rng)
+        img, owner, objects = make_scene(w, h, rng)
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg",
+                                                                   quality=JPEG_QUALITY)
+        if image_id in segmented:
+            mask = Image.fromarray(class_mask(owner, objects))
+            mask.putpalette(palette)  # mode 'L' -> 'P': the palette indices are the class indices
+            mask.save(root / "SegmentationClass" / f"{image_id}.png")
+        xml = annotation_xml(image_id, w, h, objects, image_id in segmented)
+        (root / "Annotations" / f"{image_id}.xml").write_text(xml)
+        objects_of[image_id] = objects
+    _write_lists(root, splits, objects_of, segmented)
+    counts = {name: sum(o["name"] == name for objs in objects_of.values() for o in objs) for name in CLASSES}
+    return {"n_images": len(ids), "n_segmented": len(segmented), "objects_per_class": counts}
+
+
+def synthetic_info(voc_root):
+    """The generator stamp of a synthetic dataset given its VOCdevkit (or VOC2007 or out) folder, else None."""
+    path = Path(voc_root).resolve()
+    for folder in (path, path.parent, path.parent.parent):
+        stamp = folder / STAMP_NAME
+        if stamp.is_file():
+            try:
+                return json.loads(stamp.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None
+
+
+def _existing_state(out, settings):
+    """'new' (absent or empty), 'reuse' (same stamp) or a reason why the folder is something else."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return "new"
+    try:
+        stamp = json.loads((out / STAMP_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "it has no readable synthetic.json stamp"
+    if stamp.get("settings") != settings:
+        return f"it was generated with other settings {stamp.get('settings')}"
+    return "reuse" if (out / "VOCdevkit" / "VOC2007" / "Annotations").is_dir() else "its VOCdevkit is missing"
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(
+        description="Generate the synthetic VOCdevkit of the smoke profile (deterministic: same seed, same bytes). "
+                    "An existing folder with the same settings is reused; anything else is refused unless "
+                    "--overwrite.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder to create; the devkit goes to OUT/VOCdevkit/VOC2007")
+    parser.add_argument("--n-train", type=int, default=300, help="images in ImageSets/Main/train.txt")
+    parser.add_argument("--n-val", type=int, default=100, help="images in ImageSets/Main/val.txt")
+    parser.add_argument("--size", type=int, default=128, help="longer image side in pixels")
+    parser.add_argument("--seg-fraction", type=float, default=0.5,
+                        help="share of each split with a SegmentationClass mask (listed in ImageSets/Segmentation)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing different dataset at --out")
+    return parser
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    out = Path(args.out).resolve()
+    if args.n_train < 1 or args.n_val < 1 or args.size < 32 or not 0 < args.seg_fraction <= 1:
+        raise CebenchError("need --n-train >= 1, --n-val >= 1, --size >= 32 and 0 < --seg-fraction <= 1")
+    settings = {"generator": "transfer.synthetic", "version": GENERATOR_VERSION, "seed": args.seed,
+                "n_train": args.n_train, "n_val": args.n_val, "size": args.size, "seg_fraction": args.seg_fraction}
+    state = _existing_state(out, settings)
+    if state == "reuse":
+        print(f"synthetic VOC: reusing {out} (same settings)")
+        return {"root": str(out), "voc_root": str(out / "VOCdevkit"), "reused": True, **settings}
+    if state != "new":
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in ("VOCdevkit", "README.txt", STAMP_NAME))
+        if not args.overwrite or foreign:
+            why = f"it also holds {foreign[:3]}" if foreign else "pass --overwrite to replace it"
+            raise CebenchError(f"{out} exists and is not this synthetic dataset ({state}); {why}")
+    # Build next to the target and move it in at the end: an interrupted run leaves no half dataset at --out.
+    partial = out.parent / f".{out.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    summary = generate(partial, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                       seg_fraction=args.seg_fraction)
+    atomic_write_text(partial / "README.txt", README.format(settings=json.dumps(settings), difficult=DIFFICULT_RATE,
+                                                            classes=", ".join(CLASSES)))
+    atomic_write_text(partial / STAMP_NAME, json.dumps({"settings": settings, **summary}, indent=2) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    print(f"synthetic VOC: wrote {summary['n_images']} images ({summary['n_segmented']} with masks) to "
+          f"{out / 'VOCdevkit'} -- SYNTHETIC data, not PASCAL VOC")
+    return {"root": str(out), "voc_root": str(out / "VOCdevkit"), "reused": False, **settings, **summary}
+
+
+if __name__ == "__main__":
+    run_cli(main)
