@@ -43,6 +43,8 @@ def check_record(path, init, probe=False):
     assert record["protocol"]["ap"].startswith("non-interpolated")
     assert record["protocol"]["mode"] == ("linear probe" if probe else "fine-tune")
     assert record["n_images"] == 6 and record["n_skipped"] == 0
+    saved = np.load(record["scores_file"])
+    assert saved["scores"].shape == (6, 20) and len(saved["ids"]) == 6 and np.isfinite(saved["scores"]).all()
     return record
 
 

@@ -13,7 +13,7 @@ from cebench.errors import run_cli
 from cebench.files import atomic_write_json, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import write_record
-from cebench.runtime import cleanup_distributed, init_distributed, seed_everything
+from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import classify_run as run
 
 
@@ -107,6 +107,7 @@ def main(argv=None):
         if rt.is_main:
             run.clear_run(paths, cfg)
             atomic_write_json(paths["run_dir"] / "config.json", cfg)
+        barrier(rt)  # no rank looks for a checkpoint before rank 0 has cleared a stale one
         # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
         rescaling = run.rescale(backbone, info, train, cfg, rt, paths, log)
         # fine-tune via the one engine (or the frozen-feature probe), then score the test split
@@ -119,6 +120,7 @@ def main(argv=None):
         # result record
         record = run.make_classification_record(cfg, info, rescaling, train, test, scores, fit,
                                                 time.time() - started)
+        record["scores_file"] = str(run.save_scores(paths, test, scores))
         write_record(paths["out"], record)
         log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],
                  *record["ci95"], record["map_voc07"], paths["out"])

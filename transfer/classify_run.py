@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -132,6 +133,16 @@ def finetune(backbone, train, test, cfg, rt, paths, log):
     fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
                      logger=log)
     return task.last_scores, fit
+
+
+def save_scores(paths, test, scores):
+    """Per-image test logits beside the run (ids, scores [N, 20], labels), for paired comparisons of inits."""
+    path = paths["run_dir"] / "test_scores.npz"
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, ids=np.array(test.split.ids), scores=scores.astype(np.float32), labels=test.split.labels)
+    os.replace(tmp, path)
+    return path
 
 
 def _pct(x):
