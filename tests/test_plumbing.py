@@ -20,6 +20,9 @@ def test_atomic_save_round_trip_and_no_temp_left(tmp_path):
     path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "a" / "ck.pt")
     assert torch.equal(safe_torch_load(path)["w"], torch.arange(3))
     assert sorted(p.name for p in path.parent.iterdir()) == ["ck.pt"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 def test_failed_atomic_write_keeps_previous_file(tmp_path):
