@@ -90,3 +90,14 @@ def test_published_numbers_name_their_source():
     assert published["source"].str.contains("Pathak").all()
     ce = published[(published["key"] == "ce") & (published["column"] == "classification")]
     assert ce["value"].tolist() == ["56.5"]
+
+
+def test_bar_chart_accepts_a_value_outside_its_interval(tmp_path):
+    import pandas as pd
+
+    from evaluation.figures import table_bars
+
+    table = pd.DataFrame({"classification": [15.2], "classification low": [15.8], "classification high": [36.7]},
+                         index=["Random Gaussian"])
+    path = table_bars(tmp_path / "t2.png", table, ["classification"])
+    assert path.stat().st_size > 0
