@@ -1,8 +1,8 @@
 """The whole suite on real data: a reduced voc-mini profile through every stage of run_all, records and tables.
 
 The reduced devkit lists a few dozen real voc-mini images and links to the real image, annotation and mask
-folders (nothing is copied); the profile is the repository's voc-mini profile with that devkit, small batches
-and `--max-steps 2`. Skipped where voc-mini is absent.
+folders (nothing is copied); the profile is the repository's voc-mini profile with that devkit, small batches,
+a short rescaling, one test crop, fewer proposals and `--max-steps 2`. Skipped where voc-mini is absent.
 """
 
 import copy
@@ -16,6 +16,7 @@ from cebench.records import read_record
 from cebench.suite import TASKS, main
 
 N_TRAIN, N_VAL, N_SEG = 24, 12, 6  # images per Main split; of them, images with masks per Segmentation split
+SHRINK = {"batch_size": 4, "rescale_images": 4, "test_crops": 1, "max_proposals": 200, "fc_dim": 256}
 
 
 def _ids(path):
@@ -58,10 +59,17 @@ def reduced_profile(voc_root, path):
             if key in PATH_KEYS and isinstance(value, str) and value != "random" and not value.startswith("/"):
                 section[key] = str((benchmarks_path().parent / value).resolve())
     prof["common"].update(voc_root=str(voc_root), device="cpu")
+    # Every stage and every kind of input once (ce, random weights, HOG); each process costs ~10 s of start-up.
+    prof["run"]["stages"].update(classify={"inits": ["ce", "random"]}, detect={"inits": ["ce"]},
+                                 segment={"inits": ["ce"]}, retrieval={"inits": ["ce", "hog"]},
+                                 inpainting={"inits": ["ce", "hog"]})
     prof.setdefault("pretrain", {})["images"] = str(voc_root / "VOC2007" / "JPEGImages")
-    for stage, section in prof.items():
-        if stage not in ("description", "common", "run") and isinstance(section, dict) and "batch_size" in section:
-            section["batch_size"] = 4
+    for stage, section in prof.items():  # shrink what costs time, only where the stage already has the setting
+        if stage in ("description", "common", "run") or not isinstance(section, dict):
+            continue
+        section.update({k: v for k, v in SHRINK.items() if k in section})
+        if "rescale_images" in section:  # data-dependent init: a few images, one pass (every trainer has the flag)
+            section["rescale_iterations"] = 1
     path.write_text(yaml.safe_dump({"default_profile": "ci", "profiles": {"ci": prof}}))
     return path
 
