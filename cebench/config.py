@@ -25,8 +25,8 @@ from cebench.errors import CebenchError
 
 STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables")
 PROFILE_KEYS = {"description", "common", "run", *STAGES}
-PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_images", "proposals",
-             "results", "weights", "out"}
+PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_test_json", "coco_images",
+             "proposals", "proposals_cache", "results", "weights", "out"}
 
 
 def benchmarks_path():

@@ -8,6 +8,7 @@ import numpy as np
 from cebench.errors import CebenchError
 from pretrain.data import list_images
 from transfer.voc import VOC_CLASSES, load_split
+from transfer.voc import dataset_name as voc_dataset_name
 
 
 @dataclass
@@ -100,4 +101,4 @@ def add_data_args(parser, queries="query"):
 
 def dataset_name(cfg):
     """Name of the data in records: VOC<year>, or the image folder's name."""
-    return Path(cfg["images"]).name if cfg.get("images") else f"VOC{cfg['year']}"
+    return Path(cfg["images"]).name if cfg.get("images") else voc_dataset_name(cfg["voc_root"], cfg["year"])

@@ -1,6 +1,7 @@
 """The synthetic VOCdevkit of the smoke profile: byte-identical per seed, valid VOC layout, never clobbers data."""
 
 import hashlib
+import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from cebench import CebenchError
 from transfer.synthetic import CLASSES, main, synthetic_info, voc_palette
-from transfer.voc import VOC_CLASSES, load_split, segmentation_files
+from transfer.voc import VOC_CLASSES, dataset_name, load_split, segmentation_files
 
 SMALL = ["--n-train", "24", "--n-val", "12", "--size", "64"]
 
@@ -124,6 +125,11 @@ def test_is_labelled_synthetic(devkit):
     assert synthetic_info(devkit / "VOCdevkit")["settings"]["n_train"] == 24
     assert "synthetic" in ET.parse(next((devkit / "VOCdevkit/VOC2007/Annotations").iterdir())).findtext(
         "source/database")
+    # result records name it as synthetic; a real VOCdevkit keeps its plain name
+    assert dataset_name(devkit / "VOCdevkit", "2007") == "VOC2007 (synthetic)"
+    real = devkit.parent / "real" / "VOCdevkit"
+    shutil.copytree(devkit / "VOCdevkit" / "VOC2007" / "ImageSets", real / "VOC2007" / "ImageSets")
+    assert dataset_name(real, "2007") == "VOC2007"
 
 
 def test_reuse_refuse_and_overwrite(tmp_path):

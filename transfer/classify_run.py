@@ -19,7 +19,7 @@ from transfer import engine
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.classification import ClassificationTask, Classifier, ViewSpec, VocImages
 from transfer.probe import linear_probe
-from transfer.voc import VOC_CLASSES, load_split
+from transfer.voc import VOC_CLASSES, dataset_name, load_split
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
 AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
@@ -179,7 +179,8 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
     label = cfg["init_label"] or info["init"]
     return make_record(
-        task="classification", init=label, dataset=f"VOC{cfg['year']}", split=cfg["test_split"], metric="mAP",
+        task="classification", init=label, dataset=dataset_name(cfg["voc_root"], cfg["year"]),
+        split=cfg["test_split"], metric="mAP",
         value=value, ci95=ci, per_class={VOC_CLASSES[i]: v for i, v in enumerate(per_class)},
         n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
         protocol=_protocol(cfg, info, rescaling, fit),

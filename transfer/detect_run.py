@@ -24,7 +24,7 @@ from transfer.detection_task import DetectionTask, detection_scores, voc_detecti
 from transfer.detector import FastRCNN
 from transfer.proposals import cached_proposals, load_proposal_file, selective_search_settings
 from transfer.rescale import krahenbuhl_rescale_
-from transfer.voc import load_split
+from transfer.voc import dataset_name, load_split
 
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
 
@@ -231,7 +231,10 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
                           seed=cfg["seed"])
     coco = coco_ap(test, detections)
     label = cfg["init_label"] or info["init"]
-    dataset = f"VOC{cfg['year']}" if not cfg["coco_json"] else f"COCO {Path(cfg['coco_test_json']).name}"
+    if cfg["coco_json"]:
+        dataset = f"COCO {Path(cfg['coco_test_json']).name}"
+    else:
+        dataset = dataset_name(cfg["voc_root"], cfg["year"])
     return make_record(
         task="detection", init=label, dataset=dataset, split=cfg["test_split"] if not cfg["coco_json"] else "test",
         metric="mAP@0.5", value=value, ci95=ci, per_class={n: v for n, v in zip(test.classes, per_class,

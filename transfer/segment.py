@@ -24,6 +24,7 @@ from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.engine import TrainConfig, fit
 from transfer.fcn import VARIANTS, fcn_from_backbone
 from transfer.segdata import SegTransform, VOCSegmentation, sample_batch
+from transfer.voc import dataset_name
 from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, prepare_outputs, run_paths, save_examples,
                               segmentation_protocol, segmentation_record)
 
@@ -165,8 +166,9 @@ def main(argv=None):
         save_examples(examples_png, test_ds, task.last["examples"])
         protocol = segmentation_protocol(model, info, train_ds, transform, train_config, args.loss_normalization)
         record = segmentation_record(
-            task.last, n_boot=args.n_boot, seed=args.seed, init=label, dataset=f"VOC{test_ds.year}",
-            split=args.test_split, wall_time_s=time.time() - started, config=config, protocol=protocol,
+            task.last, n_boot=args.n_boot, seed=args.seed, init=label,
+            dataset=dataset_name(args.voc_root, test_ds.year), split=args.test_split,
+            wall_time_s=time.time() - started, config=config, protocol=protocol,
             steps_done=result.step, predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
             skipped=train_ds.skipped + test_ds.skipped)
         write_record(out, record)

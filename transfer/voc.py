@@ -84,6 +84,13 @@ def year_dir(voc_root, year):
     return path
 
 
+def dataset_name(voc_root, year):
+    """Name of a VOC dataset in result records: VOC<year>, marked synthetic for the smoke generator's data."""
+    from transfer.synthetic import synthetic_info  # late import: synthetic.py imports this module
+
+    return f"VOC{year} (synthetic)" if synthetic_info(voc_root) else f"VOC{year}"
+
+
 def read_image_set(voc_root, year, split, kind="Main"):
     """Image ids listed in ImageSets/<kind>/<split>.txt (kind: Main or Segmentation)."""
     path = year_dir(voc_root, year) / "ImageSets" / kind / f"{split}.txt"
