@@ -45,9 +45,12 @@ def folder_images(root, image_list=None):
     return ImageSet([p.stem for p in paths], paths, None, f"{root}" + (f" ({image_list})" if image_list else ""))
 
 
-def gallery_and_queries(*, voc_root, year, gallery_split, query_split, images=None, gallery_list=None,
-                        query_list=None, max_gallery=None, max_queries=None, seed=0):
-    """(gallery, queries): VOC splits, or a folder split by id lists (queries drawn with `seed` when unlisted)."""
+def gallery_and_queries(cfg):
+    """(gallery, queries) of a resolved config: VOC splits, or a folder split by id lists (queries drawn with the
+    seed when unlisted). Keys: voc_root, year, gallery_split, query_split, images, gallery_list, query_list,
+    max_gallery, max_queries, seed."""
+    images, seed, max_queries = cfg["images"], cfg["seed"], cfg["max_queries"]
+    gallery_list, query_list = cfg["gallery_list"], cfg["query_list"]
     if images:
         if query_list:
             queries = folder_images(images, query_list)
@@ -63,15 +66,16 @@ def gallery_and_queries(*, voc_root, year, gallery_split, query_split, images=No
         keep = [i for i, image_id in enumerate(gallery.ids) if image_id not in held]
         gallery = ImageSet([gallery.ids[i] for i in keep], [gallery.paths[i] for i in keep], None, gallery.source)
     else:
-        gallery = voc_images(voc_root, year, gallery_split)
-        queries = voc_images(voc_root, year, query_split)
+        year, gallery_split, query_split = cfg["year"], cfg["gallery_split"], cfg["query_split"]
+        gallery = voc_images(cfg["voc_root"], year, gallery_split)
+        queries = voc_images(cfg["voc_root"], year, query_split)
         overlap = set(gallery.ids) & set(queries.ids)
         if overlap:
             raise CebenchError(f"VOC{year} splits {gallery_split!r} and {query_split!r} share {len(overlap)} images; "
                                "queries must be held out from the gallery")
     if len(gallery) == 0 or len(queries) == 0:
         raise CebenchError(f"empty gallery ({len(gallery)}) or query set ({len(queries)})")
-    return gallery.subset(max_gallery, seed), queries.subset(max_queries, seed + 1)
+    return gallery.subset(cfg["max_gallery"], seed), queries.subset(max_queries, seed + 1)
 
 
 def present(labels):

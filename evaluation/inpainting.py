@@ -98,11 +98,7 @@ def main(argv=None):
     seed_everything(cfg["seed"])
     log = get_logger("inpainting")
     # data: gallery to borrow regions from, held-out images to fill
-    gallery, queries = gallery_and_queries(
-        voc_root=cfg["voc_root"], year=cfg["year"], gallery_split=cfg["gallery_split"],
-        query_split=cfg["query_split"], images=cfg["images"], gallery_list=cfg["gallery_list"],
-        query_list=cfg["query_list"], max_gallery=cfg["max_gallery"], max_queries=cfg["max_queries"],
-        seed=cfg["seed"])
+    gallery, queries = gallery_and_queries(cfg)
     # model: the feature extractor, and the decoder when there is one
     extractor, info = build_extractor(cfg, rt.device)
     decoder = load_decoder(cfg, info)

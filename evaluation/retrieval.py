@@ -73,11 +73,7 @@ def main(argv=None):
     seed_everything(cfg["seed"])
     log = get_logger("retrieval")
     # data: gallery and held-out queries
-    gallery, queries = gallery_and_queries(
-        voc_root=cfg["voc_root"], year=cfg["year"], gallery_split=cfg["gallery_split"],
-        query_split=cfg["query_split"], images=cfg["images"], gallery_list=cfg["gallery_list"],
-        query_list=cfg["query_list"], max_gallery=cfg["max_gallery"], max_queries=cfg["max_queries"],
-        seed=cfg["seed"])
+    gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
     extractor, info = build_extractor(cfg, rt.device)
     out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"retrieval_{info['init']}.json")

@@ -15,6 +15,7 @@ from cebench.logs import get_logger
 from cebench.records import write_record
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import classify_run as run
+from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
 def get_args_parser():
@@ -33,23 +34,10 @@ def get_args_parser():
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 with the cache, "
                    "else one per spare core)")
     g = p.add_argument_group("model")
-    g.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "
-                   "or 'random' (the paper's Gaussian baseline)")
-    g.add_argument("--init-label", default=None, help="name of this initialisation in the record and file names "
-                   "(default: ce, random or supervised, from the weights)")
-    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
-                   help="trunk for --weights random; a weights file brings its own (the record says which ran)")
-    g.add_argument("--width", type=float, default=1.0, help="channel multiplier for --weights random (match "
-                   "the ce.pt you compare with)")
-    g.add_argument("--pool-free", action="store_true", help="pool-free trunk for --weights random")
+    add_init_args(g, rescale_images=160, rescale_what="training views")
     g.add_argument("--input-size", type=int, default=227, help="square crop fed to the network (paper: 227)")
     g.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
-    g.add_argument("--rescale", dest="rescale", action="store_true", help="Krähenbühl et al.'s data-dependent "
-                   "init and between-layer rescaling before fine-tuning (the paper's protocol; default on)")
-    g.add_argument("--no-rescale", dest="rescale", action="store_false", help="fine-tune from the raw init")
-    g.add_argument("--rescale-images", type=int, default=160, help="training views used for rescaling")
-    g.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
     g = p.add_argument_group("optimisation (defaults: the paper's)")
     g.add_argument("--probe", action="store_true", help="frozen pool5 + logistic regression instead of "
                    "fine-tuning every layer: a fast comparison, not the paper's protocol")
@@ -61,9 +49,7 @@ def get_args_parser():
     g.add_argument("--lr-schedule", default="step", choices=["step", "cosine", "constant"])
     g.add_argument("--lr-step", type=int, default=10_000, help="halve the rate every this many iterations")
     g.add_argument("--lr-gamma", type=float, default=0.5, help="factor of each step of the step schedule")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=1.0e-6)
-    g.add_argument("--clip-grad", type=float, default=10.0, help="clip the gradients' global L2 norm (0 = off)")
+    add_sgd_args(g, weight_decay=1.0e-6, clip_grad=10.0)
     g = p.add_argument_group("views")
     g.add_argument("--base-size", type=int, default=500, help="longer image side at scale 1 (VOC: 500)")
     g.add_argument("--min-scale", type=float, default=0.5)
@@ -72,16 +58,8 @@ def get_args_parser():
     g.add_argument("--probe-views", type=int, default=2, help="random views per training image for --probe")
     g.add_argument("--probe-c", type=float, default=0.01, help="inverse L2 strength of the probe's regression")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--out", default=None, help="result record (default results/<profile>/classification_<init>"
-                   ".json); checkpoints and metrics.jsonl go to a folder next to it")
-    g.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
-    g.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists")
-    g.add_argument("--ckpt-every", type=int, default=1000, help="iterations between run checkpoints")
-    g.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations (0 = end only)")
-    g.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
-    p.set_defaults(rescale=True)
+    add_run_args(g, out_help="result record (default results/<profile>/classification_<init>.json); checkpoints "
+                 "and metrics.jsonl go to a folder next to it", ckpt_every=1000)
     return p
 
 
@@ -93,6 +71,7 @@ def main(argv=None):
     started = time.time()
     # distributed + seed
     rt = init_distributed(args.device)
+    set_threads(args.threads)
     seed_everything(args.seed)
     log = get_logger("classify", rt.is_main)
     try:

@@ -12,7 +12,6 @@ engine; the record also holds per-class AP, a bootstrap interval over test image
 import argparse
 import time
 
-import torch
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
@@ -20,6 +19,7 @@ from cebench.files import atomic_write_json, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.runtime import cleanup_distributed, init_distributed, seed_everything
 from transfer import detect_run as run
+from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -57,20 +57,9 @@ def get_args_parser():
     g.add_argument("--ss-workers", type=int, default=0, help="processes computing proposals (0 = one per core)")
     g.add_argument("--max-proposals", type=int, default=2000, help="proposals kept per image (paper: ~2000)")
     g = p.add_argument_group("model")
-    g.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "
-                   "or 'random' (the paper's Gaussian baseline)")
-    g.add_argument("--init-label", default=None, help="name of this initialisation in the record (default: ce, "
-                   "random or supervised, from the weights)")
-    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"], help="trunk for 'random'")
-    g.add_argument("--width", type=float, default=1.0, help="channel multiplier for 'random' (match the ce.pt)")
-    g.add_argument("--pool-free", action="store_true", help="pool-free trunk for 'random'")
+    add_init_args(g, rescale_images=16, rescale_what="training images (with their RoIs)")
     g.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
-    g.add_argument("--rescale", dest="rescale", action="store_true", help="Krähenbühl et al.'s data-dependent "
-                   "init and rescaling before fine-tuning (the paper's protocol; default on)")
-    g.add_argument("--no-rescale", dest="rescale", action="store_false", help="fine-tune from the raw init")
-    g.add_argument("--rescale-images", type=int, default=16, help="training images (with their RoIs) for it")
-    g.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
     g = p.add_argument_group("optimisation (defaults: Fast R-CNN's)")
     g.add_argument("--steps", type=int, default=40_000, help="length of the schedule in iterations")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations in total (the "
@@ -83,9 +72,7 @@ def get_args_parser():
     g.add_argument("--lr", type=float, default=1.0e-3, help="base learning rate (biases learn at 2x)")
     g.add_argument("--lr-step", type=int, default=30_000, help="multiply the rate by --lr-gamma every this often")
     g.add_argument("--lr-gamma", type=float, default=0.1)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5.0e-4)
-    g.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global L2 norm (0 = off)")
+    add_sgd_args(g, weight_decay=5.0e-4, clip_grad=0.0)
     g = p.add_argument_group("test")
     g.add_argument("--nms", type=float, default=0.3, help="per-class NMS IoU threshold")
     g.add_argument("--score-thresh", type=float, default=0.0, help="drop detections scoring below this (Fast "
@@ -96,18 +83,9 @@ def get_args_parser():
     g.add_argument("--draw", type=int, default=0, help="draw this many test images with their detections as PNGs "
                    "next to the record")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; use 1 when "
-                   "other jobs share the cores, as over-subscribed threads stall each other)")
-    g.add_argument("--out", default=None, help="result record (default results/<profile>/detect_<init>.json); "
-                   "checkpoints and metrics.jsonl go to a folder next to it")
-    g.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
-    g.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists")
-    g.add_argument("--ckpt-every", type=int, default=1000, help="iterations between run checkpoints")
-    g.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations (0 = end only)")
-    g.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
-    p.set_defaults(rescale=True, flip=True)
+    add_run_args(g, out_help="result record (default results/<profile>/detect_<init>.json); checkpoints and "
+                 "metrics.jsonl go to a folder next to it", ckpt_every=1000)
+    p.set_defaults(flip=True)
     return p
 
 
@@ -121,8 +99,7 @@ def main(argv=None):
     started = time.time()
     # distributed + seed
     rt = init_distributed(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     seed_everything(args.seed)
     log = get_logger("detect", rt.is_main)
     try:

@@ -12,7 +12,6 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
 
 from cebench.config import benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
@@ -21,6 +20,7 @@ from cebench.logs import get_logger
 from cebench.records import write_record
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
 from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 from transfer.engine import TrainConfig, fit
 from transfer.fcn import VARIANTS, fcn_from_backbone
 from transfer.segdata import SegTransform, VOCSegmentation, sample_batch
@@ -49,12 +49,7 @@ def get_args_parser():
                    help="keep decoded images in memory (auto: when the splits fit in about 1 GB)")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: 0 with the cache)")
     g = p.add_argument_group("model")
-    g.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "
-                   "or 'random' (Gaussian init)")
-    g.add_argument("--init-label", default=None, help="name of this initialisation in the record and file names")
-    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"], help="trunk for 'random'")
-    g.add_argument("--width", type=float, default=1.0, help="channel multiplier for 'random' (match the ce.pt)")
-    g.add_argument("--pool-free", action="store_true", help="pool-free trunk for 'random'")
+    add_init_args(g, rescale_images=32, rescale_what="training crops")
     g.add_argument("--variant", default="32s", choices=VARIANTS, help="FCN-32s (the paper), or 16s/8s skips")
     g.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
     g.add_argument("--backbone-size", type=int, default=227, help="input size whose pool5 gives fc6's kernel "
@@ -63,11 +58,6 @@ def get_args_parser():
     g.add_argument("--upsampling", default="fixed", choices=["fixed", "learned"],
                    help="bilinear up-sampling, frozen (voc-fcn-alexnet; fast) or trained from bilinear")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
-    g.add_argument("--rescale", dest="rescale", action="store_true", default=True,
-                   help="Krähenbühl et al.'s data-dependent init + rescaling, as the paper (default)")
-    g.add_argument("--no-rescale", dest="rescale", action="store_false", help="fine-tune from the raw init")
-    g.add_argument("--rescale-images", type=int, default=32, help="training crops used for rescaling")
-    g.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
     g = p.add_argument_group("optimisation (defaults: voc-fcn-alexnet's solver)")
     g.add_argument("--steps", type=int, default=100_000, help="length of the schedule in iterations")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many iterations in total (a cap "
@@ -78,26 +68,16 @@ def get_args_parser():
     g.add_argument("--lr-schedule", default="constant", choices=["constant", "step", "cosine"])
     g.add_argument("--lr-step", type=int, default=10_000, help="iterations between steps of the step schedule")
     g.add_argument("--lr-gamma", type=float, default=0.1, help="factor of each step of the step schedule")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=5.0e-4)
-    g.add_argument("--clip-grad", type=float, default=0.0, help="clip the gradients' global L2 norm (0 = off)")
+    add_sgd_args(g, weight_decay=5.0e-4, clip_grad=0.0)
     g.add_argument("--loss-normalization", default="batch", choices=LOSS_NORMALIZATIONS, help="batch: pixel "
                    "sum per image (Caffe's normalize: false, as FCN; pair with a tiny lr); valid: mean per pixel")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    g.add_argument("--out", default=None, help="result record (default results/<profile>/segment_<init>.json); "
-                   "the run folder <record>.run/ and <record>.examples.png go beside it")
+    add_run_args(g, out_help="result record (default results/<profile>/segment_<init>.json); the run folder "
+                 "<record>.run/ and <record>.examples.png go beside it", ckpt_every=4000)
     g.add_argument("--save-predictions", default=None, help="folder for every test prediction as a palette PNG "
                    "(default <record>.predictions/)")
     g.add_argument("--n-examples", type=int, default=4, help="test images shown in <record>.examples.png")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images for ci95")
-    g.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
-    g.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists")
-    g.add_argument("--ckpt-every", type=int, default=4000, help="iterations between run checkpoints")
-    g.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations (0 = end only)")
-    g.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
     return p
 
 
@@ -126,8 +106,7 @@ def main(argv=None):
     # config
     args = parse_with_profile(get_args_parser(), argv, "segment")
     config, started = resolved_config(args), time.time()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     # distributed + seed
     runtime = init_distributed(args.device)
     seed_everything(args.seed)
