@@ -58,7 +58,7 @@ def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     with warnings.catch_warnings():  # most classes have no object in 4 tiny images
         warnings.simplefilter("ignore", UserWarning)
         value, _ = detection_map(read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val"))
-    assert 100 * value == pytest.approx(record["value"], abs=1e-3)
+    assert 100 * value == pytest.approx(record["value"], abs=1e-4)  # the record rounds to 4 decimals
     assert len(list((tmp_path / "out" / "det_examples").glob("*.png"))) == 2
     with pytest.raises(CebenchError, match="exists"):  # nothing silently overwritten
         main(argv)

@@ -171,11 +171,14 @@ def finetune(model, train, test, cfg, rt, paths, log):
 
 
 def write_devkit(folder, split_name, classes, detections):
-    """The devkit's results files comp4_det_<split>_<class>.txt: '<id> <score> <x1> <y1> <x2> <y2>', 1-based."""
+    """The devkit's results files comp4_det_<split>_<class>.txt: '<id> <score> <x1> <y1> <x2> <y2>', 1-based.
+
+    Numbers are written at full precision (shortest exact repr): rounded scores would tie many low-scoring
+    detections, and any evaluator would then rank them differently from the record."""
     folder = Path(folder)
     per_class = voc_detections(detections, len(classes))
     for c, name in enumerate(classes):
-        lines = [f"{d[0]} {d[1]:.6f} {d[2]:.2f} {d[3]:.2f} {d[4]:.2f} {d[5]:.2f}\n" for d in per_class[c]]
+        lines = [f"{d[0]} " + " ".join(repr(float(v)) for v in d[1:6]) + "\n" for d in per_class[c]]
         atomic_write_text(folder / f"comp4_det_{split_name}_{name}.txt", "".join(lines))
     return folder
 
