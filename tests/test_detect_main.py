@@ -5,10 +5,12 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cebench.errors import CebenchError
 from evaluation.metrics import detection_map
+from test_metrics import reference_detection_ap
 from transfer.detect import main
 from transfer.voc import VOC_CLASSES
 from vocfactory import make_vocdevkit
@@ -54,11 +56,15 @@ def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     assert 0 <= record["value"] <= 100 and record["ci95"][0] <= record["value"] <= record["ci95"][1]
     assert record["coco_ap"] is not None and record["n_proposals_mean"] > 0
     assert record["protocol"]["test"]["nms"] == 0.3 and record["protocol"]["rois_per_image"] == 64
-    # The devkit files, read back independently of our writer, give the record's mAP.
+    # The devkit files, read back independently of our writer, give the record's mAP, scored by our metric and
+    # by the plain-loop port of the devkit's VOCevaldet in test_metrics (independent of evaluation.metrics).
+    devkit, gt = read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val")
     with warnings.catch_warnings():  # most classes have no object in 4 tiny images
         warnings.simplefilter("ignore", UserWarning)
-        value, _ = detection_map(read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val"))
+        value, _ = detection_map(devkit, gt)
+    reference = [reference_detection_ap(devkit, gt, c, 0.5, use_07_metric=True) for c in range(len(VOC_CLASSES))]
     assert 100 * value == pytest.approx(record["value"], abs=1e-4)  # the record rounds to 4 decimals
+    assert 100 * np.nanmean(reference) == pytest.approx(record["value"], abs=1e-4)
     assert len(list((tmp_path / "out" / "det_examples").glob("*.png"))) == 2
     with pytest.raises(CebenchError, match="exists"):  # nothing silently overwritten
         main(argv)
