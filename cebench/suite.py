@@ -41,6 +41,7 @@ SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
 # Which stages receive each pass-through option of run_all (all others take them from the profile).
 PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "device": ("pretrain", *TASKS),
                 "seed": ("pretrain", *TASKS), "max_steps": ("pretrain", "classify", "detect", "segment")}
+DISTRIBUTED = ("pretrain", "classify", "detect", "segment")  # the stages that train (DDP under torchrun)
 BAR = "=" * 100
 
 
@@ -249,6 +250,13 @@ def _extra_flags(job, state, env):
     return []
 
 
+def launcher(job, opts):
+    """torchrun in front of the training stages when --nproc-per-node asks for several processes (one node)."""
+    if (opts.nproc_per_node or 1) > 1 and job.stage in DISTRIBUTED:
+        return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={opts.nproc_per_node}"]
+    return []
+
+
 def run_job(job, profile, opts, tee, env):
     """Run one job unless its stamp says it is up to date; returns (status, seconds, summary text)."""
     digest = job_hash(job, profile)
@@ -256,7 +264,7 @@ def run_job(job, profile, opts, tee, env):
     if state == "skip":
         tee.print(f"up to date, skipped: {_shown(job.out)} (stamp matches the command and profile)")
         return "skipped", 0.0, _check_output(job)
-    argv = job.argv + ([] if opts.dry_run else _extra_flags(job, state, env))
+    argv = launcher(job, opts) + job.argv + ([] if opts.dry_run else _extra_flags(job, state, env))
     tee.print(f"$ python {shlex.join(argv)}" + (f"    # {state} run" if state in ("resume", "changed") else ""))
     if opts.dry_run:
         return "dry-run", 0.0, ""
@@ -352,6 +360,10 @@ def get_args_parser():
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N",
                    help="cap on the optimisation steps of pretrain, classify, detect and segment, for quick trials")
+    g.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
+                   help="run pretrain, classify, detect and segment with torchrun on N processes of this node "
+                   "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
+                   "commands (--dry-run prints them) under torchrun --nnodes")
     g = parser.add_argument_group("run")
     g.add_argument("--results-dir", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
     g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")
@@ -361,6 +373,8 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.nproc_per_node < 1:
+        raise CebenchError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
     profile = get_profile(args.profile)
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)

@@ -113,6 +113,15 @@ def test_dry_run_builds_commands_and_runs_nothing(fake, capsys):
     assert not (fake / "calls.jsonl").exists() and not res.exists()
 
 
+def test_nproc_per_node_puts_torchrun_in_front_of_the_training_stages_only(fake, capsys):
+    main(["t", "--dry-run", "--results-dir", str(fake / "res"), "--nproc-per-node", "2"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ python")]
+    torchrun = "$ python -m torch.distributed.run --standalone --nproc_per_node=2 -m fake_stage"
+    assert [line.startswith(torchrun) for line in lines] == [True, True, True, False, False]  # pretrain, classify x2
+    with pytest.raises(CebenchError, match="at least 1"):
+        main(["t", "--dry-run", "--nproc-per-node", "0"])
+
+
 def _args(tmp_path):
     return get_args_parser().parse_args(["--results-dir", str(tmp_path / "res")])
 
