@@ -130,6 +130,9 @@ def test_short_run_on_real_voc_images(voc_mini_root, tmp_path):
     assert result["steps"] == 2 and record["n_images"] == 4 and record["protocol"]["scale"] == 224
     assert 50 < record["n_proposals_mean"] <= 2000  # selective search on real 224 px images
     assert record["value"] is not None and record["ci95"][0] <= record["value"] <= record["ci95"][1]
+    # without --write-devkit the devkit results files are kept in the run folder, one per class
+    assert Path(record["devkit_dir"]) == tmp_path / "real.run" / "devkit"
+    assert len(list(Path(record["devkit_dir"]).glob("comp4_det_val_*.txt"))) == len(VOC_CLASSES)
 
 
 def test_context_encoder_weights_keep_the_trunk_and_refit_only_fc(tmp_path):

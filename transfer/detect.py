@@ -78,8 +78,8 @@ def get_args_parser():
     g.add_argument("--score-thresh", type=float, default=0.0, help="drop detections scoring below this (Fast "
                    "R-CNN kept every class's 100 best boxes; py-faster-rcnn used 0.05, which costs weak models mAP)")
     g.add_argument("--max-dets", type=int, default=100, help="detections kept per image")
-    g.add_argument("--write-devkit", default=None, help="also write the detections as the devkit's results files "
-                   "comp4_det_<split>_<class>.txt into this folder")
+    g.add_argument("--write-devkit", default=None, help="folder for the detections as the devkit's results files "
+                   "comp4_det_<split>_<class>.txt (default: devkit/ in the run folder next to the record)")
     g.add_argument("--draw", type=int, default=0, help="draw this many test images with their detections as PNGs "
                    "next to the record")
     g = p.add_argument_group("run")

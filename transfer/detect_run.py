@@ -253,11 +253,13 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
 
 
 def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s):
-    """The record, plus the devkit results files and drawn examples when asked for; returns the record."""
+    """The record, the devkit results files, and drawn examples when asked for; returns the record."""
     test = splits[1]
     record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s)
-    if cfg["write_devkit"]:
-        record["devkit_dir"] = str(write_devkit(cfg["write_devkit"], cfg["test_split"], test.classes, detections))
+    # Always kept (in the run folder unless --write-devkit names another), so any devkit-compatible evaluator can
+    # re-score the run, as the saved predictions of classify and segment allow.
+    devkit = Path(cfg["write_devkit"]) if cfg["write_devkit"] else paths["run_dir"] / "devkit"
+    record["devkit_dir"] = str(write_devkit(devkit, cfg["test_split"], test.classes, detections))
     if cfg["draw"]:
         record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))
     write_record(paths["out"], record)
