@@ -83,7 +83,9 @@ def main(argv=None):
     published = read_published(args.published)
     profile = ", ".join(sorted({str((r.get("config") or {}).get("profile")) for r in records} - {"None"}))
     profile = profile or args.profile  # the records know which profile made them
-    footer = provenance(profile, results, records, skipped, args.published)
+    # the package's own file is named as in the source tree, not by this machine's absolute path
+    shown = "evaluation/published.csv" if Path(args.published).resolve() == PUBLISHED.resolve() else args.published
+    footer = provenance(profile, results, records, skipped, shown)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Table 2: transfer tasks (and retrieval) per initialisation
     t2, columns2, dropped = table2(records, published)
