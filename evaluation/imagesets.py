@@ -93,7 +93,7 @@ def add_data_args(parser, queries="query"):
     g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC<year>/")
     g.add_argument("--year", default="2007", help="VOC year folder to read")
     g.add_argument("--gallery-split", default="train", help="ImageSets/Main split searched for neighbours")
-    g.add_argument("--query-split", default="val", help=f"held-out split of {queries} images (never in the gallery)")
+    g.add_argument("--query-split", default="val", help=f"split of the {queries} images (never in the gallery)")
     g.add_argument("--images", default=None, help="any folder of JPEG/PNG images (recursive) instead of VOC; no "
                    "labels, so no precision score. Queries come from --query-list or a seeded draw")
     g.add_argument("--gallery-list", default=None, help="with --images: file of gallery image ids (file stems)")
