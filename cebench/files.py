@@ -75,3 +75,9 @@ def refuse_overwrite(path, overwrite=False):
     if path.exists() and not overwrite:
         raise CebenchError(f"{path} exists; pass --overwrite to replace it or --resume to continue the run")
     return path
+
+
+def display_path(path, root):
+    """`path` as outputs show it: relative to `root` (the checkout) when inside it, else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)

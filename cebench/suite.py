@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cebench.config import STAGES, get_profile, load_benchmarks
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_json
+from cebench.files import atomic_write_json, display_path
 from cebench.processes import Tee, child_env, run_process
 from cebench.records import git_info, read_record
 
@@ -68,8 +68,7 @@ class Job:
 
 def _shown(path):
     """A path as commands show it: relative to the checkout when inside it (children run from there)."""
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+    return display_path(path, REPO)
 
 
 def _profile_path(profile, value):

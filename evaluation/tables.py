@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_text
+from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
 from evaluation.figures import table_bars
 from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1,
@@ -83,9 +83,9 @@ def main(argv=None):
     published = read_published(args.published)
     profile = ", ".join(sorted({str((r.get("config") or {}).get("profile")) for r in records} - {"None"}))
     profile = profile or args.profile  # the records know which profile made them
-    # the package's own file is named as in the source tree, not by this machine's absolute path
-    shown = "evaluation/published.csv" if Path(args.published).resolve() == PUBLISHED.resolve() else args.published
-    footer = provenance(profile, results, records, skipped, shown)
+    # files inside the checkout are named by their place in it, not by this machine's absolute path
+    repo = benchmarks_path().parent.resolve()
+    footer = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Table 2: transfer tasks (and retrieval) per initialisation
     t2, columns2, dropped = table2(records, published)
