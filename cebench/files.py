@@ -79,5 +79,5 @@ def refuse_overwrite(path, overwrite=False):
 
 def display_path(path, root):
     """`path` as outputs show it: relative to `root` (the checkout) when inside it, else absolute."""
-    path = Path(path).resolve()
+    path, root = Path(path).resolve(), Path(root).resolve()
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)

@@ -84,7 +84,7 @@ def main(argv=None):
     profile = ", ".join(sorted({str((r.get("config") or {}).get("profile")) for r in records} - {"None"}))
     profile = profile or args.profile  # the records know which profile made them
     # files inside the checkout are named by their place in it, not by this machine's absolute path
-    repo = benchmarks_path().parent.resolve()
+    repo = benchmarks_path().parent
     footer = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
     out_dir.mkdir(parents=True, exist_ok=True)
     # Table 2: transfer tasks (and retrieval) per initialisation

@@ -6,7 +6,7 @@ import torch
 
 from cebench import CebenchError
 from cebench.errors import run_cli
-from cebench.files import atomic_torch_save, atomic_write_json, refuse_overwrite, safe_torch_load
+from cebench.files import atomic_torch_save, atomic_write_json, display_path, refuse_overwrite, safe_torch_load
 from cebench.records import make_record, read_record, write_record
 from cebench.runtime import init_distributed, resolve_device, seed_everything
 
@@ -100,3 +100,11 @@ def test_runtime_single_process_and_seeding(monkeypatch):
     a = torch.rand(2)
     seed_everything(3)
     assert torch.equal(a, torch.rand(2))
+
+
+def test_display_path_is_relative_inside_the_root_and_absolute_outside(tmp_path):
+    root = tmp_path / "checkout"
+    (root / "results").mkdir(parents=True)
+    assert display_path(root / "results" / "smoke", root) == "results/smoke"
+    assert display_path(root / "results" / ".." / "results", root) == "results"  # resolved first
+    assert display_path(tmp_path / "elsewhere.csv", root) == str(tmp_path / "elsewhere.csv")
