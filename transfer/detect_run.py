@@ -111,8 +111,11 @@ def output_paths(cfg, info, repo_root):
     label = cfg["init_label"] or info["init"]
     out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"detect_{label}.json"
     run_dir = out.parent / f"{out.stem}.run"
+    # The devkit results files are always kept (in the run folder unless --write-devkit names another), so any
+    # devkit-compatible evaluator can re-score the run, as the saved outputs of classify and segment allow.
+    devkit = Path(cfg["write_devkit"]) if cfg["write_devkit"] else run_dir / "devkit"
     return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
-            "rescale": run_dir / "rescale.json", "examples": out.parent / f"{out.stem}_examples"}
+            "rescale": run_dir / "rescale.json", "examples": out.parent / f"{out.stem}_examples", "devkit": devkit}
 
 
 def guarded_outputs(cfg, paths, classes):
@@ -256,10 +259,7 @@ def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, path
     """The record, the devkit results files, and drawn examples when asked for; returns the record."""
     test = splits[1]
     record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s)
-    # Always kept (in the run folder unless --write-devkit names another), so any devkit-compatible evaluator can
-    # re-score the run, as the saved predictions of classify and segment allow.
-    devkit = Path(cfg["write_devkit"]) if cfg["write_devkit"] else paths["run_dir"] / "devkit"
-    record["devkit_dir"] = str(write_devkit(devkit, cfg["test_split"], test.classes, detections))
+    record["devkit_dir"] = str(write_devkit(paths["devkit"], cfg["test_split"], test.classes, detections))
     if cfg["draw"]:
         record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))
     write_record(paths["out"], record)
