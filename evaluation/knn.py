@@ -264,6 +264,33 @@ def recall_at_k(found, truth):
     return hits / truth.size
 
 
+def _pair_scores(gallery, queries, query_rows, gallery_rows, metric):
+    """float64 (score, float32 rounding scale) of (query, gallery row) pairs: cosine with scale 1, or squared L2
+    with scale |q|^2 + |g|^2 (the terms a float32 ||q||^2 + ||g||^2 - 2 q.g rounds against)."""
+    q, g = queries[query_rows].astype(np.float64), gallery[gallery_rows].astype(np.float64)
+    if metric == "l2":
+        return ((q - g) ** 2).sum(axis=1), (q * q).sum(axis=1) + (g * g).sum(axis=1)
+    norms = np.maximum(np.linalg.norm(q, axis=1) * np.linalg.norm(g, axis=1), np.finfo(np.float64).tiny)
+    return (q * g).sum(axis=1) / norms, 1.0
+
+
+def differ_beyond_ties(found, other, gallery, queries, metric, rtol=1e-4):
+    """Per query [Q] bool: whether two neighbour lists [Q, k] differ other than in the order of tied rows.
+
+    Two float32 searches (other BLAS blocking, other library) may order rows whose scores agree to float32
+    rounding either way. A position where the lists differ counts only when the float64 scores of its two rows
+    differ by more than `rtol` of the scale float32 rounds against. 1e-4 is far above the rounding of a float32
+    dot product of ~10^4 terms (about sqrt(D) * 6e-8) and far below what a wrong neighbour of a broken search costs.
+    """
+    _check_metric(metric)
+    q, j = np.nonzero(found != other)
+    a, scale = _pair_scores(gallery, queries, q, found[q, j], metric)
+    b, other_scale = _pair_scores(gallery, queries, q, other[q, j], metric)
+    out = np.zeros(len(found), dtype=bool)
+    out[q[np.abs(a - b) > rtol * np.maximum(scale, other_scale)]] = True
+    return out
+
+
 def search(gallery, queries, k, metric="cosine", exact=True, kind="ivf", **index_params):
     """k-NN of queries in gallery (DESIGN.md contract): (scores, indices) [Q, k], nearest first."""
     return KnnIndex(gallery, metric, "flat" if exact else kind, **index_params).search(queries, k)

@@ -2,7 +2,8 @@
 
 Measures in one run, on pool5-sized vectors (9,216-d = 256×6×6):
   1. exact search of Q queries in a G gallery vs one float32 matrix product `queries @ gallery.T` (the bound:
-     target <= 1.3x) and vs scikit-learn's brute-force NearestNeighbors (target >= 2x faster, identical neighbours);
+     target <= 1.3x) and vs scikit-learn's brute-force NearestNeighbors (target >= 2x faster, identical
+     neighbours up to the order of rows tied to float32 rounding);
   2. approximate search (IVF or HNSW) vs exact on a larger gallery (target >= 10x faster at recall@10 >= 0.95).
 Runs are interleaved in --repeats rounds; each ratio is the median over rounds of two runs made seconds apart
 (a shared machine's load changes from minute to minute), and scikit-learn runs once, in the last round, beside
@@ -25,9 +26,13 @@ from cebench.errors import run_cli
 from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.records import versions
-from evaluation.knn import METRICS, KnnIndex, exact_search, recall_at_k, search  # = evaluation.retrieval.search
+from evaluation.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
+                            search)  # search = evaluation.retrieval.search
 
 SKLEARN_METRIC = {"cosine": "cosine", "l2": "euclidean"}
+
+
+ROW_TILE = 256  # rows per matrix product in pool5_like: every product has this one shape, whatever n
 
 
 def pool5_like(n, dim, seed, stream=0, *, latent=128, clusters=1000, spread=0.7, noise=0.3, bias=0.5, block=8192):
@@ -36,19 +41,29 @@ def pool5_like(n, dim, seed, stream=0, *, latent=128, clusters=1000, spread=0.7,
     x = relu(A (c + spread·z) + noise·e - bias): a cluster centre c (one of `clusters`) moved by z in a `latent`-d
     space, mapped by a fixed random A to `dim`, per-element noise e, then ReLU as after conv5. A and the centres
     depend on `seed` only; rows come from (seed, stream, block) streams, so a gallery (stream 0) and held-out
-    queries (stream 1) share one distribution, and the first rows are the same whatever n.
+    queries (stream 1) share one distribution, and row i is the same whatever n, to the bit: the random streams
+    are drawn in order (a prefix of a longer draw), and A is applied in zero-padded tiles of ROW_TILE rows, so
+    every row goes through a matrix product of the same shape at the same place in it (BLAS blocks a product
+    by its shape, so the last bits of a row would otherwise depend on n).
     """
     base = np.random.default_rng([seed, 0])  # the shared "network": A and the cluster centres
     mapping = (base.standard_normal((latent, dim), dtype=np.float32) / np.float32(np.sqrt(latent)))
     centres = base.standard_normal((clusters, latent), dtype=np.float32)
     out = np.empty((n, dim), dtype=np.float32)
+    tile_in = np.zeros((ROW_TILE, latent), dtype=np.float32)
+    tile_out = np.empty((ROW_TILE, dim), dtype=np.float32)
     for b, i in enumerate(range(0, n, block)):
         labels, moves, noises = (np.random.default_rng([seed, 1 + stream, b, part]) for part in range(3))
         m = min(block, n - i)  # separate streams per draw: the first rows do not depend on n
         h = centres[labels.integers(0, clusters, m)] + np.float32(spread) * moves.standard_normal((m, latent),
                                                                                                  np.float32)
         x = out[i:i + m]
-        np.matmul(h, mapping, out=x)
+        for t in range(0, m, ROW_TILE):
+            rows = min(ROW_TILE, m - t)
+            tile_in[:rows] = h[t:t + rows]
+            tile_in[rows:] = 0.0
+            np.matmul(tile_in, mapping, out=tile_out)  # (ROW_TILE, dim): one shape for every row
+            x[t:t + rows] = tile_out[:rows]
         x += np.float32(noise) * noises.standard_normal((m, dim), dtype=np.float32)
         x -= np.float32(bias)
         np.maximum(x, 0.0, out=x)
@@ -103,7 +118,10 @@ def exact_benchmark(args, log):
             row.update(sklearn_s=times[f"sklearn_{metric}"][0],
                        sklearn_over_search=times[f"sklearn_{metric}"][0] / times[metric][-1],  # same round
                        identical_neighbours=bool(np.array_equal(results[metric][1], sk)),
-                       rows_differing=int((results[metric][1] != sk).any(axis=1).sum()))
+                       rows_differing=int((results[metric][1] != sk).any(axis=1).sum()),
+                       # two float32 products may order rows tied to rounding either way: not a disagreement
+                       rows_differing_beyond_ties=int(differ_beyond_ties(results[metric][1], sk, gallery, queries,
+                                                                         metric).sum()))
         out[metric] = row
     return out
 
@@ -170,11 +188,11 @@ def main(argv=None):
                  "1.3)", metric, r["search_s"], e["matmul_s"], r["search_over_matmul"])
         report["passed"][f"exact_{metric}_within_1.3x_matmul"] = r["search_over_matmul"] <= 1.3
         if "sklearn_s" in r:
-            log.info("exact %s: scikit-learn (%s) %.2f s -> ours %.2fx faster (target >= 2); identical neighbours: "
-                     "%s", metric, SKLEARN_METRIC[metric], r["sklearn_s"], r["sklearn_over_search"],
-                     r["identical_neighbours"])
+            log.info("exact %s: scikit-learn (%s) %.2f s -> ours %.2fx faster (target >= 2); neighbour lists "
+                     "differing: %d (%d beyond float32 ties)", metric, SKLEARN_METRIC[metric], r["sklearn_s"],
+                     r["sklearn_over_search"], r["rows_differing"], r["rows_differing_beyond_ties"])
             report["passed"][f"exact_{metric}_2x_faster_than_sklearn_identical"] = (
-                r["sklearn_over_search"] >= 2 and r["identical_neighbours"])
+                r["sklearn_over_search"] >= 2 and r["rows_differing_beyond_ties"] == 0)
     if not args.skip_approx:
         report["approximate"] = a = approximate_benchmark(args, log)
         log.info("approximate (%s): %.3f s vs exact %.2f s (best) -> %.1fx faster (median over rounds; target >= "

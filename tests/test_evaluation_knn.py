@@ -1,9 +1,13 @@
-"""evaluation.knn / evaluation.retrieval.search: exact search equals brute force; approximate search recalls."""
+"""evaluation.knn / evaluation.retrieval.search: exact search equals brute force; approximate search recalls.
+
+Neighbour lists computed by float32 products of other shapes (blocks, BLAS kernels, libraries) are compared with
+`differ_beyond_ties`: rows whose scores tie to float32 rounding may come out in either order on another CPU.
+"""
 
 import numpy as np
 import pytest
 
-from evaluation.knn import KnnIndex, exact_search, recall_at_k, row_norms
+from evaluation.knn import KnnIndex, differ_beyond_ties, exact_search, recall_at_k, row_norms
 from evaluation.retrieval import search
 
 
@@ -26,7 +30,7 @@ def test_exact_search_matches_brute_force(metric):
     scores, indices = search(gallery, queries, 9, metric=metric, exact=True)
     ref_scores, ref_indices = _brute(gallery, queries, 9, metric)
     assert scores.dtype == np.float32 and indices.shape == (37, 9)
-    np.testing.assert_array_equal(indices, ref_indices)
+    assert not differ_beyond_ties(indices, ref_indices, gallery, queries, metric).any()  # float32 vs float64
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
 
 
@@ -40,7 +44,18 @@ def test_exact_search_blocks_agree_with_one_block(monkeypatch):
     whole = exact_search(gallery, queries, 5, "l2")
     monkeypatch.setattr(knn, "_BLOCK_BYTES", 256 * 16 * 4)  # 256-row gallery blocks x 16-query blocks
     blocked = exact_search(gallery, queries, 5, "l2")
-    np.testing.assert_array_equal(whole[1], blocked[1])
+    # other block shapes, other BLAS blocking: the same lists up to the order of rows tied to rounding
+    assert not differ_beyond_ties(whole[1], blocked[1], gallery, queries, "l2").any()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_differ_beyond_ties_forgives_ties_only(metric):
+    gallery = np.array([[1, 0], [1, 0], [0, 1], [-1, 0]], dtype=np.float32)  # rows 0 and 1 tie exactly
+    queries = np.array([[2, 0], [0, 3]], dtype=np.float32)
+    found = np.array([[0, 1], [2, 0]])
+    assert not differ_beyond_ties(found, np.array([[1, 0], [2, 0]]), gallery, queries, metric).any()
+    assert differ_beyond_ties(found, np.array([[0, 3], [2, 0]]), gallery, queries, metric).tolist() == [True, False]
+    assert differ_beyond_ties(found, np.array([[1, 0], [0, 2]]), gallery, queries, metric).tolist() == [False, True]
 
 
 def test_nearest_of_a_gallery_row_is_itself_and_scores_are_ordered():
@@ -108,7 +123,16 @@ def test_speed_benchmark_runs_small(tmp_path):
 
     report = speed.main(["--gallery", "600", "--queries", "20", "--dim", "64", "--approx-gallery", "3000",
                          "--repeats", "1", "--out", str(tmp_path / "speed.json")])
-    assert report["exact"]["cosine"]["identical_neighbours"] and report["exact"]["l2"]["identical_neighbours"]
+    # faiss heaps over BLAS blocks vs scikit-learn: the data holds near-ties (cosine gaps of ~2e-6 between
+    # neighbours), which either may order differently on another CPU; nothing else may differ
+    assert report["exact"]["cosine"]["rows_differing_beyond_ties"] == 0
+    assert report["exact"]["l2"]["rows_differing_beyond_ties"] == 0
     assert 0 <= report["approximate"]["recall_at_k"] <= 1 and (tmp_path / "speed.json").is_file()
     assert speed.pool5_like(5, 64, 0).min() >= 0  # ReLU features
-    np.testing.assert_array_equal(speed.pool5_like(10, 64, 0)[:5], speed.pool5_like(5, 64, 0))  # reproducible
+    # row i is the same whatever n, to the bit: products in fixed tiles, random streams drawn in order
+    whole = speed.pool5_like(3 * speed.ROW_TILE, 64, 0)
+    for n in (5, speed.ROW_TILE - 1, speed.ROW_TILE + 1):
+        np.testing.assert_array_equal(whole[:n], speed.pool5_like(n, 64, 0))
+    blocks = speed.pool5_like(2 * speed.ROW_TILE + 7, 64, 0, block=speed.ROW_TILE + 3)  # tiles restart per block
+    np.testing.assert_array_equal(blocks[:speed.ROW_TILE + 5], speed.pool5_like(speed.ROW_TILE + 5, 64, 0,
+                                                                               block=speed.ROW_TILE + 3))
