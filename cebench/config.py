@@ -135,6 +135,14 @@ def parse_with_profile(parser, argv, stage):
     return args
 
 
+def command_line_dests(parser, argv=None):
+    """The dests of the flags given on the command line itself (neither parser defaults nor the profile)."""
+    unset = object()
+    namespace = argparse.Namespace(**{a.dest: unset for a in parser._actions if a.dest != argparse.SUPPRESS})
+    parser.parse_known_args(argv, namespace=namespace)  # argparse fills in defaults only for missing attributes
+    return {dest for dest, value in vars(namespace).items() if value is not unset}
+
+
 def resolved_config(args):
     """The run's configuration as a plain dict, ready for a record or checkpoint."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())}

@@ -24,12 +24,27 @@ REPLAY_KEYS = ("arch", "pool_free", "width", "input_size", "load_size", "dropout
                "lr_schedule", "seed", "region_shapes")
 
 
-def check_args(args):
-    """Refuse inconsistent flags with one line; expands --image-split into --image-list."""
+def check_args(args, given=()):
+    """Refuse inconsistent flags with one line; expands --image-split into --image-list.
+
+    `given`: the dests set on the command line. A profile's image_split (a VOC split) applies to a VOC
+    JPEGImages folder (ImageSets/Main beside it); for a plain folder given with --images (an ImageNet-style
+    train/ folder) every image is used, and an --image-list given on the command line replaces it. Returns a
+    note for the log when the profile's split was set aside, else None.
+    """
     if not args.images:
         raise CebenchError("no image folder: pass --images DIR or pick a --profile that sets one")
+    note = None
     if args.image_split == "all":
         args.image_split = None
+    if args.image_split and "image_split" not in given:  # the split comes from the profile
+        if "image_list" in given:
+            note = f"--image-list {args.image_list} replaces the profile's image_split {args.image_split!r}"
+            args.image_split = None
+        elif "images" in given and not (Path(args.images).resolve().parent / "ImageSets" / "Main").is_dir():
+            note = (f"--images {args.images} is not a VOC JPEGImages folder (no ImageSets/Main beside it): the "
+                    f"profile's image_split {args.image_split!r} does not apply, every image under it is used")
+            args.image_split = None
     if args.image_split and args.image_list:
         raise CebenchError("give --image-list or --image-split, not both")
     if args.image_split:
@@ -44,6 +59,7 @@ def check_args(args):
             raise CebenchError(f"--{name.replace('_', '-')} must be positive")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
+    return note
 
 
 def run_paths(out):

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from cebench.config import parse_with_profile, resolved_config
+from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.runtime import Runtime, resolve_device
 from pretrain import loop
@@ -69,8 +69,9 @@ def _data_cpu_per_batch(dataset, cfg, runtime, first_step, n):
 
 
 def main(argv=None):
-    args = parse_with_profile(get_speed_parser(), argv, "pretrain")
-    loop.check_args(args)
+    parser = get_speed_parser()
+    args = parse_with_profile(parser, argv, "pretrain")
+    loop.check_args(args, given=command_line_dests(parser, argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = resolved_config(args)

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from cebench.config import add_profile_flag, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag, command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json, refuse_overwrite
 from cebench.logs import get_logger
@@ -36,7 +36,8 @@ def get_args_parser():
     g.add_argument("--image-list", default=None, help="optional file of image ids (one per line, e.g. VOC "
                    "ImageSets/Main/train.txt): pretrain only on those, keeping transfer test images unseen")
     g.add_argument("--image-split", default=None, help="shorthand for --image-list when --images is a VOC "
-                   "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image)")
+                   "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image). "
+                   "A profile's split is not applied to a plain folder given with --images")
     g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files and count them "
                    "instead of stopping at the first one")
     g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
@@ -92,8 +93,9 @@ def get_args_parser():
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "pretrain")
-    loop.check_args(args)
+    parser = get_args_parser()
+    args = parse_with_profile(parser, argv, "pretrain")
+    note = loop.check_args(args, given=command_line_dests(parser, argv))
     cfg = resolved_config(args)
     paths = loop.run_paths(cfg["out"])
     if not args.resume and not args.overwrite:
@@ -104,6 +106,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     rt = init_distributed(args.device)
     log = get_logger("pretrain", rt.is_main)
+    if note:
+        log.info(note)
     try:
         return _run(cfg, rt, paths, log)
     finally:

@@ -3,7 +3,7 @@ import argparse
 import pytest
 
 from cebench import CebenchError
-from cebench.config import get_profile, parse_with_profile, resolved_config
+from cebench.config import command_line_dests, get_profile, parse_with_profile, resolved_config
 
 
 def _write(tmp_path, text):
@@ -63,3 +63,11 @@ def test_unknown_key_and_profile_are_errors(tmp_path, monkeypatch):
 def test_repository_benchmarks_yaml_is_valid():
     for name in ("smoke", "voc-mini", "paper"):
         assert get_profile(name)["_name"] == name
+
+
+def test_command_line_dests_are_the_flags_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("CEBENCH_BENCHMARKS", str(_write(tmp_path, YAML)))
+    parser = _parser()
+    parse_with_profile(parser, ["--steps", "9"], "classify")  # the profile's defaults are set on the parser
+    assert command_line_dests(parser, ["--steps", "9", "--probe"]) == {"steps", "probe"}
+    assert command_line_dests(parser, ["--lr=0.5"]) == {"lr"} and command_line_dests(parser, []) == set()

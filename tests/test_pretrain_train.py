@@ -1,6 +1,7 @@
 """`python -m pretrain.train` end to end on tiny images: outputs, exact resume (also after SIGKILL), refusals,
 data stream, torchrun DDP."""
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from cebench.errors import CebenchError
 from pretrain.data import InpaintingStream, StepBatchSampler, list_images
 from pretrain.train import main
 from pretrain.weights import load_encoder
+from vocfactory import make_vocdevkit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,3 +217,40 @@ def test_speed_benchmark_reports_both_throughputs(images):
     assert result["model_only_images_per_s"] > 0 and result["end_to_end_images_per_s"] > 0
     assert result["ratio"] == pytest.approx(result["end_to_end_images_per_s"] / result["model_only_images_per_s"])
     assert 0 < result["cpu_bound_ratio"] <= 1
+
+
+def _imagenet_style(folder, per_class=2):
+    """An ImageNet-style train/ folder: one subfolder of .JPEG files per class, no split lists anywhere."""
+    rng = np.random.default_rng(1)
+    for wnid in ("n01440764", "n01443537", "n01484850"):
+        (folder / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (80, 100, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / wnid / f"{wnid}_{i}.JPEG", quality=90)
+    return folder
+
+
+def test_readme_command_on_a_plain_folder_with_the_default_profile(tmp_path, monkeypatch):
+    """`python -m pretrain.train --images /data/imagenet/train` (README): the default profile's VOC split does
+    not apply to a plain folder; every image under it is used. An explicit --image-split still must exist."""
+    monkeypatch.delenv("CEBENCH_BENCHMARKS", raising=False)  # the repository's benchmarks.yaml, default profile
+    train = _imagenet_style(tmp_path / "imagenet" / "train")
+    quick = ["--max-steps", "1", "--batch-size", "2", "--workers", "0", "--no-figures", "--device", "cpu"]
+    result = main(["--images", str(train), "--out", str(tmp_path / "ce.pt"), *quick])
+    assert result["steps"] == 1 and load_encoder(result["out"])[1]["meta"]["n_images"] == 6
+    assert json.loads((tmp_path / "ce.config.json").read_text())["image_split"] is None
+    with pytest.raises(CebenchError, match="no such split list"):
+        main(["--images", str(train), "--image-split", "train", "--out", str(tmp_path / "x.pt"), *quick])
+
+
+def test_voc_jpegimages_folder_keeps_the_profile_split(tmp_path, monkeypatch):
+    monkeypatch.delenv("CEBENCH_BENCHMARKS", raising=False)
+    voc = make_vocdevkit(tmp_path / "VOCdevkit", splits={"train": 3, "val": 2}, size=(120, 100))
+    quick = ["--max-steps", "1", "--batch-size", "2", "--workers", "0", "--no-figures", "--device", "cpu"]
+    result = main(["--images", str(voc.base / "JPEGImages"), "--out", str(tmp_path / "a.pt"), *quick])
+    assert load_encoder(result["out"])[1]["meta"]["n_images"] == 3  # the smoke profile's image_split: train
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(voc.splits["val"]))  # an explicit list replaces the profile's split
+    result = main(["--images", str(voc.base / "JPEGImages"), "--image-list", str(ids), "--out",
+                   str(tmp_path / "b.pt"), *quick])
+    assert load_encoder(result["out"])[1]["meta"]["n_images"] == 2
