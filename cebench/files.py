@@ -1,6 +1,7 @@
 """Atomic writes and safe checkpoint loading: a crash never leaves a half-written file behind."""
 
 import json
+import math
 import os
 import pickle
 import re
@@ -41,9 +42,29 @@ def atomic_write_text(path, text):
     return _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def non_finite_entries(obj, where=""):
+    """(key path, value) of every NaN/Inf float in nested dicts and lists, e.g. ('per_class.cat', nan)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [(where or "value", obj)]
+    if isinstance(obj, dict):
+        return [e for k, v in obj.items() for e in non_finite_entries(v, f"{where}.{k}" if where else str(k))]
+    if isinstance(obj, (list, tuple)):
+        return [e for i, v in enumerate(obj) for e in non_finite_entries(v, f"{where}[{i}]")]
+    return []
+
+
+def refuse_non_finite(path, obj, hint=""):
+    """One line naming the file and the first NaN/Inf of `obj`: strict JSON has no such numbers."""
+    bad = non_finite_entries(obj)
+    if bad:
+        (key, value), more = bad[0], f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CebenchError(f"{path}: not written: {key} is {value}{more}, not a finite number{hint}")
+
+
 def atomic_write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Write `obj` as indented strict JSON (no NaN/Infinity tokens: a NaN/Inf is refused), atomically."""
+    refuse_non_finite(path, obj)
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def atomic_torch_save(obj, path):

@@ -1,4 +1,9 @@
-"""Result records (one JSON file per run, DESIGN.md contract) and run provenance."""
+"""Result records (one JSON file per run, DESIGN.md contract) and run provenance.
+
+Records are strict JSON: never NaN or Infinity. A per-class score that is undefined by design (DESIGN.md: the AP
+of a class without a positive is nan) is stored as null, and `null_reasons` says why; an undefined headline
+value, or any other NaN/Inf, is an error that names the file (a run that diverged must not become a number).
+"""
 
 import json
 import math
@@ -8,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write_json
+from cebench.files import atomic_write_json, refuse_non_finite
 
 TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting")
 REQUIRED = ("task", "init", "dataset", "split", "metric", "value", "ci95", "per_class", "n_images",
@@ -42,22 +47,54 @@ def git_info():
     return {"git_commit": sha, "git_dirty": bool(dirty)} if sha else {}
 
 
-def _pct(x):
-    return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(100.0 * float(x), 4)
+# Why a per-class score can be undefined, per task (its null in per_class and in per_class_* extra fields).
+PER_CLASS_NULL = {
+    "classification": "AP undefined: the class has no non-difficult positive image in the test split; left out "
+                      "of the mean",
+    "detection": "AP undefined: the class has no non-difficult object in the test split; left out of the mean",
+    "segmentation": "IoU undefined: the class is in neither the ground truth nor the predictions; left out of the "
+                    "mean",
+    "retrieval": "undefined: no query holds the class",
+    "inpainting": "undefined: no held-out image holds the class",
+}
+CI95_NULL = "bootstrap interval undefined on this test split (too few images with a defined score)"
+
+
+def _is_nan(x):
+    return x is not None and math.isnan(float(x))
+
+
+def percent(x):
+    """A fraction as percent, rounded to 4 decimals; None and NaN (undefined by design) become None."""
+    return None if x is None or _is_nan(x) else round(100.0 * float(x), 4)
 
 
 def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n_images, seed,
                 wall_time_s, config, protocol, **extra):
-    """Build a record; metric values come in as fractions and are stored as percent (NaN -> null)."""
+    """Build a record; metric values come in as fractions and are stored as percent.
+
+    A NaN per-class score or interval bound becomes null with its reason in `null_reasons`; a NaN or Inf
+    `value` stays, so that `write_record` refuses it (None is a value that was not measured, e.g. retrieval
+    without labels).
+    """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}")
+    per_class = {str(k): v for k, v in (per_class or {}).items()}
     record = {
         "task": task, "init": init, "dataset": dataset, "split": split, "metric": metric,
-        "value": _pct(value), "ci95": [_pct(ci95[0]), _pct(ci95[1])] if ci95 is not None else None,
-        "per_class": {str(k): _pct(v) for k, v in (per_class or {}).items()},
+        "value": None if value is None else round(100.0 * float(value), 4),
+        "ci95": [percent(ci95[0]), percent(ci95[1])] if ci95 is not None else None,
+        "per_class": {k: percent(v) for k, v in per_class.items()},
         "n_images": int(n_images), "seed": seed, "wall_time_s": round(float(wall_time_s), 2),
         "config": config, "protocol": protocol, "versions": versions(),
     }
+    reasons = {}
+    if any(_is_nan(v) for v in per_class.values()):
+        reasons["per_class"] = PER_CLASS_NULL[task]
+    if ci95 is not None and any(_is_nan(v) for v in ci95):
+        reasons["ci95"] = CI95_NULL
+    if reasons:
+        record["null_reasons"] = reasons
     record.update(extra)
     return record
 
@@ -67,14 +104,20 @@ def write_record(path, record):
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"record lacks {missing}")
+    refuse_non_finite(path, record, hint=" (non-finite outputs: a diverged run or weights that overflow); no "
+                                         "record is written, a record holds only finite numbers")
     return atomic_write_json(path, record)
+
+
+def _refuse_constant(name):
+    raise ValueError(f"it holds {name}, which strict JSON has no place for (written by an older version? rerun)")
 
 
 def read_record(path):
     """Load one record, refusing files that are not records with one line naming the file."""
     try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        record = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)  # no NaN/Infinity tokens
+    except (OSError, ValueError) as err:
         raise CebenchError(f"{path}: not a readable result record ({err})") from None
     missing = [k for k in REQUIRED if k not in record] if isinstance(record, dict) else list(REQUIRED)
     if missing:

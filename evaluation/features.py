@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
+from cebench.errors import CebenchError
 from cebench.logs import progress
 from cebench.runtime import default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
@@ -115,6 +116,10 @@ def extract_features(paths, extractor, size, *, batch_size=64, workers=None, max
             out = np.empty((n, feats.shape[1]), dtype=np.float32)
         out[b * batch_size:b * batch_size + len(feats)] = feats
     bar.close()
+    bad = int((~np.isfinite(out)).sum())
+    if bad:  # finite weights can still overflow: a search over NaN would return arbitrary neighbours
+        raise CebenchError(f"{desc}: {bad} of the {out.size} feature values are NaN/Inf (the weights overflow on "
+                           "these images); no neighbours can be searched")
     return out
 
 

@@ -27,7 +27,7 @@ from evaluation.fills import evaluate_fills
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.inpaint_metrics import summarize
 from evaluation.knn import KnnIndex
-from pretrain.weights import load_context_encoder
+from pretrain.weights import NoDecoderError, load_context_encoder
 
 
 def get_args_parser():
@@ -60,10 +60,10 @@ def load_decoder(cfg, info):
         raise CebenchError(f"--decoder on needs a ce.pt as --weights, got {cfg['weights']!r}")
     try:
         model, _ = load_context_encoder(cfg["weights"])
-    except CebenchError:
+    except NoDecoderError:
         if cfg["decoder"] == "on":
             raise
-        return None  # auto: an encoder-only ce.pt has no decoder to score
+        return None  # auto: an encoder-only ce.pt has no decoder to score (any other defect is an error)
     if model.input_size != cfg["input_size"]:
         raise CebenchError(f"{cfg['weights']}: its decoder was trained at {model.input_size} px; pass --input-size "
                            f"{model.input_size} (or --decoder off)")

@@ -53,6 +53,21 @@ def read_checkpoint(path):
     return ckpt
 
 
+class NoDecoderError(CebenchError):
+    """A ce.pt written with its encoder only (inpainting may then score NN-inpainting alone)."""
+
+
+def check_finite(state, path, what):
+    """Refuse weights holding NaN or Inf (a diverged run, a damaged file): they give meaningless numbers."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise CebenchError(f"{path}: {what} weight {key} holds {bad} NaN/Inf of its {value.numel()} values "
+                                   "(a diverged run or a damaged file); refusing to use it")
+    return state
+
+
 def _load_strict(module, state, path, what):
     """load_state_dict with exact keys and shapes; mismatches become one line naming the file."""
     expected = module.state_dict()
@@ -63,6 +78,7 @@ def _load_strict(module, state, path, what):
         if not torch.is_tensor(v) or tuple(v.shape) != tuple(expected[k].shape):
             shape = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
             raise CebenchError(f"{path}: {what} weight {k} has shape {shape}, expected {tuple(expected[k].shape)}")
+    check_finite(state, path, what)
     module.load_state_dict(state, strict=True)
     return module
 
@@ -97,7 +113,7 @@ def _encoder_from_state_dict(path, state, arch):
         arch = {"arch": "caffenet" if first is not None and first.shape[0] == 96 else "torchvision"}
     encoder = AlexNetEncoder(**arch)
     _load_strict(encoder.features, features, path, "AlexNet features")
-    fc = {name: state[k].clone() for k, name in _TV_FC.items() if k in state}
+    fc = check_finite({name: state[k].clone() for k, name in _TV_FC.items() if k in state}, path, "AlexNet classifier")
     return encoder, (fc if len(fc) == 4 else None)
 
 
@@ -126,7 +142,7 @@ def load_context_encoder(path):
     """A ce.pt with its decoder -> (ContextEncoder, info), for inpainting evaluation."""
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt.get("decoder"), dict) or not isinstance(ckpt.get("decoder_arch"), dict):
-        raise CebenchError(f"{path}: this ce.pt holds no decoder (written with the encoder only)")
+        raise NoDecoderError(f"{path}: this ce.pt holds no decoder (written with the encoder only)")
     bad = set(ckpt["decoder_arch"]) - DECODER_KEYS
     if bad:
         raise CebenchError(f"{path}: ce.pt decoder_arch has unknown keys {sorted(bad)}")

@@ -1,7 +1,6 @@
 """The stages of `python -m transfer.classify`, kept apart so the entry point reads as a list of steps."""
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -11,7 +10,7 @@ import torch
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json
-from cebench.records import make_record
+from cebench.records import make_record, percent
 from cebench.runtime import default_num_workers
 from evaluation.metrics import classification_map, classification_map_ci
 from pretrain.data import normalize
@@ -145,10 +144,6 @@ def save_scores(paths, test, scores):
     return path
 
 
-def _pct(x):
-    return None if x is None or math.isnan(x) else round(100.0 * float(x), 4)
-
-
 def _protocol(cfg, info, rescaling, fit):
     common = {"ap": AP_DEFINITION, "also_reported": "map_voc07: the devkit's 11-point AP",
               "test_crops": cfg["test_crops"], "test_views": "random views (scale, crop, mirror) as in training, "
@@ -184,6 +179,6 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
         value=value, ci95=ci, per_class={VOC_CLASSES[i]: v for i, v in enumerate(per_class)},
         n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
         protocol=_protocol(cfg, info, rescaling, fit),
-        map_voc07=_pct(voc07), per_class_voc07={VOC_CLASSES[i]: _pct(v) for i, v in enumerate(per_class07)},
+        map_voc07=percent(voc07), per_class_voc07={VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class07)},
         n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

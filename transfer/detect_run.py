@@ -1,7 +1,6 @@
 """The stages of `python -m transfer.detect`, kept apart so the entry point reads as a list of steps."""
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, atomic_write_text
-from cebench.records import make_record, write_record
+from cebench.records import make_record, percent, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
 from pretrain.data import normalize
@@ -205,10 +204,6 @@ def draw_examples(split, detections, folder, n, min_score=0.3):
     return folder
 
 
-def _pct(x):
-    return None if x is None or math.isnan(x) else round(100.0 * float(x), 4)
-
-
 def _protocol(cfg, info, rescaling, proposals, fit):
     return {
         "ap": AP_DEFINITION, "also_reported": "coco_ap (AP@[.5:.95]) and coco_ap50 by pycocotools COCOeval, "
@@ -246,8 +241,8 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         metric="mAP@0.5", value=value, ci95=ci, per_class={n: v for n, v in zip(test.classes, per_class,
                                                                                  strict=True)},
         n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
-        protocol=_protocol(cfg, info, rescaling, proposals, fit), coco_ap=_pct(coco["ap"]),
-        coco_ap50=_pct(coco["ap50"]), n_proposals_mean=round(proposals["mean_per_image"]["test"], 2),
+        protocol=_protocol(cfg, info, rescaling, proposals, fit), coco_ap=percent(coco["ap"]),
+        coco_ap50=percent(coco["ap50"]), n_proposals_mean=round(proposals["mean_per_image"]["test"], 2),
         n_proposals_mean_train=round(proposals["mean_per_image"]["train"], 2),
         n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
