@@ -150,3 +150,13 @@ def truncate_file(path, keep=0.5):
     """Cut a file to a fraction of its bytes (a truncated download)."""
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: max(1, int(len(data) * keep))])
+
+
+def set_box(info, image_id, index, box):
+    """Rewrite one object's <bndbox> in an image's XML (e.g. a box reaching outside the image); returns its size."""
+    with Image.open(info.path("jpg", image_id)) as img:
+        size = img.size
+    name, _, difficult = info.objects[image_id][index]
+    info.objects[image_id][index] = (name, tuple(box), difficult)
+    info.path("xml", image_id).write_text(_xml(image_id, size, info.objects[image_id], info.year))
+    return size

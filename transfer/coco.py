@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cebench.errors import CebenchError
-from transfer.detection_data import DetectionSplit
+from transfer.detection_data import DetectionSplit, clip_boxes_to_images
 
 
 def _quiet():
@@ -87,7 +87,12 @@ def load_coco_split(json_path, images_dir, skip_bad=False):
             getattr(split, field_).append(value)
     if not split.ids:
         raise CebenchError(f"{path}: no usable images under {images_dir}")
-    return split
+
+    def describe(i, k):
+        x1, y1, x2, y2 = (round(float(v), 2) for v in split.boxes[i][k])
+        return f"{path}: image {split.ids[i]}'s box [x, y, w, h] = [{x1}, {y1}, {x2 - x1:g}, {y2 - y1:g}]"
+
+    return clip_boxes_to_images(split, describe, skip_bad)
 
 
 def coco_from_split(split):

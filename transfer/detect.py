@@ -38,7 +38,9 @@ def get_args_parser():
                    "pycocotools); needs --coco-test-json and --coco-images")
     g.add_argument("--coco-test-json", default=None, help="COCO instances file to score")
     g.add_argument("--coco-images", default=None, help="folder that the file_name entries of both files are in")
-    g.add_argument("--skip-bad", action="store_true", help="leave out unreadable images (counted in the record)")
+    g.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and images with a "
+                   "ground-truth box wholly outside them (listed and counted in the record); boxes partly outside "
+                   "are clipped either way")
     g.add_argument("--scale", type=int, default=600, help="shorter image side (Fast R-CNN: 600, single scale)")
     g.add_argument("--max-size", type=int, default=1000, help="cap on the longer side (Fast R-CNN: 1000)")
     g.add_argument("--no-flip", dest="flip", action="store_false", help="no horizontal flips in training")

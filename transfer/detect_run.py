@@ -49,11 +49,12 @@ def load_splits(cfg, log):
         if splits[0].classes != splits[1].classes:
             raise CebenchError(f"{cfg['coco_test_json']}: its categories differ from those of {cfg['coco_json']}")
     else:
-        splits = [from_voc(load_split(cfg["voc_root"], cfg["year"], cfg[k], skip_bad=cfg["skip_bad"]))
-                  for k in ("train_split", "test_split")]
+        splits = [from_voc(load_split(cfg["voc_root"], cfg["year"], cfg[k], skip_bad=cfg["skip_bad"]),
+                           skip_bad=cfg["skip_bad"]) for k in ("train_split", "test_split")]
     for s in splits:
-        log.info("%s: %d images, %d objects%s", s.name, len(s), sum(len(b) for b in s.boxes),
-                 f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "")
+        log.info("%s: %d images, %d objects%s%s", s.name, len(s), sum(len(b) for b in s.boxes),
+                 f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "",
+                 f", {s.boxes_clipped} boxes partly outside their image clipped to it" if s.boxes_clipped else "")
     return splits
 
 
@@ -247,6 +248,7 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
+        boxes_clipped={"train": train.boxes_clipped, "test": test.boxes_clipped},
         weights_meta=info["meta"], **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
 
 

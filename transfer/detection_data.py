@@ -16,7 +16,7 @@ from cebench.errors import CebenchError
 from pretrain.data import IMAGE_MEAN
 from transfer.detection_targets import sample_rois
 from transfer.proposals import clip_and_filter
-from transfer.voc import VOC_CLASSES, load_image
+from transfer.voc import VOC_CLASSES, load_image, year_dir
 
 MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGE_MEAN)  # padding colour: 0 after normalisation
 
@@ -34,13 +34,15 @@ class DetectionSplit:
     labels: list
     difficult: list
     skipped: list = field(default_factory=list)
+    boxes_clipped: int = 0  # ground-truth boxes partly outside their image, clipped to it
 
     def __len__(self):
         return len(self.ids)
 
 
-def from_voc(split):
-    """A transfer.voc.VocSplit as a DetectionSplit (VOC's 1-based inclusive boxes -> continuous pixels)."""
+def from_voc(split, skip_bad=False):
+    """A transfer.voc.VocSplit as a DetectionSplit (VOC's 1-based inclusive boxes -> continuous pixels), its
+    boxes fitted to their images (`clip_boxes_to_images`)."""
     boxes, labels, difficult = [], [], []
     for ann in split.annotations:
         b = np.array([o.box for o in ann.objects], dtype=np.float32).reshape(-1, 4)
@@ -48,9 +50,45 @@ def from_voc(split):
         boxes.append(b)
         labels.append(np.array([o.label + 1 for o in ann.objects], dtype=np.int64))
         difficult.append(np.array([o.difficult for o in ann.objects], dtype=bool))
-    return DetectionSplit(f"VOC{split.year} {split.split}", VOC_CLASSES, list(split.ids),
-                          list(split.image_paths), [(a.width, a.height) for a in split.annotations],
-                          boxes, labels, difficult, list(split.skipped))
+    out = DetectionSplit(f"VOC{split.year} {split.split}", VOC_CLASSES, list(split.ids),
+                         list(split.image_paths), [(a.width, a.height) for a in split.annotations],
+                         boxes, labels, difficult, list(split.skipped))
+    annotations = year_dir(split.root, split.year) / "Annotations"
+
+    def describe(i, k):
+        obj = split.annotations[i].objects[k]
+        return f"{annotations / f'{split.ids[i]}.xml'}: the {obj.name!r} box {obj.box} (xmin, ymin, xmax, ymax)"
+
+    return clip_boxes_to_images(out, describe, skip_bad)
+
+
+def clip_boxes_to_images(split, describe, skip_bad=False):
+    """Ground truth inside its image, in place: a box partly outside is clipped to the image and counted in
+    `split.boxes_clipped`; a box wholly outside (nothing left once clipped) is a CebenchError naming it
+    (`describe(image index, box index)` names the annotation file and box), or with `skip_bad` its image is
+    left out and listed in `split.skipped`."""
+    keep = []
+    for i, ((width, height), boxes) in enumerate(zip(split.sizes, split.boxes, strict=True)):
+        if not (width and height):  # no <size> in the annotation: nothing to clip against
+            keep.append(i)
+            continue
+        clipped = np.stack([boxes[:, 0].clip(0, width), boxes[:, 1].clip(0, height), boxes[:, 2].clip(0, width),
+                            boxes[:, 3].clip(0, height)], axis=1) if len(boxes) else boxes
+        empty = np.flatnonzero((clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1]))
+        if len(empty):
+            reason = f"{describe(i, int(empty[0]))} lies outside the {width}x{height} image"
+            if not skip_bad:
+                raise CebenchError(f"{reason} (fix the annotation, or pass --skip-bad to leave the image out)")
+            split.skipped.append({"id": split.ids[i], "reason": reason})
+            continue
+        split.boxes_clipped += int((clipped != boxes).any(axis=1).sum())
+        split.boxes[i] = clipped
+        keep.append(i)
+    for name in ("ids", "image_paths", "sizes", "boxes", "labels", "difficult"):
+        setattr(split, name, [getattr(split, name)[i] for i in keep])
+    if not keep:
+        raise CebenchError(f"{split.name}: no image left once images with boxes outside them were skipped")
+    return split
 
 
 def ground_truth(split):
