@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run a benchmarks.yaml profile end to end (default: smoke, on synthetic data) and print Table 2.
-#   bash run_all.sh [PROFILE] [--voc-root DIR] [--images DIR] [--supervised PATH] [--dry-run] ...
+#   bash run_all.sh [PROFILE | --profile PROFILE] [--voc-root DIR] [--images DIR] [--supervised PATH] [--dry-run] ...
 #   bash run_all.sh --help      # profiles and options
 # The work is done by `python -m cebench.suite`; this wrapper only picks the Python.
 set -euo pipefail

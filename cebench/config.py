@@ -16,6 +16,7 @@ Relative paths in PATH_KEYS resolve against the directory holding benchmarks.yam
 """
 
 import argparse
+import difflib
 import os
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from cebench.errors import CebenchError
 
 STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables")
 PROFILE_KEYS = {"description", "common", "run", *STAGES}
+# Keys a profile's `common:` section may set: flags that several stages take (tests/test_config.py checks each
+# against the entry points' parsers). Each stage takes the ones its parser has; any other key is a typo.
+COMMON_KEYS = {"voc_root", "year", "images", "weights", "seed", "device", "threads", "workers", "cache", "arch",
+               "width", "pool_free", "input_size", "batch_size", "max_steps", "steps", "dropout", "lr",
+               "weight_decay", "lr_schedule", "lr_step", "lr_gamma", "momentum", "clip_grad", "ckpt_every",
+               "log_every", "eval_every", "train_split", "test_split", "skip_bad", "rescale_images",
+               "rescale_iterations", "fc_dim", "min_scale", "max_scale", "gallery_split", "query_split",
+               "gallery_list", "query_list", "max_gallery", "max_queries", "features", "center"}
 PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_test_json", "coco_images",
              "proposals", "proposals_cache", "results", "weights", "out"}
 
@@ -44,7 +53,10 @@ def load_benchmarks(path=None):
     except FileNotFoundError:
         raise CebenchError(f"benchmarks file not found: {path}") from None
     except yaml.YAMLError as err:
-        raise CebenchError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = ": ".join(filter(None, (getattr(err, "context", None), getattr(err, "problem", None))))
+        raise CebenchError(f"{where}: not valid YAML ({problem or str(err).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("profiles"), dict):
         raise CebenchError(f"{path}: expected a mapping with a 'profiles' section")
     unknown = set(data) - {"default_profile", "profiles"}
@@ -55,9 +67,23 @@ def load_benchmarks(path=None):
             raise CebenchError(f"{path}: profile {name!r} must be a mapping")
         bad = set(prof) - PROFILE_KEYS
         if bad:
-            raise CebenchError(f"{path}: profile {name!r} has unknown sections {sorted(bad)}")
+            raise CebenchError(f"{path}: profile {name!r} has unknown sections {sorted(bad)}{_hint(bad, PROFILE_KEYS)}")
+        common = prof.get("common") or {}
+        if not isinstance(common, dict):
+            raise CebenchError(f"{path}: profile {name!r}, common: must be a mapping of flag names to values")
+        bad = set(common) - COMMON_KEYS
+        if bad:
+            raise CebenchError(f"{path}: profile {name!r}, common: unknown keys {sorted(bad)}{_hint(bad, COMMON_KEYS)}"
+                               " (common holds settings that several stages take; others go in a stage's section)")
     data["_path"] = path
     return data
+
+
+def _hint(unknown, known):
+    """' (did you mean ...?)' for the unknown keys that look like a known one."""
+    close = {k: difflib.get_close_matches(k, known, n=1) for k in sorted(unknown)}
+    pairs = [f"{m[0]!r} for {k!r}" for k, m in close.items() if m]
+    return f" (did you mean {', '.join(pairs)}?)" if pairs else ""
 
 
 def get_profile(name=None, path=None):
@@ -67,7 +93,7 @@ def get_profile(name=None, path=None):
     if name not in data["profiles"]:
         raise CebenchError(f"unknown profile {name!r}; {data['_path']} defines {sorted(data['profiles'])}")
     prof = dict(data["profiles"][name])
-    prof["_name"], prof["_dir"] = name, data["_path"].parent
+    prof["_name"], prof["_dir"], prof["_path"] = name, data["_path"].parent, data["_path"]
     return prof
 
 
@@ -102,13 +128,13 @@ def profile_defaults(parser, stage, profile):
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}")
     actions = {a.dest: a for a in parser._actions}
-    where = f"benchmarks.yaml profile {profile['_name']!r}"
+    where = f"{profile.get('_path', 'benchmarks.yaml')}: profile {profile['_name']!r}"
     section = profile.get(stage) or {}
     if not isinstance(section, dict):
         raise CebenchError(f"{where}: section {stage!r} must be a mapping")
     unknown = sorted(set(section) - set(actions))
     if unknown:
-        raise CebenchError(f"{where}, {stage}: unknown keys {unknown}")
+        raise CebenchError(f"{where}, {stage}: unknown keys {unknown}{_hint(unknown, actions)}")
     values = {k: v for k, v in (profile.get("common") or {}).items() if k in actions}
     values.update(section)
     for key, value in values.items():

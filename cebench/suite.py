@@ -77,7 +77,7 @@ def _profile_path(profile, value):
 
 def run_section(profile):
     """The profile's `run:` section, shape-checked; unknown keys and inits are errors."""
-    where = f"benchmarks.yaml profile {profile['_name']!r}, run"
+    where = f"{profile.get('_path', 'benchmarks.yaml')}: profile {profile['_name']!r}, run"
     run = profile.get("run")
     if not isinstance(run, dict) or not isinstance(run.get("stages"), dict):
         raise CebenchError(f"{where}: missing; it needs a 'stages' mapping (what run_all.sh runs)")
@@ -340,12 +340,15 @@ def _abspath(value):
 def get_args_parser():
     parser = argparse.ArgumentParser(
         prog="run_all.sh", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_profiles_help(),
+        allow_abbrev=False,  # a misspelt flag (--max-step) is an error, never taken for another
         description=textwrap.fill(
             "Run a profile of benchmarks.yaml end to end: (synthetic data,) pretraining, classification, detection, "
             "segmentation, retrieval, inpainting, tables; then print Table 2. Outputs go to results/<profile>/ with "
             "a run.log. Rerunning the same command resumes: a stage whose output exists with a matching stamp is "
             "skipped; a changed profile section, flag or input weights reruns it.", 100))
     parser.add_argument("profile", nargs="?", default=None, help="profile name (default: the file's default_profile)")
+    parser.add_argument("--profile", dest="profile_flag", default=None, metavar="NAME",
+                        help="the profile, as every entry point takes it (the same as the positional PROFILE)")
     g = parser.add_argument_group("data and weights")
     g.add_argument("--voc-root", type=_abspath, metavar="DIR",
                    help="VOCdevkit (the folder holding VOC2007/) for every transfer and evaluation stage")
@@ -370,11 +373,18 @@ def get_args_parser():
     return parser
 
 
+def profile_name(args):
+    """The profile given positionally or with --profile (both only when they agree), else None (the default)."""
+    if args.profile and args.profile_flag and args.profile != args.profile_flag:
+        raise CebenchError(f"two profiles given: {args.profile!r} and --profile {args.profile_flag!r}; pass one")
+    return args.profile or args.profile_flag
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.nproc_per_node < 1:
         raise CebenchError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
-    profile = get_profile(args.profile)
+    profile = get_profile(profile_name(args))
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)

@@ -32,7 +32,7 @@ from pretrain.weights import NoDecoderError, load_context_encoder
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m evaluation.inpainting", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_profile_flag(p)
     add_data_args(p, "held-out")
     add_feature_args(p)

@@ -30,7 +30,7 @@ from evaluation.retrieval_metrics import precision_at_k
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m evaluation.retrieval", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_profile_flag(p)
     add_data_args(p, "query")
     add_feature_args(p)

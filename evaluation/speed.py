@@ -145,7 +145,7 @@ def approximate_benchmark(args, log):
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m evaluation.speed", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("--gallery", type=int, default=50_000, help="gallery size of the exact benchmark")
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--dim", type=int, default=9216, help="feature dimension (pool5 at 227 px: 256x6x6)")

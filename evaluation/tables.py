@@ -22,7 +22,7 @@ from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdow
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m evaluation.tables", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_profile_flag(p)
     p.add_argument("--results", default=None, help="folder of result records (default results/<profile>)")
     p.add_argument("--out", default=None, help="folder for the tables and chart (default: --results)")

@@ -28,7 +28,8 @@ equals an uninterrupted run weight for weight. Outputs: --out (ce.pt) plus <stem
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m pretrain.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG,
+                                allow_abbrev=False)
     add_profile_flag(p)
     g = p.add_argument_group("data")
     g.add_argument("--images", default=None, help="folder of unlabelled images, searched recursively for "

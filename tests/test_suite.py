@@ -5,6 +5,8 @@ temporary benchmarks.yaml ($CEBENCH_BENCHMARKS), so these tests exercise only th
 """
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -229,3 +231,28 @@ def test_tee_keeps_the_last_state_of_progress_bars(tmp_path, capsys):
     tee.close()
     assert (tmp_path / "run.log").read_text() == "bar 100%\nnext line\n"
     assert "bar  50%" in capsys.readouterr().out  # the terminal sees everything live
+
+
+def test_profile_flag_like_every_entry_point_and_no_abbreviations(fake, capsys):
+    out = main(["--profile", "t", "--dry-run", "--results-dir", str(fake / "res")])
+    assert out["profile"] == "t" and [j["status"] for j in out["jobs"]] == ["dry-run"] * 5
+    assert main(["t", "--profile", "t", "--dry-run", "--results-dir", str(fake / "res")])["profile"] == "t"
+    with pytest.raises(CebenchError, match="two profiles given: 't' and --profile 'smoke'"):
+        main(["t", "--profile", "smoke", "--dry-run"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:  # --max-step is not --max-steps: refused, not guessed
+        main(["t", "--max-step", "2", "--dry-run"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --max-step 2" in capsys.readouterr().err
+
+
+def test_run_all_sh_refuses_an_abbreviated_flag_and_takes_profile(fake):
+    """The README's wrapper itself (bash run_all.sh), as a user types it."""
+    env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=f"{REPO}{os.pathsep}{fake / 'mods'}")
+    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "t", "--max-step", "2", "--dry-run", "--results-dir",
+                          str(fake / "res")], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "unrecognized arguments: --max-step" in run.stderr
+    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "--profile", "t", "--dry-run", "--results-dir",
+                          str(fake / "res")], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "run_all t ->" in run.stdout

@@ -20,7 +20,7 @@ from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m transfer.classify", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_profile_flag(p)
     g = p.add_argument_group("data")
     g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC2007/")

@@ -27,7 +27,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescrip
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m transfer.detect", description=__doc__, formatter_class=_HelpFormatter)
+    p = argparse.ArgumentParser("python -m transfer.detect", description=__doc__, formatter_class=_HelpFormatter,
+                                allow_abbrev=False)
     add_profile_flag(p)
     g = p.add_argument_group("data (VOC, or COCO files)")
     g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC2007/")

@@ -31,7 +31,7 @@ from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, prepare_out
 
 def get_args_parser():
     p = argparse.ArgumentParser("transfer.segment", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("data")
     g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder holding VOC2012/ and/or VOC2007/")
     g.add_argument("--year", default="auto", choices=["auto", "2012", "2011", "2010", "2009", "2008", "2007"],

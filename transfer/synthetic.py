@@ -254,7 +254,7 @@ def get_args_parser():
     parser = argparse.ArgumentParser(
         description="Generate the synthetic VOCdevkit of the smoke profile (deterministic: same seed, same bytes). "
                     "An existing folder with the same settings is reused; anything else is refused unless "
-                    "--overwrite.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "--overwrite.", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     parser.add_argument("--out", required=True, help="folder to create; the devkit goes to OUT/VOCdevkit/VOC2007")
     parser.add_argument("--n-train", type=int, default=300, help="images in ImageSets/Main/train.txt")
     parser.add_argument("--n-val", type=int, default=100, help="images in ImageSets/Main/val.txt")
