@@ -40,6 +40,17 @@ def make_dirs(folder):
     return folder
 
 
+def check_writable(folder):
+    """Fail early, with one line, when `folder` could not be created or written; creates nothing."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise CebenchError(f"cannot create folder {folder}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CebenchError(f"cannot write {folder}: {existing} is not writable")
+    return folder
+
+
 class _WriteAll:
     """An unbuffered file whose write() never returns short: torch.save then sees a full disk as an OSError
     (through a buffered file it reports a garbled position instead)."""

@@ -23,16 +23,17 @@ def save_loss_curve(history, path, title="context encoder: masked L2 (hole pixel
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png"))  # a full disk leaves no half-written PNG
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png"))  # a full disk leaves no half-written PNG
+    finally:
+        plt.close(fig)
 
 
 def save_sample_grid(masked_inputs, outputs, originals, path):
     """Rows: input with its hole, output pasted into the hole, original; images in [0, 1], (N, 3, H, W) each."""
     grid = torch.cat([masked_inputs, outputs, originals]).float().cpu()
-    atomic_write(path, lambda f: save_image(grid, f, format="png", nrow=len(originals), padding=2, pad_value=1.0))
-    return path
+    return atomic_write(path, lambda f: save_image(grid, f, format="png", nrow=len(originals), padding=2,
+                                                   pad_value=1.0))
 
 
 @torch.no_grad()
