@@ -27,6 +27,11 @@ def write_error(path, err):
     return CebenchError(f"cannot write {path}: {err.strerror or err}")
 
 
+def _file_in_the_way(folder, blocker):
+    where = "" if blocker == folder else f"cannot create folder {folder}: "
+    return CebenchError(f"{where}{blocker} is a file, not a folder")
+
+
 def make_dirs(folder):
     """mkdir -p, failing with one line that names the folder (and the file in its way, if any)."""
     folder = Path(folder)
@@ -35,7 +40,7 @@ def make_dirs(folder):
     except OSError as err:
         blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
         if blocker is not None and not blocker.is_dir():
-            raise CebenchError(f"cannot create folder {folder}: {blocker} is a file, not a folder") from None
+            raise _file_in_the_way(folder, blocker) from None
         raise write_error(folder, err) from None
     return folder
 
@@ -45,7 +50,7 @@ def check_writable(folder):
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())  # "." or "/" at the latest
     if not existing.is_dir():
-        raise CebenchError(f"cannot create folder {folder}: {existing} is a file, not a folder")
+        raise _file_in_the_way(folder, existing)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise CebenchError(f"cannot write {folder}: {existing} is not writable")
     return folder
