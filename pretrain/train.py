@@ -38,8 +38,9 @@ def get_args_parser():
                    "ImageSets/Main/train.txt): pretrain only on those, keeping transfer test images unseen")
     g.add_argument("--image-split", default=None, help="shorthand for --image-list when --images is a VOC "
                    "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image)")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files and count them "
-                   "instead of stopping at the first one")
+    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping at "
+                   "the first one: a bad header is left out up front; a file that fails to decode mid-run (cache "
+                   "off) gives its place to the next readable image. Each is named in the log and in ce.pt's meta")
     g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
