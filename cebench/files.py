@@ -95,10 +95,17 @@ def atomic_write(path, write_fn, mode="wb", raw=False):
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise write_error(path, err) from None
+        if isinstance(err, (OSError, RuntimeError)) and _os_error(err) is not None:
+            raise write_error(path, _os_error(err)) from None
         raise
     return path
+
+
+def _os_error(err):
+    """The OSError behind `err`: torch.save reports a full disk as a RuntimeError raised while handling it."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__context__
+    return err
 
 
 def atomic_write_text(path, text):

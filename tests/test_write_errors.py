@@ -4,6 +4,10 @@ folder should be, a full disk (writes to /dev/full: the kernel's ENOSPC), a read
 import errno
 import json
 import os
+import re
+import resource
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -14,7 +18,7 @@ from vocfactory import make_vocdevkit
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_torch_save, atomic_write, atomic_write_json, make_dirs, remove_stale_temps
 from cebench.records import make_record, write_record
-from test_pretrain_train import make_images
+from test_pretrain_train import REPO, make_images
 
 VOC = ["--train-split", "train", "--test-split", "val", "--width", "0.25", "--fc-dim", "16", "--steps", "2",
        "--rescale-images", "4", "--device", "cpu", "--threads", "1"]
@@ -101,6 +105,20 @@ def test_full_disk_is_one_line_and_leaves_no_temp_file(module, data, tmp_path, c
     assert code == 2 and err[-1].startswith("error: cannot write ") and "No space left on device" in err[-1], err[-3:]
     assert str(tmp_path) in err[-1] or data["cache"] in err[-1]
     assert _leftovers(tmp_path) == [] and not any(p.is_file() and p.stat().st_size == 0 for p in tmp_path.rglob("*"))
+
+
+def test_a_real_size_limit_mid_run_is_one_line_and_keeps_nothing_half_written(data, tmp_path):
+    """The kernel refuses writes past RLIMIT_FSIZE (EFBIG) as it refuses them on a full disk (ENOSPC): the first
+    run checkpoint is too large. torch.save reports that as a RuntimeError raised while handling the OSError."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+
+    argv = _entry_points(data, tmp_path / "run")["pretrain.train"] + ["--width", "0.5"]
+    run = subprocess.run([sys.executable, "-m", "pretrain.train", *argv], preexec_fn=limit, capture_output=True,
+                         text=True, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)), timeout=300)
+    errors = re.findall(r"error: [^\r\n]*", run.stderr)  # (today it may be glued to the progress bar: issue item 9)
+    assert run.returncode == 2 and errors == [f"error: cannot write {tmp_path / 'run' / 'ce.last.pt'}: File too large"]
+    assert "Traceback" not in run.stderr and not (tmp_path / "run").exists()  # a failed first run leaves nothing
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
