@@ -1,5 +1,6 @@
 """Atomic writes and safe checkpoint loading: a crash never leaves a half-written file behind."""
 
+import contextlib
 import json
 import math
 import os
@@ -19,27 +20,98 @@ def _umask():
     return mask
 
 
-def _atomic_write(path, write_fn, mode):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+TEMP_PATTERN = r"\.{name}\.[a-z0-9_]{{8}}\.tmp"  # what atomic_write's mkstemp names (8 random characters)
+
+
+def write_error(path, err):
+    """One line for an OSError met while writing `path`: a read-only folder, a full disk, a file in the way."""
+    return CebenchError(f"cannot write {path}: {err.strerror or err}")
+
+
+def _file_in_the_way(folder, blocker):
+    where = "" if blocker == folder else f"cannot create folder {folder}: "
+    return CebenchError(f"{where}{blocker} is a file, not a folder")
+
+
+def make_dirs(folder):
+    """mkdir -p, failing with one line that names the folder (and the file in its way, if any)."""
+    folder = Path(folder)
     try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise _file_in_the_way(folder, blocker) from None
+        raise write_error(folder, err) from None
+    return folder
+
+
+def check_writable(folder):
+    """Fail early, with one line, when `folder` could not be created or written; creates nothing."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise _file_in_the_way(folder, existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CebenchError(f"cannot write {folder}: {existing} is not writable")
+    return folder
+
+
+class _WriteAll:
+    """An unbuffered file whose write() never returns short: torch.save then sees a full disk as an OSError
+    (through a buffered file it reports a garbled position instead)."""
+
+    def __init__(self, raw):
+        self.raw = raw
+
+    def write(self, data):
+        view, done = memoryview(data).cast("B"), 0
+        while done < len(view):
+            done += self.raw.write(view[done:])
+        return done
+
+    def flush(self):
+        self.raw.flush()
+
+
+def atomic_write(path, write_fn, mode="wb", raw=False):
+    """Call write_fn(file) on a temporary file next to `path`, then os.replace it into place.
+
+    A failure leaves no temporary file and keeps the previous `path`; an OSError becomes one line naming `path`.
+    raw=True hands write_fn an unbuffered binary file that writes all it is given (for torch.save).
+    """
+    path = Path(path)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise write_error(path, err) from None
+    try:
+        with os.fdopen(fd, mode, buffering=0 if raw else -1) as f:
+            write_fn(_WriteAll(f) if raw else f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, (OSError, RuntimeError)) and _os_error(err) is not None:
+            raise write_error(path, _os_error(err)) from None
         raise
     return path
 
 
+def _os_error(err):
+    """The OSError behind `err`: torch.save reports a full disk as a RuntimeError raised while handling it."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__context__
+    return err
+
+
 def atomic_write_text(path, text):
     """Write text to `path` through a temporary file and `os.replace`."""
-    return _atomic_write(path, lambda f: f.write(text), "w")
+    return atomic_write(path, lambda f: f.write(text), "w")
 
 
 def non_finite_entries(obj, where=""):
@@ -69,7 +141,38 @@ def atomic_write_json(path, obj):
 
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file, so an interrupted save keeps the previous checkpoint intact."""
-    return _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+    return atomic_write(path, lambda f: torch.save(obj, f), "wb", raw=True)
+
+
+def remove_stale_temps(*paths):
+    """Delete temporary files that atomic_write left for `paths` when a process was killed mid-write.
+
+    A file path: its own temporaries beside it; a folder (a run folder): every temporary inside it."""
+    for path in map(Path, paths):
+        folder, name = (path, r"[^/]+") if path.is_dir() else (path.parent, re.escape(path.name))
+        if folder.is_dir():
+            pattern = re.compile(TEMP_PATTERN.format(name=name))
+            for tmp in folder.iterdir():
+                if pattern.fullmatch(tmp.name) and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+
+
+def truncate_jsonl(path, keep):
+    """Rewrite a JSON-lines file with only the rows for which keep(row) is true (resuming: drop replayed steps)."""
+    path = Path(path)
+    if not path.is_file():
+        return path
+    rows = [line for line in path.read_text().splitlines(keepends=True) if line.strip()]
+    kept = [line for line in rows if _parses(line) and keep(json.loads(line))]
+    return path if kept == rows else atomic_write_text(path, "".join(kept))
+
+
+def _parses(line):
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:  # a line cut short by a kill
+        return False
+    return True
 
 
 def safe_torch_load(path, what="checkpoint"):

@@ -6,6 +6,8 @@ import sys
 
 from tqdm.auto import tqdm
 
+from cebench.files import write_error
+
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record):
@@ -34,5 +36,8 @@ def progress(iterable=None, *, enabled=True, **kwargs):
 
 def append_jsonl(path, row):
     """Append one JSON line (per epoch or per log interval) to a run's metrics.jsonl."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as err:
+        raise write_error(path, err) from None

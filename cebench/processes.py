@@ -1,10 +1,13 @@
 """Stages as child processes: their output streamed to the terminal and to run.log at once."""
 
 import codecs
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from cebench.files import write_error
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -13,7 +16,10 @@ class Tee:
     """Everything printed goes to the terminal and to run.log (progress bars kept at their last state)."""
 
     def __init__(self, log_path=None):
-        self.log = open(log_path, "a", encoding="utf-8") if log_path else None
+        try:
+            self.log = open(log_path, "a", encoding="utf-8") if log_path else None
+        except OSError as err:
+            raise write_error(log_path, err) from None
         self._partial = ""
 
     def write(self, text):
@@ -22,11 +28,17 @@ class Tee:
         if self.log is None:
             return
         *lines, self._partial = (self._partial + text).split("\n")
-        for line in lines:
-            self.log.write(line.rstrip("\r").rsplit("\r", 1)[-1] + "\n")
+        try:
+            for line in lines:
+                self.log.write(line.rstrip("\r").rsplit("\r", 1)[-1] + "\n")
+            self.log.flush()
+        except OSError as err:
+            log, self.log = self.log, None  # the terminal keeps the output; close() must not write again
+            with contextlib.suppress(OSError):
+                log.close()
+            raise write_error(log.name, err) from None
         if "\r" in self._partial.rstrip("\r"):
             self._partial = self._partial.rstrip("\r").rsplit("\r", 1)[-1]
-        self.log.flush()
 
     def print(self, *parts):
         self.write(" ".join(str(p) for p in parts) + "\n")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cebench.config import STAGES, get_profile, load_benchmarks
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_json, display_path
+from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.processes import Tee, child_env, run_process
 from cebench.records import git_info, read_record
 
@@ -388,7 +388,7 @@ def main(argv=None):
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)
-    tee = Tee(None if args.dry_run else (results.mkdir(parents=True, exist_ok=True) or results / "run.log"))
+    tee = Tee(None if args.dry_run else make_dirs(results) / "run.log")
     env, rows = child_env(), []
     try:
         sha = git_info().get("git_commit", "not a git checkout")

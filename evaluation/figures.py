@@ -6,6 +6,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cebench.files import atomic_write  # noqa: E402
+
 HOLE_GREY = 128
 
 
@@ -59,9 +61,7 @@ def retrieval_grid(path, queries, neighbours, mask, relevant=None, title=""):
         axes[0, c].set_title(f"NN {c}", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def inpainting_grid(path, columns, mask, title=""):
@@ -82,9 +82,7 @@ def inpainting_grid(path, columns, mask, title=""):
         ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def table_bars(path, table, tasks, title=""):
@@ -114,6 +112,12 @@ def table_bars(path, table, tasks, title=""):
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
+
+
+def save_figure(fig, path, dpi):
+    """Write a figure as PNG atomically (a full disk leaves no half-written file) and close it."""
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)

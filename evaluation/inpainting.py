@@ -17,7 +17,7 @@ import numpy as np
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
-from cebench.files import refuse_overwrite
+from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import make_record, write_record
 from cebench.runtime import init_distributed, seed_everything
@@ -106,7 +106,7 @@ def main(argv=None):
     out_decoder = out.with_name(f"{out.stem}_decoder.json")
     for path in (out, out_decoder) if decoder is not None else (out,):
         refuse_overwrite(path, cfg["overwrite"])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)  # created when the outputs are written, at the end
     # nearest neighbour of every held-out context in the gallery (exact cosine search, faiss)
     opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
     gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)

@@ -16,7 +16,7 @@ import numpy as np
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
-from cebench.files import refuse_overwrite
+from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import make_record, write_record
 from cebench.runtime import init_distributed, seed_everything
@@ -78,7 +78,7 @@ def main(argv=None):
     extractor, info = build_extractor(cfg, rt.device)
     out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"retrieval_{info['init']}.json")
     refuse_overwrite(out, cfg["overwrite"])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)  # created when the outputs are written, at the end
     opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
     gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
     query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="queries", **opts)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_text, display_path
+from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from evaluation.figures import table_bars
 from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1,
@@ -86,7 +86,7 @@ def main(argv=None):
     # files inside the checkout are named by their place in it, not by this machine's absolute path
     repo = benchmarks_path().parent
     footer = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir)
     # Table 2: transfer tasks (and retrieval) per initialisation
     t2, columns2, dropped = table2(records, published)
     for path in dropped:

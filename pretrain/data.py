@@ -60,20 +60,23 @@ def read_image(path, short_side):
 
 
 def check_images(paths, skip_bad):
-    """With skip_bad, drop files PIL cannot parse (header check) and count them; otherwise keep all."""
+    """With skip_bad, drop files PIL cannot parse (header check); returns (kept paths, skipped paths).
+
+    Only headers are read here (a full decode of an ImageNet-sized folder takes hours): a file that fails to
+    decode later is replaced in the stream (InpaintingStream with skip_bad) and reported by the training loop."""
     if not skip_bad:
-        return list(paths), 0
-    good = []
+        return list(paths), []
+    good, bad = [], []
     for path in progress(paths, desc="checking images", leave=False):
         try:
             with Image.open(path) as img:
                 img.verify()
             good.append(path)
         except Exception:  # any parse failure means the file is skipped; the count is reported
-            pass
+            bad.append(path)
     if not good:
         raise CebenchError("no readable images left after skipping bad files")
-    return good, len(paths) - len(good)
+    return good, bad
 
 
 class ImageCache:
@@ -91,8 +94,8 @@ class ImageCache:
         with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:  # PIL releases the GIL
             arrays = list(progress(pool.map(load, paths), total=len(paths), desc="caching images", leave=False))
         self.paths = [p for p, a in zip(paths, arrays, strict=True) if a is not None]
+        self.skipped = [p for p, a in zip(paths, arrays, strict=True) if a is None]
         arrays = [a for a in arrays if a is not None]
-        self.skipped = len(paths) - len(arrays)
         if not arrays:
             raise CebenchError("no readable images to cache")
         self.shapes = np.array([a.shape for a in arrays], dtype=np.int64)
@@ -112,15 +115,36 @@ class ImageCache:
 
 
 class InpaintingStream(torch.utils.data.Dataset):
-    """Position -> (uint8 crop (3, S, S), bool mask (1, S, S)); deterministic in (seed, position)."""
+    """Position -> (uint8 crop (3, S, S), bool mask (1, S, S), replaced); deterministic in (seed, position).
 
-    def __init__(self, paths, input_size, load_size, mask_kind, seed, cache=None, shapes=None):
+    `replaced` is -1, or (skip_bad) the index of an image that failed to decode and was replaced by the next
+    readable one: the replacement depends only on the files, so an interrupted and resumed run sees the same data.
+    """
+
+    def __init__(self, paths, input_size, load_size, mask_kind, seed, cache=None, shapes=None, skip_bad=False):
         self.paths, self.cache, self.shapes = (cache.paths if cache is not None else list(paths)), cache, shapes
         self.input_size, self.load_size, self.mask_kind, self.seed = input_size, load_size, mask_kind, seed
+        self.skip_bad = skip_bad
         self._perm = (None, None)
 
     def __len__(self):
         return len(self.paths)
+
+    def load(self, index):
+        """(image uint8 (H, W, 3), replaced index or -1) for the image at `index`."""
+        if self.cache is not None:
+            return self.cache[index], -1
+        try:
+            return read_image(self.paths[index], self.load_size), -1
+        except CebenchError as err:
+            if not self.skip_bad:
+                raise CebenchError(f"{err}; pass --skip-bad-images (and --resume) to skip such files") from None
+        for k in range(1, len(self.paths)):
+            try:
+                return read_image(self.paths[(index + k) % len(self.paths)], self.load_size), index
+            except CebenchError:
+                continue
+        raise CebenchError("no image of the folder could be decoded")
 
     def image_index(self, position):
         epoch, offset = divmod(position, len(self.paths))
@@ -130,7 +154,7 @@ class InpaintingStream(torch.utils.data.Dataset):
 
     def __getitem__(self, position):
         index = self.image_index(position)
-        image = self.cache[index] if self.cache is not None else read_image(self.paths[index], self.load_size)
+        image, replaced = self.load(index)
         rng = np.random.default_rng([self.seed, 1, position])
         s = self.input_size
         top = int(rng.integers(0, image.shape[0] - s + 1))
@@ -140,7 +164,8 @@ class InpaintingStream(torch.utils.data.Dataset):
             crop = crop[:, ::-1]
         crop = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))  # (3, S, S) uint8
         gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        return crop, make_masks(self.mask_kind, 1, s, s, gen, self.shapes)[0]  # (1, S, S) bool
+        mask = make_masks(self.mask_kind, 1, s, s, gen, self.shapes)[0]  # (1, S, S) bool
+        return crop, mask, torch.tensor(replaced)
 
 
 class StepBatchSampler(torch.utils.data.Sampler):

@@ -7,6 +7,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import save_image  # noqa: E402
 
+from cebench.files import atomic_write  # noqa: E402
+
 
 def save_loss_curve(history, path, title="context encoder: masked L2 (hole pixels)"):
     """Plot per-step loss and a running mean; `history` is a list of (step, loss)."""
@@ -21,16 +23,17 @@ def save_loss_curve(history, path, title="context encoder: masked L2 (hole pixel
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, format="png"))  # a full disk leaves no half-written PNG
+    finally:
+        plt.close(fig)
 
 
 def save_sample_grid(masked_inputs, outputs, originals, path):
     """Rows: input with its hole, output pasted into the hole, original; images in [0, 1], (N, 3, H, W) each."""
     grid = torch.cat([masked_inputs, outputs, originals]).float().cpu()
-    save_image(grid, path, nrow=len(originals), padding=2, pad_value=1.0)
-    return path
+    return atomic_write(path, lambda f: save_image(grid, f, format="png", nrow=len(originals), padding=2,
+                                                   pad_value=1.0))
 
 
 @torch.no_grad()
@@ -39,7 +42,7 @@ def preview_batch(model, dataset, device, n=8):
     from pretrain.data import denormalize, normalize
     from pretrain.masks import apply_mask
 
-    images, masks = zip(*(dataset[i] for i in range(min(n, len(dataset)))), strict=True)
+    images, masks, _ = zip(*(dataset[i] for i in range(min(n, len(dataset)))), strict=True)
     target = normalize(torch.stack(images), device)
     masks = torch.stack(masks).to(device)
     was_training = model.training

@@ -1,6 +1,7 @@
 """The pretraining loop behind `python -m pretrain.train`: model, data, one step, checkpoints and exact resume."""
 
 import hashlib
+import logging
 import math
 import time
 from pathlib import Path
@@ -80,21 +81,30 @@ def build_model(cfg):
 
 
 def build_dataset(cfg, logger=None):
-    """The replayable sample stream over --images (cached in memory when small enough or asked to)."""
+    """The replayable sample stream over --images (cached in memory when small enough or asked to), and the
+    names of the files skipped as unreadable so far (header check; full decode when cached)."""
     paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad_images"])
     use_cache = cfg["cache"] == "on" or (cfg["cache"] == "auto" and ImageCache.fits(len(paths), cfg["load_size"]))
     cache = ImageCache(paths, cfg["load_size"], skip_bad=cfg["skip_bad_images"]) if use_cache else None
-    skipped += cache.skipped if cache is not None else 0
+    skipped = [image_name(p, cfg) for p in skipped + (cache.skipped if cache is not None else [])]
     shapes = None
     if cfg["mask"] == "random-region" and cfg.get("region_shapes"):
         shapes = load_region_shapes(cfg["region_shapes"])
         if not shapes:
             raise CebenchError(f"{cfg['region_shapes']}: no segmentation PNGs with object shapes found")
-    dataset = InpaintingStream(paths, cfg["input_size"], cfg["load_size"], cfg["mask"], cfg["seed"], cache, shapes)
+    dataset = InpaintingStream(paths, cfg["input_size"], cfg["load_size"], cfg["mask"], cfg["seed"], cache, shapes,
+                               skip_bad=cfg["skip_bad_images"])
     if logger:
-        logger.info("%d images from %s (%d skipped as unreadable), %s", len(dataset), cfg["images"], skipped,
+        logger.info("%d images from %s (%d skipped as unreadable), %s", len(dataset), cfg["images"], len(skipped),
                     "cached in memory" if use_cache else "decoded on the fly")
+        for name in skipped:
+            logger.warning("skipped unreadable image %s", name)
     return dataset, skipped
+
+
+def image_name(path, cfg):
+    """How records and logs name an image: its path under --images."""
+    return Path(path).relative_to(cfg["images"]).as_posix()
 
 
 def dataset_fingerprint(dataset):
@@ -206,7 +216,8 @@ def load_run(paths, trainer, cfg, fingerprint):
         raise CebenchError(f"{paths['last']}: cannot resume, settings differ from the run's: {was} vs "
                            f"{ {k: now[k] for k in diff} } (use the same flags, or --overwrite to start afresh)")
     trainer.load_state(ckpt)
-    return {k: ckpt[k] for k in ("step", "history", "wall_time_s")}
+    # the files skipped mid-run so far: a resumed run reports the same ones as an uninterrupted run
+    return {k: ckpt[k] for k in ("step", "history", "wall_time_s")} | {"skipped": ckpt.get("skipped", [])}
 
 
 def ranks_identical(trainer):
@@ -225,8 +236,9 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
     trainer.model.train()
     bar = progress(total=stop, initial=counters["step"], enabled=rt.is_main, desc="pretrain", unit="step")
     tick, window = time.perf_counter(), []
-    for images, masks in _batches(loader):
+    for images, masks, replaced in _batches(loader):
         step = counters["step"]
+        note_skipped(replaced, loader.dataset, counters, cfg, step)
         loss = float(trainer.step(images, masks, step))
         if not math.isfinite(loss):
             raise CebenchError(f"loss became {loss} at step {step}; lower --lr (now {cfg['lr']})")
@@ -242,10 +254,32 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
             append_jsonl(paths["metrics"], {"step": step + 1, "loss": loss, "lr": lr_at(step, cfg),
                                             "images_seen": (step + 1) * per_step,
                                             "wall_time_s": round(counters["wall_time_s"], 3)})
-        if rt.is_main and ((step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop):
-            save_run(paths, trainer, counters, cfg, fingerprint)
+        if (step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop:
+            counters["skipped"] = gather_skipped(counters["skipped"], rt)
+            if rt.is_main:
+                save_run(paths, trainer, counters, cfg, fingerprint)
     bar.close()
     return counters
+
+
+def note_skipped(replaced, dataset, counters, cfg, step):
+    """Log and remember the images of a batch that failed to decode (replaced in the stream, --skip-bad-images)."""
+    for index in sorted(set(replaced.tolist()) - {-1}):
+        name = image_name(dataset.paths[index], cfg)
+        if name not in counters["skipped"]:
+            counters["skipped"] = sorted(counters["skipped"] + [name])
+            logging.getLogger("pretrain").warning(
+                "step %d: skipped unreadable image %s (the next readable image took its place; %d skipped so far)",
+                step, name, len(counters["skipped"]))
+
+
+def gather_skipped(names, runtime):
+    """The union of every rank's skipped files (each rank decodes its own share of the stream)."""
+    if not runtime.distributed:
+        return names
+    gathered = [None] * runtime.world_size
+    dist.all_gather_object(gathered, names)
+    return sorted(set().union(*gathered))
 
 
 def _batches(loader):
@@ -267,9 +301,10 @@ def mask_source(cfg):
 
 
 def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
-    """The plain-dict `meta` of ce.pt."""
+    """The plain-dict `meta` of ce.pt; `skipped`: files left out up front (names under --images)."""
     from cebench.records import versions  # git calls: only when the run ends
 
+    skipped = sorted(set(skipped) | set(counters["skipped"]))  # and those that failed to decode mid-run
     per_step = cfg["batch_size"] * trainer.rt.world_size
     return {"images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
             "wall_time_s": round(counters["wall_time_s"], 3), "device": str(trainer.rt.device),
@@ -277,7 +312,8 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
             "mask_source": mask_source(cfg),
             "seed": cfg["seed"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": "adam",
             "input_size": cfg["input_size"], "normalize": {"mean": list(IMAGE_MEAN), "std": list(IMAGE_STD)},
-            "n_images": n_images, "skipped_images": skipped, "images": str(cfg["images"]),
+            "n_images": n_images, "skipped_images": len(skipped), "skipped_image_files": skipped,
+            "images": str(cfg["images"]),
             "profile": cfg.get("profile"), "ddp_ranks_identical": identical, "ddp_rank_checksums": checksums,
             "versions": versions()}
 

@@ -44,12 +44,12 @@ def _time_model_only(trainer, images, masks, first_step, n, cpu=None):
 def _time_end_to_end(trainer, dataset, cfg, runtime, first_step, warmup, n):
     """Per-step seconds of fetching the next batch from the loader and stepping on it, as in training."""
     loader = iter(loop.make_train_loader(dataset, cfg, runtime, first_step, first_step + warmup + n))
-    for step, (images, masks) in zip(range(first_step, first_step + warmup), loader, strict=False):
+    for step, (images, masks, _) in zip(range(first_step, first_step + warmup), loader, strict=False):
         trainer.step(images, masks, step)  # warm-up also lets the workers fill their prefetch queue
     times = []
     for step in range(first_step + warmup, first_step + warmup + n):
         start = time.perf_counter()
-        images, masks = next(loader)
+        images, masks, _ = next(loader)
         trainer.step(images, masks, step)
         times.append(time.perf_counter() - start)
     return times
@@ -78,7 +78,7 @@ def main(argv=None):
     runtime = Runtime(device=resolve_device(args.device))
     dataset, _ = loop.build_dataset(cfg)
     trainer = loop.Trainer(cfg, runtime)
-    images, masks = next(iter(loop.make_train_loader(dataset, cfg, runtime, 0, 1)))
+    images, masks, _ = next(iter(loop.make_train_loader(dataset, cfg, runtime, 0, 1)))
     model_t, e2e_t, model_cpu, step = [], [], [], 0
     for _ in range(args.rounds):
         _time_model_only(trainer, images, masks, step, args.warmup)

@@ -11,8 +11,9 @@ import torch
 
 from cebench.config import add_profile_flag, command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json, refuse_overwrite
+from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
+from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed
 from pretrain import loop
 from pretrain.masks import MASK_KINDS
@@ -39,8 +40,9 @@ def get_args_parser():
     g.add_argument("--image-split", default=None, help="shorthand for --image-list when --images is a VOC "
                    "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image). "
                    "A profile's split is not applied to a plain folder given with --images")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files and count them "
-                   "instead of stopping at the first one")
+    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping at "
+                   "the first one: a bad header is left out up front; a file that fails to decode mid-run (cache "
+                   "off) gives its place to the next readable image. Each is named in the log and in ce.pt's meta")
     g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
@@ -85,7 +87,8 @@ def get_args_parser():
     g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
                    "loss curve, sample grid) go next to it")
     g.add_argument("--resume", action="store_true", help="continue from <stem>.last.pt if present")
-    g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists")
+    g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists; the previous run's "
+                   "files stay aside (hidden .NAME.previous) and come back if the new run fails, until it succeeds")
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
     g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
     g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
@@ -109,8 +112,11 @@ def main(argv=None):
     log = get_logger("pretrain", rt.is_main)
     if note:
         log.info(note)
+    # the previous run stays whole until this one succeeds (cebench.runs)
+    fresh = not (args.resume and paths["last"].exists())
     try:
-        return _run(cfg, rt, paths, log)
+        with keep_previous_run(paths.values(), fresh=fresh, checkpoint=paths["last"], enabled=rt.is_main):
+            return _run(cfg, rt, paths, log)
     finally:
         cleanup_distributed()
 
@@ -122,12 +128,12 @@ def _run(cfg, rt, paths, log):
     # model + optimiser
     trainer = loop.Trainer(cfg, rt)
     # resume
-    counters = {"step": 0, "history": [], "wall_time_s": 0.0}
+    counters = {"step": 0, "history": [], "wall_time_s": 0.0, "skipped": []}
     if cfg["resume"] and paths["last"].exists():
         counters = loop.load_run(paths, trainer, cfg, fingerprint)
         log.info("resumed from %s at step %d", paths["last"], counters["step"])
-    elif rt.is_main:
-        paths["metrics"].unlink(missing_ok=True)
+        if rt.is_main:  # steps logged after the checkpoint are replayed: their lines go
+            truncate_jsonl(paths["metrics"], lambda row: row.get("step", 0) <= counters["step"])
     stop = min(cfg["steps"], cfg["max_steps"] or cfg["steps"])
     if rt.is_main:
         atomic_write_json(paths["config"], cfg)
@@ -152,7 +158,8 @@ def _run(cfg, rt, paths, log):
     return {"out": str(paths["out"]), "steps": counters["step"], "images_seen": meta["images_seen"],
             "final_loss": counters["history"][-1][1] if counters["history"] else None,
             "images_per_s": steps_run * cfg["batch_size"] * rt.world_size / elapsed,
-            "wall_time_s": meta["wall_time_s"], "ddp_ranks_identical": identical}
+            "wall_time_s": meta["wall_time_s"], "ddp_ranks_identical": identical,
+            "skipped_images": meta["skipped_image_files"]}
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@ import time
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json, refuse_overwrite
+from cebench.files import atomic_write_json, make_dirs, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import write_record
+from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import classify_run as run
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
@@ -75,23 +76,34 @@ def main(argv=None):
     seed_everything(args.seed)
     log = get_logger("classify", rt.is_main)
     try:
-        # data: every file of both splits is checked here (bad input fails now, not mid-run)
-        train, test = run.load_data(cfg, log)
-        # model: backbone from --weights; output paths follow the init it turned out to be
-        backbone, info = run.build(cfg)
-        paths = run.output_paths(cfg, info, benchmarks_path().parent)
-        if not cfg["resume"] and not cfg["overwrite"]:
-            refuse_overwrite(paths["out"])
-            refuse_overwrite(paths["checkpoint"])
+        return _run(cfg, rt, log, started)
+    finally:
+        cleanup_distributed()
+
+
+def _run(cfg, rt, log, started):
+    # data: every file of both splits is checked here (bad input fails now, not mid-run)
+    train, test = run.load_data(cfg, log)
+    # model: backbone from --weights; output paths follow the init it turned out to be
+    backbone, info = run.build(cfg)
+    paths = run.output_paths(cfg, info, benchmarks_path().parent)
+    if not cfg["resume"] and not cfg["overwrite"]:
+        refuse_overwrite(paths["out"])
+        refuse_overwrite(paths["checkpoint"])
+    # the previous run stays whole until this one has written its record (cebench.runs)
+    fresh = not (cfg["resume"] and paths["checkpoint"].is_file())
+    with keep_previous_run([paths["out"], paths["run_dir"]], fresh=fresh, checkpoint=paths["checkpoint"],
+                           enabled=rt.is_main):
         if rt.is_main:
-            run.clear_run(paths, cfg)
-            atomic_write_json(paths["run_dir"] / "config.json", cfg)
-        barrier(rt)  # no rank looks for a checkpoint before rank 0 has cleared a stale one
+            make_dirs(paths["run_dir"])
+        barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
         # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
         rescaling = run.rescale(backbone, info, train, cfg, rt, paths, log)
         # fine-tune via the one engine (or the frozen-feature probe), then score the test split
         if cfg["probe"]:
             scores, fit = run.probe(backbone, train, test, cfg, rt), None
+            if rt.is_main:
+                atomic_write_json(paths["run_dir"] / "config.json", cfg)
         else:
             scores, fit = run.finetune(backbone, train, test, cfg, rt, paths, log)
         if not rt.is_main:
@@ -101,14 +113,11 @@ def main(argv=None):
                                                 time.time() - started)
         record["scores_file"] = str(run.save_scores(paths, test, scores))
         write_record(paths["out"], record)
-        log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],
-                 *record["ci95"], record["map_voc07"], paths["out"])
-        return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
-                "map_voc07": record["map_voc07"], "n_skipped": record["n_skipped"],
-                "wall_time_s": record["wall_time_s"], "steps": fit.step if fit else 0}
-    finally:
-        cleanup_distributed()
-
+    log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],
+             *record["ci95"], record["map_voc07"], paths["out"])
+    return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
+            "map_voc07": record["map_voc07"], "n_skipped": record["n_skipped"],
+            "wall_time_s": record["wall_time_s"], "steps": fit.step if fit else 0}
 
 if __name__ == "__main__":
     run_cli(main)

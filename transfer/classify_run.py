@@ -1,7 +1,6 @@
 """The stages of `python -m transfer.classify`, kept apart so the entry point reads as a list of steps."""
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import numpy as np
 import torch
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write_json
+from cebench.files import atomic_write, atomic_write_json
 from cebench.records import make_record, percent
 from cebench.runtime import default_num_workers
 from evaluation.metrics import classification_map, classification_map_ci
@@ -73,14 +72,6 @@ def output_paths(cfg, info, repo_root):
             "rescale": run_dir / "rescale.json"}
 
 
-def clear_run(paths, cfg):
-    """A run that is not resumed starts from nothing: old checkpoint, metrics and rescaling go."""
-    paths["run_dir"].mkdir(parents=True, exist_ok=True)
-    if not (cfg["resume"] and paths["checkpoint"].is_file()):
-        for name in (engine.CHECKPOINT_NAME, engine.METRICS_NAME, "rescale.json"):
-            (paths["run_dir"] / name).unlink(missing_ok=True)
-
-
 def calibration_images(train, n, seed, device):
     """`n` normalised training views (distinct images while they last), seeded: (n, 3, S, S)."""
     order = np.random.default_rng(engine.derive_seed(seed, 6)).permutation(len(train))
@@ -130,18 +121,14 @@ def finetune(backbone, train, test, cfg, rt, paths, log):
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
     fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
-                     logger=log)
+                     logger=log, run_config=cfg)
     return task.last_scores, fit
 
 
 def save_scores(paths, test, scores):
     """Per-image test logits beside the run (ids, scores [N, 20], labels), for paired comparisons of inits."""
-    path = paths["run_dir"] / "test_scores.npz"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(test.split.ids), scores=scores.astype(np.float32), labels=test.split.labels)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(paths["run_dir"] / "test_scores.npz", lambda f: np.savez(
+        f, ids=np.array(test.split.ids), scores=scores.astype(np.float32), labels=test.split.labels))
 
 
 def _protocol(cfg, info, rescaling, fit):

@@ -38,7 +38,9 @@ def add_run_args(group, *, out_help, ckpt_every):
                        "other jobs share the cores, as over-subscribed threads stall each other)")
     group.add_argument("--out", default=None, help=out_help)
     group.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
-    group.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists")
+    group.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists; the "
+                       "previous run stays aside (hidden .NAME.previous), comes back if the new run fails and is "
+                       "deleted once it succeeds")
     group.add_argument("--ckpt-every", type=int, default=ckpt_every, help="iterations between run checkpoints")
     group.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations "
                        "(0 = end only)")

@@ -15,9 +15,10 @@ import time
 
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json, refuse_overwrite
+from cebench.files import make_dirs, refuse_overwrite
 from cebench.logs import get_logger
-from cebench.runtime import cleanup_distributed, init_distributed, seed_everything
+from cebench.runs import keep_previous_run
+from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import detect_run as run
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
@@ -106,18 +107,28 @@ def main(argv=None):
     seed_everything(args.seed)
     log = get_logger("detect", rt.is_main)
     try:
-        # data: annotations checked up front, then proposals (cached selective search or --proposals)
-        splits = run.load_splits(cfg, log)
-        proposals, proposal_info = run.load_proposals(cfg, splits, rt, log)
-        train, test = run.datasets(cfg, splits, proposals)
-        # model: backbone from --weights + Fast R-CNN heads; output paths follow the init it turned out to be
-        model, info = run.build(cfg, num_classes=len(splits[0].classes) + 1)
-        paths = run.output_paths(cfg, info, repo)
-        for path in run.guarded_outputs(cfg, paths, splits[1].classes):
-            refuse_overwrite(path, cfg["resume"] or cfg["overwrite"])
+        return _run(cfg, rt, log, repo, started)
+    finally:
+        cleanup_distributed()
+
+
+def _run(cfg, rt, log, repo, started):
+    # data: annotations checked up front, then proposals (cached selective search or --proposals)
+    splits = run.load_splits(cfg, log)
+    proposals, proposal_info = run.load_proposals(cfg, splits, rt, log)
+    train, test = run.datasets(cfg, splits, proposals)
+    # model: backbone from --weights + Fast R-CNN heads; output paths follow the init it turned out to be
+    model, info = run.build(cfg, num_classes=len(splits[0].classes) + 1)
+    paths = run.output_paths(cfg, info, repo)
+    for path in run.guarded_outputs(cfg, paths, splits[1].classes):
+        refuse_overwrite(path, cfg["resume"] or cfg["overwrite"])
+    # the previous run stays whole until this one has written its record (cebench.runs)
+    fresh = not (cfg["resume"] and paths["checkpoint"].is_file())
+    with keep_previous_run([paths["out"], paths["run_dir"], paths["examples"]], fresh=fresh,
+                           checkpoint=paths["checkpoint"], enabled=rt.is_main):
         if rt.is_main:
-            run.clear_run(paths, cfg)
-            atomic_write_json(paths["run_dir"] / "config.json", cfg)
+            make_dirs(paths["run_dir"])
+        barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
         # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
         rescaling = run.rescale(model, info, train, cfg, rt, paths, log)
         # fine-tune via the one engine, which scores the test split at the end
@@ -127,12 +138,9 @@ def main(argv=None):
         # result record, devkit results files, drawn examples
         record = run.write_outputs(cfg, info, rescaling, splits, detections, proposal_info, fit, paths,
                                    time.time() - started)
-        log.info("%s: mAP@0.5 %s %s, COCO AP %s / AP50 %s, wrote %s", record["init"], record["value"],
-                 record["ci95"], record["coco_ap"], record["coco_ap50"], paths["out"])
-        return run.summary(record, fit, proposal_info, paths)
-    finally:
-        cleanup_distributed()
-
+    log.info("%s: mAP@0.5 %s %s, COCO AP %s / AP50 %s, wrote %s", record["init"], record["value"],
+             record["ci95"], record["coco_ap"], record["coco_ap50"], paths["out"])
+    return run.summary(record, fit, proposal_info, paths)
 
 if __name__ == "__main__":
     run_cli(main)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write_json, atomic_write_text
+from cebench.files import atomic_write, atomic_write_json, atomic_write_text
 from cebench.records import make_record, percent, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
@@ -125,14 +125,6 @@ def guarded_outputs(cfg, paths, classes):
     return [paths["out"], paths["checkpoint"], *devkit]
 
 
-def clear_run(paths, cfg):
-    """A run that is not resumed starts from nothing: old checkpoint, metrics and rescaling go."""
-    paths["run_dir"].mkdir(parents=True, exist_ok=True)
-    if not (cfg["resume"] and paths["checkpoint"].is_file()):
-        for name in (engine.CHECKPOINT_NAME, engine.METRICS_NAME, "rescale.json"):
-            (paths["run_dir"] / name).unlink(missing_ok=True)
-
-
 def rescale(model, info, train, cfg, rt, paths, log):
     """Krähenbühl's rescaling through RoI pooling, on a few training images with their sampled RoIs."""
     if not cfg["rescale"]:
@@ -169,7 +161,7 @@ def finetune(model, train, test, cfg, rt, paths, log):
         weight_decay=cfg["weight_decay"], schedule="step", lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
         max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None, eval_every=cfg["eval_every"] or None,
         checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"], num_workers=cfg["workers"], seed=cfg["seed"])
-    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log)
+    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log, run_config=cfg)
     return task.last_detections, fit
 
 
@@ -189,7 +181,6 @@ def write_devkit(folder, split_name, classes, detections):
 def draw_examples(split, detections, folder, n, min_score=0.3):
     """PNGs of the first `n` test images: ground truth in green, detections scoring >= min_score in red."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     for i in range(min(n, len(split))):
         image = Image.open(split.image_paths[i]).convert("RGB")
         draw = ImageDraw.Draw(image)
@@ -201,7 +192,7 @@ def draw_examples(split, detections, folder, n, min_score=0.3):
                 draw.rectangle([float(v) for v in box], outline=(255, 40, 40), width=2)
                 draw.text((float(box[0]) + 2, float(box[1]) + 1), f"{split.classes[label - 1]} {score:.2f}",
                           fill=(255, 255, 0))
-        image.save(folder / f"{split.ids[i]}.png")
+        atomic_write(folder / f"{split.ids[i]}.png", lambda f, image=image: image.save(f, format="PNG"))
     return folder
 
 

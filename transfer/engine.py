@@ -32,7 +32,8 @@ schedule, and a later call with a larger cap resumes from the run folder. Epochs
 dataset seeded by (seed, epoch); an epoch is ``len(dataset) // batch_size`` steps (``epochs_to_steps``).
 
 Run folder: ``checkpoint.pt`` (model, optimiser, scaler, step, config; tensors and plain values only, loaded
-with weights_only=True) and ``metrics.jsonl`` (one line per log interval and per evaluation).
+with weights_only=True), ``metrics.jsonl`` (a line per log interval and evaluation; a resume drops those after its
+checkpoint) and ``config.json`` (``run_config``, written once a resume is accepted: a refused one keeps the run's).
 """
 
 import math
@@ -49,7 +50,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_torch_save, safe_torch_load
+from cebench.files import atomic_torch_save, atomic_write_json, make_dirs, safe_torch_load, truncate_jsonl
 from cebench.logs import append_jsonl, get_logger, progress
 from cebench.runtime import barrier, worker_seed_init
 
@@ -319,11 +320,10 @@ def _item_count(batch):
     return len(first) if hasattr(first, "__len__") else 1
 
 
-def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None):
+def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_config=None):
     """Train `model` on `task` for config.steps (or up to config.max_steps), checkpointing into `run_dir`."""
     logger = logger or get_logger("cebench.engine", runtime.is_main)
-    run_dir, started = Path(run_dir), time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir, started = make_dirs(run_dir), time.time()
     model.to(runtime.device).train()
     optimizer = build_optimizer(task, model, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp and config.amp)
@@ -332,6 +332,11 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None):
         start, before = _load_checkpoint(ckpt, model, optimizer, scaler, config)
         logger.info("resumed from %s at step %d", ckpt, start)
     end = min(config.steps, config.max_steps or config.steps)
+    if runtime.is_main and start:  # lines of replayed steps go (and a final evaluation that is redone)
+        truncate_jsonl(run_dir / METRICS_NAME, lambda row: row["step"] < start or row["step"] == start and not (
+            row.get("final") and end <= start))
+    if run_config is not None and runtime.is_main:
+        atomic_write_json(run_dir / "config.json", run_config)
     if runtime.distributed:
         model = DistributedDataParallel(model, find_unused_parameters=config.find_unused_parameters,
                                         device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)

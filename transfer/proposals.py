@@ -13,9 +13,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -23,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write_text
+from cebench.files import atomic_write, atomic_write_text, make_dirs
 from cebench.logs import progress
 
 CACHE_FORMAT = "cebench.proposals.v1"
@@ -122,19 +120,10 @@ def read_cache_entry(path, sha, settings):
 
 
 def write_cache_entry(path, boxes, sha, image_size, settings):
-    """Write one entry through a temporary file and os.replace, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, boxes=boxes.astype(np.float32), image_sha256=np.str_(sha),
-                     image_size=np.asarray(image_size, np.int64),
-                     settings=np.str_(json.dumps(settings, sort_keys=True)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write one entry atomically (cebench.files), so readers never see half a file."""
+    atomic_write(path, lambda f: np.savez(f, boxes=boxes.astype(np.float32), image_sha256=np.str_(sha),
+                                          image_size=np.asarray(image_size, np.int64),
+                                          settings=np.str_(json.dumps(settings, sort_keys=True))))
 
 
 def _compute_entry(job):
@@ -157,8 +146,7 @@ def cached_proposals(images, cache_dir, settings, workers=2, show_progress=True)
 
     Returns ({image_id: boxes}, {"hits": n, "computed": n, "cache_dir": str}).
     """
-    folder = Path(cache_dir) / settings_key(settings)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_dirs(Path(cache_dir) / settings_key(settings))
     # settings.json says what the key stands for
     atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
     out, jobs = {}, []

@@ -17,6 +17,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from cebench.errors import CebenchError
+from cebench.files import atomic_write
 from pretrain.data import IMAGE_MEAN, IMAGE_STD
 from transfer.voc import IGNORE_LABEL as IGNORE_INDEX
 from transfer.voc import load_image, load_mask, segmentation_files
@@ -159,7 +160,4 @@ def save_mask(path, labels):
     """Write a (H, W) label map as a palette PNG that load_mask (and the VOC devkit) read back unchanged."""
     im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode 'L'
     im.putpalette(voc_palette().reshape(-1).tolist())  # turns it into mode 'P' with the indices unchanged
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
-    return path
+    return atomic_write(path, lambda f: im.save(f, format="PNG"))

@@ -15,18 +15,18 @@ from pathlib import Path
 
 from cebench.config import benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.records import write_record
+from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
-from transfer.engine import TrainConfig, fit
+from transfer.engine import TrainConfig, checkpoint_path, fit
 from transfer.fcn import VARIANTS, fcn_from_backbone
 from transfer.segdata import SegTransform, VOCSegmentation, sample_batch
 from transfer.voc import dataset_name
-from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, prepare_outputs, run_paths, save_examples,
-                              segmentation_protocol, segmentation_record)
+from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, check_outputs, run_outputs, run_paths,
+                              save_examples, segmentation_protocol, segmentation_record)
 
 
 def get_args_parser():
@@ -112,25 +112,33 @@ def main(argv=None):
     seed_everything(args.seed)
     logger = get_logger("cebench.segment", runtime.is_main)
     try:
-        # backbone from --weights (cheap); the output paths follow the init it turned out to be
-        arch = {"arch": args.arch, "width": args.width, "pool_free": args.pool_free}
-        backbone, info = build_backbone(args.weights, arch=arch, input_size=args.backbone_size, fc_dim=args.fc_dim,
-                                        dropout=args.dropout, seed=args.seed)
-        label = args.init_label or info["init"]
-        out = Path(args.out or benchmarks_path().parent / "results" / args.profile / f"segment_{label}.json")
-        run_dir, pred_dir, examples_png = run_paths(out, args.save_predictions)
-        if runtime.is_main:
-            prepare_outputs(out, run_dir, pred_dir, resume=args.resume, overwrite=args.overwrite)
-            atomic_write_json(run_dir / "config.json", config)
-        barrier(runtime)
-        # data: augmented crops for training, whole images at their own size for testing
-        transform = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.crop_size,
-                                 flip_prob=args.flip_prob)
-        train_ds, test_ds = (VOCSegmentation(args.voc_root, split, args.year, transform=t, cache=args.cache,
-                                             skip_bad=args.skip_bad)
-                             for split, t in ((args.train_split, transform), (args.test_split, SegTransform())))
-        logger.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, args.train_split, len(train_ds),
-                    test_ds.year, args.test_split, len(test_ds))
+        return _run(args, config, runtime, logger, started)
+    finally:
+        cleanup_distributed()
+
+
+def _run(args, config, runtime, logger, started):
+    # data first (a bad file fails before any output exists): augmented crops for training, whole test images
+    transform = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.crop_size,
+                             flip_prob=args.flip_prob)
+    train_ds, test_ds = (VOCSegmentation(args.voc_root, split, args.year, transform=t, cache=args.cache,
+                                         skip_bad=args.skip_bad)
+                         for split, t in ((args.train_split, transform), (args.test_split, SegTransform())))
+    logger.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, args.train_split, len(train_ds),
+                test_ds.year, args.test_split, len(test_ds))
+    # backbone from --weights; the output paths follow the init it turned out to be
+    arch = {"arch": args.arch, "width": args.width, "pool_free": args.pool_free}
+    backbone, info = build_backbone(args.weights, arch=arch, input_size=args.backbone_size, fc_dim=args.fc_dim,
+                                    dropout=args.dropout, seed=args.seed)
+    label = args.init_label or info["init"]
+    out = Path(args.out or benchmarks_path().parent / "results" / args.profile / f"segment_{label}.json")
+    run_dir, pred_dir, examples_png = run_paths(out, args.save_predictions)
+    check_outputs(out, run_dir, resume=args.resume, overwrite=args.overwrite)
+    # the previous run stays whole until this one has written its record (cebench.runs)
+    fresh = not (args.resume and checkpoint_path(run_dir).is_file())
+    with keep_previous_run(run_outputs(out, run_dir, pred_dir, examples_png, not args.save_predictions),
+                           fresh=fresh, checkpoint=checkpoint_path(run_dir), enabled=runtime.is_main):
+        barrier(runtime)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
         # model: rescaled backbone, fc6/fc7 as convolutions, FCN head
         model = build_model(args, backbone, info, train_ds)
         # optimiser, schedule, resume and loop: the one engine (it resumes from run_dir's checkpoint)
@@ -138,7 +146,7 @@ def main(argv=None):
                                 prediction_dir=pred_dir, n_examples=args.n_examples, show_progress=runtime.is_main)
         workers = args.workers if args.workers is not None else 0 if train_ds.cached else default_num_workers()
         train_config = _train_config(args, workers)
-        result = fit(task, model, train_config, run_dir, runtime, resume=True, logger=logger)
+        result = fit(task, model, train_config, run_dir, runtime, resume=True, logger=logger, run_config=config)
         if not runtime.is_main:
             return {}
         # final evaluation (fit's, on the main rank; predictions already written) -> record, examples PNG
@@ -151,12 +159,9 @@ def main(argv=None):
             steps_done=result.step, predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
             skipped=train_ds.skipped + test_ds.skipped)
         write_record(out, record)
-        logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],
-                    *record["ci95"], record["pixel_acc"], out)
-        return dict(result.metrics, out=str(out), value=record["value"], ci95=record["ci95"])
-    finally:
-        cleanup_distributed()
-
+    logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],
+                *record["ci95"], record["pixel_acc"], out)
+    return dict(result.metrics, out=str(out), value=record["value"], ci95=record["ci95"])
 
 if __name__ == "__main__":
     run_cli(main)

@@ -4,7 +4,6 @@ Evaluation follows FCN's `score.py`: every test image at its original size, one 
 (void 255 ignored), mean IU over classes; per-image matrices are kept for the bootstrap interval over images.
 """
 
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cebench.files import refuse_overwrite
+from cebench.files import atomic_write, refuse_overwrite
 from cebench.logs import progress
 from cebench.records import make_record
 from evaluation.metrics import ConfusionMatrix, segmentation_miou_ci
@@ -105,10 +104,8 @@ def save_examples(path, dataset, predictions):
         return None
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    return path
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    return atomic_write(path, lambda f: grid.save(f, format="PNG"))
 
 
 def run_paths(out, save_predictions=None):
@@ -118,16 +115,18 @@ def run_paths(out, save_predictions=None):
     return out.parent / f"{out.stem}.run", preds, out.parent / f"{out.stem}.examples.png"
 
 
-def prepare_outputs(out, run_dir, pred_dir, *, resume=False, overwrite=False):
-    """Refuse to replace a record or run unless asked; a run that is not resumed starts from nothing."""
+def check_outputs(out, run_dir, *, resume=False, overwrite=False):
+    """Refuse to replace a record or run unless asked (a replaced run is kept aside until the new one succeeds)."""
     if not (resume or overwrite):
         refuse_overwrite(out)
         refuse_overwrite(checkpoint_path(run_dir))
-    if not (resume and checkpoint_path(run_dir).is_file()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for png in Path(pred_dir).glob("*.png"):  # only the PNGs: the folder may be the user's
-            png.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_outputs(out, run_dir, pred_dir, examples_png, own_predictions):
+    """Everything a run writes: record, run folder, examples PNG and the predictions (their folder when it is the
+    run's own; else only the PNGs in it, as the folder may be the user's)."""
+    predictions = [Path(pred_dir)] if own_predictions else sorted(Path(pred_dir).glob("*.png"))
+    return [Path(out), Path(run_dir), Path(examples_png), *predictions]
 
 
 def segmentation_protocol(model, info, train_ds, transform, train_config, loss_normalization):

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_text
+from cebench.files import atomic_write_text, check_writable, write_error
 from cebench.logs import progress
 from transfer.synthetic_shapes import CLASSES, draw_object
 from transfer.voc import VOC_CLASSES
@@ -283,13 +283,20 @@ def main(argv=None):
             why = f"it also holds {foreign[:3]}" if foreign else "pass --overwrite to replace it"
             raise CebenchError(f"{out} exists and is not this synthetic dataset ({state}); {why}")
     # Build next to the target and move it in at the end: an interrupted run leaves no half dataset at --out.
-    partial = out.parent / f".{out.name}.partial"
+    partial = check_writable(out.parent) / f".{out.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
-    summary = generate(partial, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
-                       seg_fraction=args.seg_fraction)
-    atomic_write_text(partial / "README.txt", README.format(settings=json.dumps(settings), difficult=DIFFICULT_RATE,
-                                                            classes=", ".join(CLASSES)))
-    atomic_write_text(partial / STAMP_NAME, json.dumps({"settings": settings, **summary}, indent=2) + "\n")
+    try:
+        summary = generate(partial, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed,
+                           seg_fraction=args.seg_fraction)
+        atomic_write_text(partial / "README.txt", README.format(
+            settings=json.dumps(settings), difficult=DIFFICULT_RATE, classes=", ".join(CLASSES)))
+        atomic_write_text(partial / STAMP_NAME, json.dumps({"settings": settings, **summary}, indent=2) + "\n")
+    except OSError as err:  # a full disk or a read-only folder: one line, and no half dataset left behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise write_error(err.filename or partial, err) from None
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     if out.exists():
         shutil.rmtree(out)
     partial.rename(out)
