@@ -145,5 +145,5 @@ def test_context_encoder_weights_keep_the_trunk_and_refit_only_fc(tmp_path):
                    "--proposals-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ce.json")])
     record = json.loads((tmp_path / "ce.json").read_text())
     assert result["steps"] == 1 and record["init"] == "ce" and record["protocol"]["fc_init"] == "gaussian"
-    assert record["protocol"]["rescaling"]["normalised_layers"] == 2  # fc6 and fc7 only: conv1-5 come from ce.pt
+    assert record["protocol"]["rescaling"]["normalised_layers"] == 3  # fc6, fc7, cls_score: conv1-5 come from ce.pt
     assert record["protocol"]["architecture"]["width"] == 0.5  # the weights decide the trunk, not --width

@@ -72,7 +72,7 @@ def test_ce_checkpoint_two_steps(voc, tmp_path):
     record = check_record(tmp_path / "ce.json", "ce")
     assert record["protocol"]["architecture"]["arch"] == "caffenet"  # the checkpoint's, not the flag's
     assert record["arch_requested"]["arch"] == "torchvision" and record["weights_meta"] == {"steps": 7}
-    assert record["protocol"]["rescaling"]["normalised_layers"] == 2  # fc6 and fc7 only
+    assert record["protocol"]["rescaling"]["normalised_layers"] == 3  # fc6, fc7 and fc8 (voc-classification)
 
 
 def test_torchvision_state_dict_two_steps(voc, tmp_path):

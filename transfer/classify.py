@@ -87,13 +87,14 @@ def main(argv=None):
             run.clear_run(paths, cfg)
             atomic_write_json(paths["run_dir"] / "config.json", cfg)
         barrier(rt)  # no rank looks for a checkpoint before rank 0 has cleared a stale one
-        # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
-        rescaling = run.rescale(backbone, info, train, cfg, rt, paths, log)
+        # fc8 on top; rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
+        model = run.classifier(backbone, cfg)
+        rescaling = run.rescale(model, info, train, cfg, rt, paths, log)
         # fine-tune via the one engine (or the frozen-feature probe), then score the test split
         if cfg["probe"]:
             scores, fit = run.probe(backbone, train, test, cfg, rt), None
         else:
-            scores, fit = run.finetune(backbone, train, test, cfg, rt, paths, log)
+            scores, fit = run.finetune(model, train, test, cfg, rt, paths, log)
         if not rt.is_main:
             return {}
         # result record

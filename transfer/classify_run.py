@@ -90,15 +90,21 @@ def calibration_images(train, n, seed, device):
     return normalize(torch.stack(views), device)
 
 
-def rescale(backbone, info, train, cfg, rt, paths, log):
-    """Krähenbühl's rescaling, or what a resumed run did before (its weights are in the checkpoint)."""
+def classifier(backbone, cfg):
+    """Backbone + fc8 (seeded Gaussian fill; the rescaling then initialises fc8 from data, as voc-classification)."""
+    return Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+
+
+def rescale(model, info, train, cfg, rt, paths, log):
+    """Krähenbühl's rescaling of conv1..fc8, or what a resumed run did before (its weights are in the checkpoint)."""
     if not cfg["rescale"]:
         return {"applied": False}
     if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
         return json.loads(paths["rescale"].read_text())
-    backbone.to(rt.device)
+    model.to(rt.device)
     images = calibration_images(train, cfg["rescale_images"], cfg["seed"], rt.device)
-    summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    summary = rescale_backbone_(model.backbone, info, images, model=model, top=model.fc8,
+                                iterations=cfg["rescale_iterations"], seed=cfg["seed"])
     summary["applied"] = True
     log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
              summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
@@ -124,9 +130,8 @@ def train_config(cfg, workers):
         num_workers=workers, seed=cfg["seed"])
 
 
-def finetune(backbone, train, test, cfg, rt, paths, log):
-    """Every layer fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
-    model = Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+def finetune(model, train, test, cfg, rt, paths, log):
+    """Every layer of the Classifier fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
     workers = num_workers(cfg, train)
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)

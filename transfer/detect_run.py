@@ -16,7 +16,7 @@ from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
 from pretrain.data import normalize
 from transfer import engine
-from transfer.backbone import build_backbone, fresh_layers
+from transfer.backbone import build_backbone, rescale_layers
 from transfer.coco import coco_ap, load_coco_split
 from transfer.detection_data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
@@ -147,11 +147,12 @@ def rescale(model, info, train, cfg, rt, paths, log):
     images, rois, _, _ = collate_rois(items)
     model.to(rt.device)
     rois = rois.to(rt.device)
-    backbone = model.backbone
-    summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), backbone.parameter_layers(),
-                                  fresh_layers(backbone, info), normalize(images, rt.device),
+    # cls_score is Fast R-CNN's fc8: initialised from data and rescaled with the rest, as voc-classification's
+    # fc8 (bbox_pred keeps Fast R-CNN's small Gaussian fill; the rescaling stops at cls_score).
+    layers, fresh = rescale_layers(model.backbone, info, top=model.cls_score)
+    summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), layers, fresh, normalize(images, rt.device),
                                   iterations=cfg["rescale_iterations"], seed=cfg["seed"])
-    summary.update(applied=True, normalised_layers=len(fresh_layers(backbone, info)), n_rois=len(rois))
+    summary.update(applied=True, normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois))
     log.info("rescaled on %d images / %d RoIs (gradient/weight ratio spread %.1f -> %.2f)", len(items), len(rois),
              summary["ratio_spread_before"], summary["ratio_spread_after"])
     if rt.is_main:
