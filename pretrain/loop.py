@@ -172,9 +172,15 @@ class Trainer:
         return torch.stack([flat.sum(), flat.pow(2).sum(), (flat * ramp).sum()])
 
 
+def replay_settings(cfg, trainer, fingerprint):
+    """What a resume must agree on: the trajectory's settings, the world size, the images, the LRN convention."""
+    return {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint,
+                                               "lrn": trainer.model.encoder.lrn}
+
+
 def save_run(paths, trainer, progress_state, cfg, fingerprint):
     """Atomic run checkpoint: weights, optimiser, scaler, counters, loss history, replay settings."""
-    replay = {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint}
+    replay = replay_settings(cfg, trainer, fingerprint)
     atomic_torch_save(trainer.state() | progress_state | {"replay": replay}, paths["last"])
 
 
@@ -183,7 +189,7 @@ def load_run(paths, trainer, cfg, fingerprint):
     ckpt = safe_torch_load(paths["last"], "run checkpoint")
     if not isinstance(ckpt, dict) or "replay" not in ckpt:
         raise CebenchError(f"{paths['last']}: not a pretraining run checkpoint")
-    now = {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint}
+    now = replay_settings(cfg, trainer, fingerprint)
     diff = sorted(k for k in now if ckpt["replay"].get(k) != now[k])
     if diff:
         was = {k: ckpt["replay"].get(k) for k in diff}

@@ -198,7 +198,7 @@ def test_paper_profile_few_steps_on_real_photos(voc_mini_root, tmp_path):
                    str(ids), "--batch-size", "4", "--max-steps", "2", "--device", "cpu", "--out", str(out)])
     assert result["steps"] == 2 and np.isfinite(result["final_loss"])
     encoder, info = load_encoder(out)
-    assert info["arch"] == {"arch": "caffenet", "pool_free": False, "width": 1.0}
+    assert info["arch"] == {"arch": "caffenet", "pool_free": False, "width": 1.0, "lrn": "caffe-range"}
     assert sum(p.numel() for p in encoder.parameters()) == 2_334_080
     assert [tuple(c.weight.shape) for c in encoder.conv_layers()] == [
         (96, 3, 11, 11), (256, 48, 5, 5), (384, 256, 3, 3), (384, 192, 3, 3), (256, 192, 3, 3)]
