@@ -27,7 +27,10 @@ from evaluation.fills import evaluate_fills
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.inpaint_metrics import summarize
 from evaluation.knn import KnnIndex
+from evaluation.metrics import interval_description
 from pretrain.weights import load_context_encoder
+
+N_BOOT = 1000  # bootstrap resamples of the held-out images for the intervals
 
 
 def get_args_parser():
@@ -72,7 +75,7 @@ def load_decoder(cfg, info):
 
 def method_record(cfg, info, method, errors, queries, started, extra):
     """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
-    stats = summarize(errors, seed=cfg["seed"])
+    stats = summarize(errors, n_boot=N_BOOT, seed=cfg["seed"])
     scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
                      "ci95": [round((1 if name == "psnr" else 100) * v, 4) for v in (low, high)],
                      "unit": "dB" if name == "psnr" else "%"} for name, (mean, low, high) in stats.items()}
@@ -128,7 +131,8 @@ def main(argv=None):
                 "held_out": queries.source, "nn": "exact cosine search of context features"
                 + (" centred on the gallery mean" if cfg["center"] else "") + "; the neighbour's hole region pasted",
                 "metrics": "per image mean over hole pixels and channels of |error| (L1) and error^2 (L2); PSNR = "
-                           "10 log10(1/L2) per image; means over images; bootstrap 95% intervals over images",
+                           "10 log10(1/L2) per image; means over images",
+                "interval": interval_description(N_BOOT, over="held-out images"),
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
                 "examples_png": str(examples_png)}
     records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol)}

@@ -108,6 +108,8 @@ def main(argv=None):
                 "relevance": "a neighbour is relevant when it holds an object (difficult included) of a class its "
                              "query holds; per_class: among queries holding the class, share of neighbours holding it",
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"]}
+    if score:
+        protocol["interval"] = score["interval"]
     if "hog_params" in info:
         protocol["hog_params"] = info["hog_params"]
     record = make_record(

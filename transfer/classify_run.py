@@ -13,7 +13,7 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_write_json
 from cebench.records import make_record
 from cebench.runtime import default_num_workers
-from evaluation.metrics import classification_map, classification_map_ci
+from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
 from transfer.backbone import build_backbone, rescale_backbone_
@@ -22,6 +22,7 @@ from transfer.probe import linear_probe
 from transfer.voc import VOC_CLASSES, dataset_name, load_split
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
+N_BOOT = 1000
 AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
 
 
@@ -161,7 +162,7 @@ def _protocol(cfg, info, rescaling, fit):
               "architecture": info["arch"], "pool5_shape": info["pool5_shape"], "fc_dim": cfg["fc_dim"],
               "fc_init": info["fc_init"], "init": info["init"], "weights": info["source"],
               "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
-              "test_split": f"VOC{cfg['year']} {cfg['test_split']}"}
+              "test_split": f"VOC{cfg['year']} {cfg['test_split']}", "interval": interval_description(N_BOOT)}
     if cfg["probe"]:
         return dict(common, mode="linear probe", layers_trained="none (logistic regression on frozen pool5)",
                     probe_views=cfg["probe_views"], probe_c=cfg["probe_c"])
@@ -180,7 +181,7 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
     with warnings.catch_warnings():  # the same classes as the line above: warned once
         warnings.simplefilter("ignore", UserWarning)
         voc07, per_class07 = classification_map(scores, labels, mode="voc07")
-    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=1000, seed=cfg["seed"])
+    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=N_BOOT, seed=cfg["seed"])
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
     label = cfg["init_label"] or info["init"]
     return make_record(

@@ -13,7 +13,7 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, atomic_write_text
 from cebench.records import make_record, write_record
 from cebench.runtime import barrier
-from evaluation.metrics import detection_map_ci
+from evaluation.metrics import detection_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
 from transfer.backbone import build_backbone, rescale_layers
@@ -26,6 +26,7 @@ from transfer.proposals import cached_proposals, load_proposal_file, selective_s
 from transfer.rescale import krahenbuhl_rescale_
 from transfer.voc import dataset_name, load_split
 
+N_BOOT = 1000  # bootstrap resamples of the test images for ci95
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
 
 
@@ -227,14 +228,14 @@ def _protocol(cfg, info, rescaling, proposals, fit):
         "schedule_steps": cfg["steps"], "optimizer": "SGD", "lr": cfg["lr"], "lr_step": cfg["lr_step"],
         "lr_gamma": cfg["lr_gamma"], "bias_lr_mult": 2.0, "momentum": cfg["momentum"],
         "weight_decay": cfg["weight_decay"], "loss": "softmax cross-entropy + smooth L1 (beta 1)",
-        "images_per_s": round(fit.images_per_s, 2)}
+        "images_per_s": round(fit.images_per_s, 2), "interval": interval_description(N_BOOT)}
 
 
 def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s):
     """The result record: VOC07 mAP@0.5 with a bootstrap interval over test images, per-class AP, COCO AP."""
     train, test = splits
     value, per_class = detection_scores(detections, test)
-    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=1000,
+    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=N_BOOT,
                           seed=cfg["seed"])
     coco = coco_ap(test, detections)
     label = cfg["init_label"] or info["init"]
