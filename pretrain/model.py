@@ -81,6 +81,10 @@ class AlexNetEncoder(nn.Module):
         """conv1..conv5 in order (the pool-free downsampling convolutions are not among them)."""
         return [self.features[i] for i in self._conv_idx]
 
+    def conv_relus(self):
+        """The ReLU after each of conv1..conv5, in order (their outputs are the layers' activations)."""
+        return [self.features[i + 1] for i in self._conv_idx]
+
     def feature_shape(self, input_size):
         """pool5 shape (C, h, w) for a square `input_size` or an (H, W) pair, computed without running the net."""
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
