@@ -1,6 +1,7 @@
 """`python -m pretrain.train` end to end on tiny images: outputs, exact resume (also after SIGKILL), refusals,
 data stream, torchrun DDP."""
 
+import json
 import os
 import signal
 import subprocess
@@ -67,6 +68,13 @@ def test_two_steps_write_checkpoint_figures_and_meta(images, tmp_path):
     assert meta["seed"] == 0 and meta["wall_time_s"] > 0 and meta["n_images"] == 10
     assert meta["mask_source"].startswith("released code")  # no --region-shapes: the noise pattern
     assert encoder.feature_shape(64) == (encoder.out_channels, 1, 1)
+    # feature health of the final weights, on every one of the 10 images (fewer than --health-images)
+    health = meta["feature_health"]
+    assert sorted(health["dead_units"]) == [f"conv{k}" for k in range(1, 6)] and health["n_images"] == 10
+    assert all(0 <= v <= 1 for v in health["dead_units"].values()) and health["pool5_effective_rank"] <= 10
+    assert meta["lrn"] == "caffe-range"
+    logged = [json.loads(line) for line in (out.parent / "ce.metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "feature_health" in row] == [2]  # at the checkpoint (--ckpt-every 2)
     with Image.open(out.parent / "ce.samples.png") as grid:
         assert grid.height > 3 * 64  # three rows: input with hole, output, original
 
