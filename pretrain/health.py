@@ -80,3 +80,12 @@ def feature_health(encoder, views, device, batch_size=50):
             "pool5_effective_rank": round(effective_rank(pool5), 3),
             "pool5_top_pc_share": round(float(share[0]), 4) if share.numel() else None,
             "pool5_dim": int(pool5.shape[1]), "n_images": int(views.shape[0]), "image_size": int(views.shape[-1])}
+
+
+def health_record(encoder, image_paths, n, size, *, seed, device, source, weights):
+    """The `feature_health` field of a transfer record: feature_health on `n` fixed views of the task's training
+    images (`source` names them), with which weights it measured (e.g. "after Krähenbühl rescaling"); None if n=0."""
+    if n <= 0:
+        return None
+    health = feature_health(encoder, health_views(image_paths, n, size, seed), device)
+    return dict(health, images=f"{health['n_images']} seeded centre crops at {size} px of {source}", weights=weights)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.errors import CebenchError
+from pretrain.health import health_record
 from pretrain.weights import load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
@@ -115,3 +116,18 @@ def rescale_backbone_(backbone, info, images, *, model=None, top=None, iteration
     summary["normalised_layers"] = len(fresh)
     summary["classifier_layer_rescaled"] = top is not None
     return summary
+
+
+def measure_health(backbone, image_paths, size, cfg, device, *, source, rescaled):
+    """The record's feature_health of the init: --health-images fixed views of the task's training images."""
+    weights = "after Krähenbühl rescaling" if rescaled else "as loaded (no rescaling)"
+    return health_record(backbone.encoder, image_paths, cfg["health_images"], size, seed=cfg["seed"], device=device,
+                         source=source, weights=weights)
+
+
+def health_of_init(rescaling, measure):
+    """feature_health of the init as the task fine-tunes it: the one measured right after rescaling (kept in the
+    rescaling summary, so a resumed run still has it), else `measure(rescaled=False)` on the loaded weights."""
+    if rescaling.get("applied"):
+        return rescaling.pop("feature_health", None)
+    return measure(rescaled=False)

@@ -15,6 +15,7 @@ from cebench.logs import get_logger
 from cebench.records import write_record
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import classify_run as run
+from transfer.backbone import health_of_init
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
@@ -90,6 +91,7 @@ def main(argv=None):
         # fc8 on top; rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
         model = run.classifier(backbone, cfg)
         rescaling = run.rescale(model, info, train, cfg, rt, paths, log)
+        health = health_of_init(rescaling, lambda rescaled: run.health(model, train, cfg, rt, rescaled))
         # fine-tune via the one engine (or the frozen-feature probe), then score the test split
         if cfg["probe"]:
             scores, fit = run.probe(backbone, train, test, cfg, rt), None
@@ -99,7 +101,7 @@ def main(argv=None):
             return {}
         # result record
         record = run.make_classification_record(cfg, info, rescaling, train, test, scores, fit,
-                                                time.time() - started)
+                                                time.time() - started, feature_health=health)
         record["scores_file"] = str(run.save_scores(paths, test, scores))
         write_record(paths["out"], record)
         log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],

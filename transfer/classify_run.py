@@ -16,7 +16,7 @@ from cebench.runtime import default_num_workers
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
-from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.backbone import build_backbone, measure_health, rescale_backbone_
 from transfer.classification import ClassificationTask, Classifier, ViewSpec, VocImages
 from transfer.probe import linear_probe
 from transfer.voc import VOC_CLASSES, dataset_name, load_split
@@ -107,11 +107,21 @@ def rescale(model, info, train, cfg, rt, paths, log):
     summary = rescale_backbone_(model.backbone, info, images, model=model, top=model.fc8,
                                 iterations=cfg["rescale_iterations"], seed=cfg["seed"])
     summary["applied"] = True
+    # measured now and kept in rescale.json: a resumed run has its trained weights, not these, by the time it ends
+    summary["feature_health"] = health(model, train, cfg, rt, rescaled=True)
     log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
              summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
     if rt.is_main:
         atomic_write_json(paths["rescale"], summary)
     return summary
+
+
+def health(model, train, cfg, rt, rescaled):
+    """The record's feature_health of the init (main rank): fixed views of the training split at the input size."""
+    if not rt.is_main:
+        return None
+    return measure_health(model.backbone, train.split.image_paths, cfg["input_size"], cfg, rt.device,
+                          source=f"VOC{cfg['year']} {cfg['train_split']}", rescaled=rescaled)
 
 
 def probe(backbone, train, test, cfg, rt):
@@ -174,7 +184,7 @@ def _protocol(cfg, info, rescaling, fit):
                 train_time_s=round(fit.train_time_s, 1))
 
 
-def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s):
+def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s, feature_health=None):
     """The result record (DESIGN.md contract) with the devkit 11-point mAP and skipped images beside it."""
     labels = test.split.labels
     value, per_class = classification_map(scores, labels, mode="sklearn")
@@ -192,4 +202,5 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
         protocol=_protocol(cfg, info, rescaling, fit),
         map_voc07=_pct(voc07), per_class_voc07={VOC_CLASSES[i]: _pct(v) for i, v in enumerate(per_class07)},
         n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
+        feature_health=feature_health,
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

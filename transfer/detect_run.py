@@ -16,7 +16,7 @@ from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
-from transfer.backbone import build_backbone, rescale_layers
+from transfer.backbone import build_backbone, measure_health, rescale_layers
 from transfer.coco import coco_ap, load_coco_split
 from transfer.detection_data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
@@ -153,12 +153,22 @@ def rescale(model, info, train, cfg, rt, paths, log):
     layers, fresh = rescale_layers(model.backbone, info, top=model.cls_score)
     summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), layers, fresh, normalize(images, rt.device),
                                   iterations=cfg["rescale_iterations"], seed=cfg["seed"])
-    summary.update(applied=True, normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois))
+    summary.update(applied=True, normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois),
+                   feature_health=health(model, info, train.split, cfg, rt, rescaled=True))
     log.info("rescaled on %d images / %d RoIs (gradient/weight ratio spread %.1f -> %.2f)", len(items), len(rois),
              summary["ratio_spread_before"], summary["ratio_spread_after"])
     if rt.is_main:
         atomic_write_json(paths["rescale"], summary)
     return summary
+
+
+def health(model, info, split, cfg, rt, rescaled):
+    """The record's feature_health of the init (main rank): fixed square views of the training images at the
+    backbone's input size (227: the size whose pool5 fc6 is built for)."""
+    if not rt.is_main:
+        return None
+    return measure_health(model.backbone, split.image_paths, info["input_size"], cfg, rt.device,
+                          source=f"{split.name} (detection training images)", rescaled=rescaled)
 
 
 def finetune(model, train, test, cfg, rt, paths, log):
@@ -231,7 +241,8 @@ def _protocol(cfg, info, rescaling, proposals, fit):
         "images_per_s": round(fit.images_per_s, 2), "interval": interval_description(N_BOOT)}
 
 
-def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s):
+def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
+                          feature_health=None):
     """The result record: VOC07 mAP@0.5 with a bootstrap interval over test images, per-class AP, COCO AP."""
     train, test = splits
     value, per_class = detection_scores(detections, test)
@@ -254,13 +265,16 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
-        weights_meta=info["meta"], **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+        weights_meta=info["meta"], feature_health=feature_health,
+        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
 
 
-def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s):
+def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s,
+                  feature_health=None):
     """The record, the devkit results files, and drawn examples when asked for; returns the record."""
     test = splits[1]
-    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s)
+    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
+                                   feature_health)
     record["devkit_dir"] = str(write_devkit(paths["devkit"], cfg["test_split"], test.classes, detections))
     if cfg["draw"]:
         record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))
