@@ -93,10 +93,9 @@ def _ranking_ap(ranking, mode, counts=None):
     if npos == 0:
         return np.nan
     tp = np.cumsum(weight * ranking.positive)
-    fp = np.cumsum(weight * ~ranking.positive)
+    seen = np.arange(1, len(tp) + 1) if counts is None else np.cumsum(weight)
     if mode == "sklearn":
-        return _sklearn_ap(ranking, tp, fp, npos)
-    seen = tp + fp
+        return _sklearn_ap(ranking, tp, seen, npos)
     # seen is 0 only before the first item of a resample (weight 0 so far): precision 0 adds nothing there.
     # An image drawn k times adds its k points at once; the devkit's precision envelope is the same as with k
     # successive points (precision rises along a run of positives and the run ends at its highest point).
@@ -104,7 +103,7 @@ def _ranking_ap(ranking, mode, counts=None):
     return voc_ap(recall=tp / npos, precision=precision, use_07_metric=(mode == "voc07"))
 
 
-def _sklearn_ap(ranking, tp, fp, npos):
+def _sklearn_ap(ranking, tp, seen, npos):
     """average_precision_score's AP (one PR point after each run of tied scores) of a weighted ranking.
 
     An image of weight k stands for k images of a resample. A fresh test set would not tie their scores, so an
@@ -113,14 +112,16 @@ def _sklearn_ap(ranking, tp, fp, npos):
     positive after t true and f false positives add sum_{j=1..k} (t + j)/(t + f + j) = k - f * (psi(t + f + k + 1)
     - psi(t + f + 1)) (digamma psi); with k = 1 this is the single point's precision, as sklearn.
     """
-    tp_end, fp_end = tp[ranking.group_end], fp[ranking.group_end]
-    seen_end = tp_end + fp_end
-    gained = np.diff(tp_end, prepend=0.0)  # positives in each run of tied scores
-    contribution = gained * tp_end / np.maximum(seen_end, 1)  # seen 0 (nothing drawn yet) means tp 0: adds 0
-    copies = ranking.alone & (gained > 1)  # one positive image drawn several times (once: the plain precision)
-    if copies.any():
-        k, false = gained[copies], fp_end[copies]
-        seen_before = seen_end[copies] - k
+    if len(ranking.alone) < len(tp):  # some scores tie: one point per run of tied scores
+        tp, seen = tp[ranking.group_end], seen[ranking.group_end]
+    gained = np.empty(len(tp))  # positives in each run
+    gained[0], gained[1:] = tp[0], tp[1:] - tp[:-1]
+    contribution = gained * tp / np.maximum(seen, 1)  # seen 0 (nothing drawn yet) means tp 0: adds 0
+    runs = np.flatnonzero(gained > 1)
+    copies = runs[ranking.alone[runs]]  # one positive image drawn several times (once: the plain precision)
+    if copies.size:
+        k, seen_before = gained[copies], seen[copies] - gained[copies]
+        false = seen_before - tp[copies] + k
         contribution[copies] = k - false * (digamma(seen_before + k + 1) - digamma(seen_before + 1))
     return float(contribution.sum() / npos)
 
