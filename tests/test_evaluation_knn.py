@@ -111,4 +111,6 @@ def test_speed_benchmark_runs_small(tmp_path):
     assert report["exact"]["cosine"]["identical_neighbours"] and report["exact"]["l2"]["identical_neighbours"]
     assert 0 <= report["approximate"]["recall_at_k"] <= 1 and (tmp_path / "speed.json").is_file()
     assert speed.pool5_like(5, 64, 0).min() >= 0  # ReLU features
-    np.testing.assert_array_equal(speed.pool5_like(10, 64, 0)[:5], speed.pool5_like(5, 64, 0))  # reproducible
+    # reproducible: the same rows whatever n, up to float32 rounding (BLAS blocks a matmul by its shape and by
+    # memory alignment, so the last bits of a row can differ between n = 10 and n = 5)
+    np.testing.assert_allclose(speed.pool5_like(10, 64, 0)[:5], speed.pool5_like(5, 64, 0), rtol=1e-5, atol=1e-6)
