@@ -17,8 +17,10 @@ from cebench.errors import CebenchError
 from cebench.logs import progress
 from cebench.runtime import default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
+from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
 from pretrain.weights import load_encoder
+from transfer.cli import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,
 # 8x8-pixel cells, 2x2-cell blocks with L2-Hys normalisation, on colour (per pixel the channel of largest gradient).
@@ -139,6 +141,7 @@ def add_feature_args(parser):
                    "few images everyone's neighbours (on by default)")
     g.add_argument("--no-center", dest="center", action="store_false", help="search the raw features")
     parser.set_defaults(center=True)
+    add_health_arg(g)
     g.add_argument("--input-size", type=int, default=227, help="images are resized and centre-cropped to this "
                    "square; the hole is its central half (paper: 227 for features; voc-mini: 128)")
     return g
@@ -155,6 +158,14 @@ def build_extractor(cfg, device):
     info = {k: v for k, v in info.items() if k != "fc"}
     info["pool5_shape"] = list(encoder.feature_shape(cfg["input_size"]))
     return Extractor("pool5", encoder, device), info
+
+
+def encoder_health(encoder, gallery, cfg, device):
+    """The record's feature_health of an encoder (None for HOG) on fixed views of the gallery it searches."""
+    if encoder is None:
+        return None
+    return health_record(encoder, gallery.paths, cfg["health_images"], cfg["input_size"], seed=cfg["seed"],
+                         device=device, source=f"{gallery.source} (the gallery)", weights="as loaded (no rescaling)")
 
 
 def center_on_gallery(gallery, *others):

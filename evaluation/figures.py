@@ -99,7 +99,8 @@ def table_bars(path, table, tasks, title=""):
         values = np.array([table.at[label, t] for t in tasks], dtype=float)
         low = np.array([table.at[label, f"{t} low"] for t in tasks], dtype=float)
         high = np.array([table.at[label, f"{t} high"] for t in tasks], dtype=float)
-        # a percentile bootstrap interval need not contain its point estimate (few test images): clip at 0
+        # BCa intervals contain their estimate unless nearly every resample falls on one side of it (a handful of
+        # test images), and older records hold percentile ones: matplotlib refuses negative error bars, so clip
         err = np.clip(np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)]), 0.0, None)
         ok = np.isfinite(values)  # a missing run draws no bar (never a bar of height zero)
         ax.bar(pos[ok], values[ok], width, yerr=err[:, ok], capsize=3, label=label, color=f"C{i}")

@@ -41,7 +41,7 @@ def psnr(mse, peak=1.0):
 
 
 def summarize(per_image, n_boot=1000, seed=0):
-    """{name: (mean, ci_low, ci_high)}: means over images with bootstrap 95% intervals over images."""
+    """{name: (mean, ci_low, ci_high)}: means over images with BCa bootstrap 95% intervals over images."""
     out = {}
     for name, values in per_image.items():
         values = np.asarray(values, dtype=np.float64)

@@ -21,13 +21,17 @@ from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import make_record, write_record
 from cebench.runtime import init_distributed, seed_everything
-from evaluation.features import add_feature_args, build_extractor, center_on_gallery, extract_features, hole_mask
+from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
+                                 extract_features, hole_mask)
 from evaluation.figures import inpainting_grid
 from evaluation.fills import evaluate_fills
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.inpaint_metrics import summarize
 from evaluation.knn import KnnIndex
+from evaluation.metrics import interval_description
 from pretrain.weights import NoDecoderError, load_context_encoder
+
+N_BOOT = 1000  # bootstrap resamples of the held-out images for the intervals
 
 
 def get_args_parser():
@@ -70,9 +74,9 @@ def load_decoder(cfg, info):
     return model
 
 
-def method_record(cfg, info, method, errors, queries, started, extra):
+def method_record(cfg, info, method, errors, queries, started, extra, feature_health=None):
     """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
-    stats = summarize(errors, seed=cfg["seed"])
+    stats = summarize(errors, n_boot=N_BOOT, seed=cfg["seed"])
     scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
                      "ci95": [round((1 if name == "psnr" else 100) * v, 4) for v in (low, high)],
                      "unit": "dB" if name == "psnr" else "%"} for name, (mean, low, high) in stats.items()}
@@ -86,7 +90,7 @@ def method_record(cfg, info, method, errors, queries, started, extra):
         value=stats["l2"][0], ci95=stats["l2"][1:], per_class=per_class, n_images=len(errors["l2"]),
         seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=extra, method=method,
         features=cfg["features"] if method == "nn-inpainting" else "decoder", scores=scores,
-        weights_meta=info["meta"])
+        weights_meta=info["meta"], feature_health=feature_health)
 
 
 def main(argv=None):
@@ -128,14 +132,17 @@ def main(argv=None):
                 "held_out": queries.source, "nn": "exact cosine search of context features"
                 + (" centred on the gallery mean" if cfg["center"] else "") + "; the neighbour's hole region pasted",
                 "metrics": "per image mean over hole pixels and channels of |error| (L1) and error^2 (L2); PSNR = "
-                           "10 log10(1/L2) per image; means over images; bootstrap 95% intervals over images",
+                           "10 log10(1/L2) per image; means over images",
+                "interval": interval_description(N_BOOT, over="held-out images"),
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
                 "examples_png": str(examples_png)}
-    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol)}
+    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol,
+                                  encoder_health(extractor.encoder, gallery, cfg, rt.device))}
     if decoder is not None:
         records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
                                              dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
-                                                  trained_mask=info["meta"].get("mask")))
+                                                  trained_mask=info["meta"].get("mask")),
+                                             encoder_health(decoder.encoder, gallery, cfg, rt.device))
     for path, record in records.items():
         write_record(path, record)
         s = record["scores"]

@@ -20,8 +20,8 @@ from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import make_record, write_record
 from cebench.runtime import init_distributed, seed_everything
-from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, extract_features, hole_mask,
-                                 load_square)
+from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
+                                 extract_features, hole_mask, load_square)
 from evaluation.figures import retrieval_grid
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
@@ -108,6 +108,8 @@ def main(argv=None):
                 "relevance": "a neighbour is relevant when it holds an object (difficult included) of a class its "
                              "query holds; per_class: among queries holding the class, share of neighbours holding it",
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"]}
+    if score:
+        protocol["interval"] = score["interval"]
     if "hog_params" in info:
         protocol["hog_params"] = info["hog_params"]
     record = make_record(
@@ -117,7 +119,8 @@ def main(argv=None):
         per_class=dict(zip(class_names(), score["per_class"], strict=True)) if score else {}, n_images=n_queries,
         seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=protocol,
         chance=round(100 * score["chance"], 4) if score else None, n_gallery=n_gallery,
-        feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"])
+        feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"],
+        feature_health=encoder_health(extractor.encoder, gallery, cfg, rt.device))
     write_record(out, record)
     log.info("%s: %s = %s (chance %s), wrote %s and %s", record["init"], record["metric"], record["value"],
              record["chance"], out, grid)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from evaluation.metrics import bootstrap_ci
+from evaluation.metrics import bootstrap_ci, interval_description
 
 
 def shared_class(query_present, gallery_present, neighbours):
@@ -26,4 +26,5 @@ def precision_at_k(query_present, gallery_present, neighbours, n_boot=1000, seed
     # Chance: the expected precision of k neighbours drawn at random from the gallery.
     chance = float((q.astype(np.float64) @ g.T.astype(np.float64) > 0).mean())
     return {"precision": float(per_query.mean()), "ci95": (low, high), "per_query": per_query,
+            "interval": interval_description(n_boot, over="queries"),
             "per_class": per_class, "chance": chance, "relevant": relevant}

@@ -53,11 +53,15 @@ def provenance(profile, results, records, skipped, published):
                       + ("+dirty" if (r.get("versions") or {}).get("git_dirty") else "") for r in records})
     data = sorted({f"{r['task']}: {r['dataset']} {r['split']}" for r in records})
     seeds = sorted({str(r["seed"]) for r in records})
+    # Records say how their interval was made (protocol.interval); older ones, without it, were percentile ones.
+    kinds = sorted({"BCa" if str((r.get("protocol") or {}).get("interval", "")).startswith("BCa") else "percentile"
+                    for r in records}) or ["BCa"]
     return [f"Provenance: profile {profile}; {len(records)} records from {results}"
             + (f" ({len(skipped)} other JSON files ignored)" if skipped else "") + ".",
             f"Data: {'; '.join(data) or '-'}. Seeds: {', '.join(seeds) or '-'}. Commits: {', '.join(commits) or '-'}.",
-            f"Paper values: {published} (source column). Intervals: bootstrap 95% over test images, averaged over "
-            "runs; 'runs' columns of the CSV count the records behind each cell."]
+            f"Paper values: {published} (source column). Intervals: {' and '.join(kinds)} bootstrap 95% over test "
+            "images (queries for retrieval; each record's protocol.interval says how), averaged over runs; 'runs' "
+            "columns of the CSV count the records behind each cell."]
 
 
 def write_table(out_dir, name, title, table, columns, text_columns, notes, footer):

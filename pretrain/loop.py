@@ -12,9 +12,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
-from cebench.logs import append_jsonl, progress
+from cebench.logs import append_jsonl, get_logger, progress
 from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, check_images, list_images,
                            make_loader, normalize)
+from pretrain.health import feature_health
 from pretrain.losses import discriminator_loss, generator_adversarial_loss, masked_l2
 from pretrain.masks import apply_mask, load_region_shapes
 from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
@@ -58,6 +59,8 @@ def check_args(args, given=()):
     for name in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(args, name) < 1:
             raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if args.health_images < 0:
+        raise CebenchError("--health-images must be 0 (off) or positive")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
     return note
@@ -198,9 +201,15 @@ class Trainer:
         return torch.stack([flat.sum(), flat.pow(2).sum(), (flat * ramp).sum()])
 
 
+def replay_settings(cfg, trainer, fingerprint):
+    """What a resume must agree on: the trajectory's settings, the world size, the images, the LRN convention."""
+    return {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint,
+                                               "lrn": trainer.model.encoder.lrn}
+
+
 def save_run(paths, trainer, progress_state, cfg, fingerprint):
     """Atomic run checkpoint: weights, optimiser, scaler, counters, loss history, replay settings."""
-    replay = {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint}
+    replay = replay_settings(cfg, trainer, fingerprint)
     atomic_torch_save(trainer.state() | progress_state | {"replay": replay}, paths["last"])
 
 
@@ -209,7 +218,7 @@ def load_run(paths, trainer, cfg, fingerprint):
     ckpt = safe_torch_load(paths["last"], "run checkpoint")
     if not isinstance(ckpt, dict) or "replay" not in ckpt:
         raise CebenchError(f"{paths['last']}: not a pretraining run checkpoint")
-    now = {k: cfg[k] for k in REPLAY_KEYS} | {"world_size": trainer.rt.world_size, "images": fingerprint}
+    now = replay_settings(cfg, trainer, fingerprint)
     diff = sorted(k for k in now if ckpt["replay"].get(k) != now[k])
     if diff:
         was = {k: ckpt["replay"].get(k) for k in diff}
@@ -230,8 +239,21 @@ def ranks_identical(trainer):
     return all(torch.equal(g, gathered[0]) for g in gathered), [g.tolist() for g in gathered]
 
 
-def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
-    """Run steps counters['step'] .. stop-1, saving the run checkpoint every --ckpt-every steps."""
+def log_feature_health(trainer, views, counters, paths):
+    """Feature health of the encoder now (main rank): kept in `counters`, a metrics.jsonl line and a log line."""
+    health = feature_health(trainer.model.encoder, views, trainer.rt.device)
+    counters["feature_health"] = health
+    append_jsonl(paths["metrics"], {"step": counters["step"], "feature_health": health})
+    dead = ", ".join(f"{k} {100 * v:.0f}%" for k, v in health["dead_units"].items())
+    get_logger("pretrain").info("step %d: dead units %s; pool5 effective rank %.1f (top component %.0f%%)",
+                                counters["step"], dead, health["pool5_effective_rank"],
+                                100 * (health["pool5_top_pc_share"] or 0))
+    return health
+
+
+def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health_views=None):
+    """Run steps counters['step'] .. stop-1, saving the run checkpoint (and logging feature health on
+    `health_views`, uint8 images, when given) every --ckpt-every steps."""
     rt, per_step = trainer.rt, cfg["batch_size"] * trainer.rt.world_size
     trainer.model.train()
     bar = progress(total=stop, initial=counters["step"], enabled=rt.is_main, desc="pretrain", unit="step")
@@ -257,6 +279,10 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
         if (step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop:
             counters["skipped"] = gather_skipped(counters["skipped"], rt)
             if rt.is_main:
+                if health_views is not None:
+                    log_feature_health(trainer, health_views, counters, paths)
+                    trainer.model.train()
+                    tick = time.perf_counter()  # wall_time_s counts training, not this measurement
                 save_run(paths, trainer, counters, cfg, fingerprint)
     bar.close()
     return counters
@@ -300,7 +326,7 @@ def mask_source(cfg):
     return "released code: thresholded bicubic noise (train_random.lua)"
 
 
-def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
+def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, health=None):
     """The plain-dict `meta` of ce.pt; `skipped`: files left out up front (names under --images)."""
     from cebench.records import versions  # git calls: only when the run ends
 
@@ -315,7 +341,7 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
             "n_images": n_images, "skipped_images": len(skipped), "skipped_image_files": skipped,
             "images": str(cfg["images"]),
             "profile": cfg.get("profile"), "ddp_ranks_identical": identical, "ddp_rank_checksums": checksums,
-            "versions": versions()}
+            "lrn": trainer.model.encoder.lrn, "feature_health": health, "versions": versions()}
 
 
 def make_train_loader(dataset, cfg, runtime, start, stop):

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.data import IMAGE_STD
+
 # (out_channels, kernel, stride, padding, groups) of conv1..conv5, and whether a max-pool (3/2) follows.
 _TRUNKS = {
     # CaffeNet (bvlc_reference_caffenet), the paper's encoder: LRN after pool1/pool2, grouped conv2/4/5.
@@ -17,6 +19,19 @@ _TRUNKS = {
     "torchvision": [(64, 11, 4, 2, 1), (192, 5, 1, 2, 1), (384, 3, 1, 1, 1), (256, 3, 1, 1, 1), (256, 3, 1, 1, 1)],
 }
 _POOL_AFTER = (True, True, False, False, True)
+
+# CaffeNet's LRN (local_size 5, alpha 1e-4, beta 0.75, k 1): b = a / (k + alpha/5 * sum_5ch a^2)^beta.
+# Its constants assume Caffe's input, pixels in 0-255 minus the mean. Our input is ImageNet-normalised,
+# (p/255 - mean)/std, i.e. Caffe's input divided by s = 255 * std ~ 57.6 (std averaged over RGB: 0.226). With the
+# same weights, a ReLU net's activations up to pool1 (and, by the same argument, pool2) are s times smaller than
+# Caffe's, so Caffe's alpha sees a sum of squares s^2 ~ 3,300 times too small and the layer is nearly the
+# identity. Running it on activations brought back to Caffe's range and scaling back,
+#     s * LRN_caffe(a / s) = a / (k + (alpha * s^2)/5 * sum a^2)^beta,
+# is one LRN with alpha * s^2: the output/input ratio of every unit is then the one Caffe computes on the
+# equivalent 0-255 input. "unscaled" (Caffe's alpha on normalised input) is what ce.pt files written before the
+# change ran with; they keep it when loaded.
+CAFFE_INPUT_SCALE = 255.0 * sum(IMAGE_STD) / len(IMAGE_STD)
+LRN_ALPHA = {"caffe-range": 1e-4 * CAFFE_INPUT_SCALE**2, "unscaled": 1e-4}
 
 
 def _scaled(channels, width, groups):
@@ -28,11 +43,13 @@ def _scaled(channels, width, groups):
 class AlexNetEncoder(nn.Module):
     """conv1..conv5 + pool5 of AlexNet; `features` indices match torchvision's for arch='torchvision'."""
 
-    def __init__(self, arch="caffenet", pool_free=False, width=1.0, in_channels=3):
+    def __init__(self, arch="caffenet", pool_free=False, width=1.0, in_channels=3, lrn="caffe-range"):
         super().__init__()
         if arch not in _TRUNKS:
             raise ValueError(f"unknown encoder arch {arch!r}; use one of {sorted(_TRUNKS)}")
-        self.arch, self.pool_free, self.width = arch, bool(pool_free), float(width)
+        if lrn not in LRN_ALPHA:
+            raise ValueError(f"unknown LRN convention {lrn!r}; use one of {sorted(LRN_ALPHA)}")
+        self.arch, self.pool_free, self.width, self.lrn = arch, bool(pool_free), float(width), lrn
         caffe = arch == "caffenet"
         layers, self._conv_idx, channels = [], [], in_channels
         for i, (out, k, s, p, g) in enumerate(_TRUNKS[arch]):
@@ -43,7 +60,7 @@ class AlexNetEncoder(nn.Module):
             if _POOL_AFTER[i]:
                 layers.append(self._downsample(channels, ceil_mode=caffe))
                 if caffe and i < 2:  # CaffeNet normalises after pool1 and pool2
-                    layers.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0))
+                    layers.append(nn.LocalResponseNorm(5, alpha=LRN_ALPHA[lrn], beta=0.75, k=1.0))
         self.features = nn.Sequential(*layers)
         self.out_channels = channels
 
@@ -64,6 +81,10 @@ class AlexNetEncoder(nn.Module):
         """conv1..conv5 in order (the pool-free downsampling convolutions are not among them)."""
         return [self.features[i] for i in self._conv_idx]
 
+    def conv_relus(self):
+        """The ReLU after each of conv1..conv5, in order (their outputs are the layers' activations)."""
+        return [self.features[i + 1] for i in self._conv_idx]
+
     def feature_shape(self, input_size):
         """pool5 shape (C, h, w) for a square `input_size` or an (H, W) pair, computed without running the net."""
         h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
@@ -75,7 +96,7 @@ class AlexNetEncoder(nn.Module):
 
     def constructor_args(self):
         """Plain dict that rebuilds this encoder with AlexNetEncoder(**args) (stored as ce.pt `arch`)."""
-        return {"arch": self.arch, "pool_free": self.pool_free, "width": self.width}
+        return {"arch": self.arch, "pool_free": self.pool_free, "width": self.width, "lrn": self.lrn}
 
 
 def _out_size(size, layer):

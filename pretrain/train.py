@@ -16,6 +16,7 @@ from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed
 from pretrain import loop
+from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
 from pretrain.weights import save_checkpoint
 
@@ -92,6 +93,9 @@ def get_args_parser():
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
     g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
     g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
+    g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
+                   "training images on which dead units and pool5's effective rank are measured at every checkpoint "
+                   "(metrics.jsonl, ce.pt meta); 0 = off")
     return p
 
 
@@ -142,10 +146,16 @@ def _run(cfg, rt, paths, log):
     # loop
     start = time.perf_counter()
     loader = loop.make_train_loader(dataset, cfg, rt, counters["step"], stop)
-    counters = loop.train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop)
+    views = health_views(dataset.paths, cfg["health_images"], cfg["input_size"], cfg["seed"]) if (
+        rt.is_main and cfg["health_images"] > 0) else None
+    counters = loop.train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, views)
     identical, checksums = loop.ranks_identical(trainer)
+    # feature health of the final weights (measured at the last checkpoint, or now after a resume with no steps)
+    health = counters.get("feature_health")
+    if views is not None and health is None:
+        health = loop.log_feature_health(trainer, views, counters, paths)
     # ce.pt + figures, from rank 0 only
-    meta = loop.final_meta(cfg, trainer, counters, len(dataset), skipped, identical, checksums)
+    meta = loop.final_meta(cfg, trainer, counters, len(dataset), skipped, identical, checksums, health)
     if rt.is_main:
         save_checkpoint(paths["out"], trainer.model, meta)
         if not cfg["no_figures"]:

@@ -13,7 +13,8 @@ from pretrain.model import AlexNetEncoder, ContextEncoder, gaussian_init_
 
 FORMAT = "cebench.context-encoder"
 VERSION = 1
-ENCODER_KEYS = {"arch", "pool_free", "width"}
+ENCODER_KEYS = {"arch", "pool_free", "width", "lrn"}
+LEGACY_LRN = "unscaled"  # what a ce.pt without arch["lrn"] was trained with (LRN has no weights: it loads as is)
 DECODER_KEYS = {"input_size", "dropout", "decoder_width"}
 _TV_FC = {"classifier.1.weight": "fc6.weight", "classifier.1.bias": "fc6.bias",
           "classifier.4.weight": "fc7.weight", "classifier.4.bias": "fc7.bias"}
@@ -85,7 +86,7 @@ def _load_strict(module, state, path, what):
 
 def _encoder_from_ce(path, ckpt):
     try:
-        encoder = AlexNetEncoder(**ckpt["arch"])
+        encoder = AlexNetEncoder(**{"lrn": LEGACY_LRN, **ckpt["arch"]})
     except (TypeError, ValueError) as err:
         raise CebenchError(f"{path}: ce.pt arch {ckpt['arch']} is invalid ({err})") from None
     return _load_strict(encoder, ckpt["encoder"], path, "encoder")
@@ -150,5 +151,5 @@ def load_context_encoder(path):
     state = {f"encoder.{k}": v for k, v in ckpt["encoder"].items()} | ckpt["decoder"]
     _load_strict(model, state, path, "context encoder")
     info = {"init": "ce", "source": str(path), "meta": ckpt["meta"], "fc": None,
-            "arch": ckpt["arch"], "decoder_arch": ckpt["decoder_arch"]}
+            "arch": model.encoder.constructor_args(), "decoder_arch": ckpt["decoder_arch"]}
     return model.eval(), info

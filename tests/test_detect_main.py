@@ -56,6 +56,10 @@ def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     assert 0 <= record["value"] <= 100 and record["ci95"][0] <= record["value"] <= record["ci95"][1]
     assert record["coco_ap"] is not None and record["n_proposals_mean"] > 0
     assert record["protocol"]["test"]["nms"] == 0.3 and record["protocol"]["rois_per_image"] == 64
+    assert record["protocol"]["interval"].startswith("BCa")
+    health = record["feature_health"]  # the 6 training images at the backbone's 227 px, after rescaling
+    assert health["n_images"] == 6 and health["image_size"] == 227 and health["weights"].startswith("after")
+    assert 0 <= health["dead_units"]["conv5"] <= 1 and health["pool5_effective_rank"] <= 6
     # The devkit files, read back independently of our writer, give the record's mAP, scored by our metric and
     # by the plain-loop port of the devkit's VOCevaldet in test_metrics (independent of evaluation.metrics).
     devkit, gt = read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val")
@@ -145,5 +149,5 @@ def test_context_encoder_weights_keep_the_trunk_and_refit_only_fc(tmp_path):
                    "--proposals-cache", str(tmp_path / "cache"), "--out", str(tmp_path / "ce.json")])
     record = json.loads((tmp_path / "ce.json").read_text())
     assert result["steps"] == 1 and record["init"] == "ce" and record["protocol"]["fc_init"] == "gaussian"
-    assert record["protocol"]["rescaling"]["normalised_layers"] == 2  # fc6 and fc7 only: conv1-5 come from ce.pt
+    assert record["protocol"]["rescaling"]["normalised_layers"] == 3  # fc6, fc7, cls_score: conv1-5 come from ce.pt
     assert record["protocol"]["architecture"]["width"] == 0.5  # the weights decide the trunk, not --width

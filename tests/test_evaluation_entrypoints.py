@@ -35,6 +35,11 @@ def test_retrieval_main(voc, tmp_path, source):
     assert record["metric"] == "precision@3" and 0 <= record["value"] <= 100
     assert record["ci95"][0] <= record["value"] <= record["ci95"][1] and record["n_gallery"] == 12
     assert result["neighbours"].shape == (6, 3) and (tmp_path / "retrieval.png").stat().st_size > 0
+    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 1000 resamples over queries")
+    if "hog" in source:
+        assert record["feature_health"] is None  # no encoder
+    else:  # pool5 of the init, on the 12 gallery images, as loaded
+        assert record["feature_health"]["n_images"] == 12 and record["feature_health"]["weights"].startswith("as")
     with pytest.raises(CebenchError, match="exists"):  # nothing silently overwritten
         retrieval.main([*SMALL, "--voc-root", str(voc.root), *source, "--out", str(out)])
 
@@ -58,6 +63,7 @@ def test_inpainting_main_with_decoder(voc, tmp_path, ce_pt):
         # mean of per-image PSNRs >= PSNR of the mean error (Jensen: -log is convex)
         assert s["psnr"]["value"] >= 10 * np.log10(100 / s["l2"]["value"]) - 1e-6
         assert record["value"] == pytest.approx(s["l2"]["value"]) and record["n_images"] == 6
+        assert record["protocol"]["interval"].startswith("BCa") and record["feature_health"]["n_images"] == 12
     assert (tmp_path / "inpainting_ce.png").stat().st_size > 0 and len(result["records"]) == 2
 
 

@@ -28,8 +28,8 @@ def _inpainting(init, method, l1, l2, db):
 def results(tmp_path):
     meta = {"wall_time_s": 5400.0, "images_seen": 96000, "device": "cpu"}
     write_record(tmp_path / "classification_ce.json",
-                 _record("classification", "ce", 0.40, (0.38, 0.42), protocol={"mode": "fine-tune",
-                                                                               "pretrain_meta": meta}))
+                 _record("classification", "ce", 0.40, (0.38, 0.42), protocol={
+                     "mode": "fine-tune", "pretrain_meta": meta, "interval": "BCa bootstrap 95%, 1000 resamples"}))
     write_record(tmp_path / "classification_random_s0.json", _record("classification", "random", 0.30, (0.28, 0.32)))
     write_record(tmp_path / "classification_random_s1.json",
                  _record("classification", "random", 0.34, (0.32, 0.36), seed=1))
@@ -67,6 +67,8 @@ def test_tables_from_records(results):
     assert pd.isna(csv.at["ce", "detection"]) and csv.at["ce", "detection paper"] == pytest.approx(44.5)
     md = (results / "table2.md").read_text()
     assert "40.0 [38.0, 42.0]" in md and "Provenance: profile unit" in md and "1 other JSON" in md
+    # one record says its interval is BCa, the others (no protocol.interval) are older percentile ones
+    assert "Intervals: BCa and percentile bootstrap 95%" in md
     ce_row = next(line for line in md.splitlines() if line.startswith("| Context encoder"))
     assert " 0.0" not in ce_row.replace("40.0", "")  # missing cells are blank
 

@@ -98,3 +98,39 @@ def test_gaussian_init_is_seeded():
 
 def test_discriminator_logits():
     assert Discriminator(width=8)(torch.randn(3, 3, 64, 64)).shape == (3,)
+
+
+def caffe_lrn(a, local_size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Caffe's LRNLayer (ACROSS_CHANNELS) written out: a / (k + alpha/size * sum of a^2 over `size` channels)^beta."""
+    pad = local_size // 2
+    squares = torch.nn.functional.pad(a.pow(2), (0, 0, 0, 0, pad, pad))  # zero channels at both ends, as Caffe
+    window = sum(squares[:, i:i + a.shape[1]] for i in range(local_size))
+    return a * (k + alpha / local_size * window).pow(-beta)
+
+
+def _lrn_of(encoder):
+    return next(m for m in encoder.modules() if isinstance(m, torch.nn.LocalResponseNorm))
+
+
+def test_lrn_acts_as_caffe_does_on_0_255_input():
+    from pretrain.data import IMAGE_MEAN, normalize
+
+    gen = torch.Generator().manual_seed(0)
+    # A smooth uint8 image (noise up-sampled: neighbouring pixels correlate, as in photos).
+    pixels = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 12, generator=gen) * 255, size=(67, 67),
+                                             mode="bicubic", align_corners=False).clamp(0, 255).round().byte()
+    ours = normalize(pixels, torch.device("cpu"))  # (p/255 - mean)/std
+    caffe = pixels.float() - 255 * torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1)  # Caffe: 0-255 minus the mean
+    # The same conv1 on both, weights large enough that Caffe's LRN visibly acts (as in a trained CaffeNet).
+    conv1 = torch.nn.Conv2d(3, 96, 11, 4, bias=False)
+    with torch.no_grad():
+        conv1.weight.normal_(0.0, 0.05, generator=gen)
+        pool1 = [torch.nn.functional.max_pool2d(torch.relu(conv1(x)), 3, 2, ceil_mode=True) for x in (ours, caffe)]
+        active = pool1[1] > 1.0  # output/input ratios of units that fire
+        caffe_ratio = (caffe_lrn(pool1[1]) / pool1[1])[active]
+        our_ratio = (_lrn_of(AlexNetEncoder("caffenet"))(pool1[0]) / pool1[0])[active]
+        old_ratio = (_lrn_of(AlexNetEncoder("caffenet", lrn="unscaled"))(pool1[0]) / pool1[0])[active]
+    assert caffe_ratio.mean() < 0.9  # Caffe's LRN matters at this scale
+    # Equal up to the spread of the RGB stds (0.224-0.229) that one scalar input scale stands for.
+    assert (our_ratio - caffe_ratio).abs().max() < 0.02
+    assert old_ratio.min() > 0.99  # Caffe's alpha on normalised input: nearly the identity, the old behaviour

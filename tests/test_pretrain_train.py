@@ -69,6 +69,13 @@ def test_two_steps_write_checkpoint_figures_and_meta(images, tmp_path):
     assert meta["seed"] == 0 and meta["wall_time_s"] > 0 and meta["n_images"] == 10
     assert meta["mask_source"].startswith("released code")  # no --region-shapes: the noise pattern
     assert encoder.feature_shape(64) == (encoder.out_channels, 1, 1)
+    # feature health of the final weights, on every one of the 10 images (fewer than --health-images)
+    health = meta["feature_health"]
+    assert sorted(health["dead_units"]) == [f"conv{k}" for k in range(1, 6)] and health["n_images"] == 10
+    assert all(0 <= v <= 1 for v in health["dead_units"].values()) and health["pool5_effective_rank"] <= 10
+    assert meta["lrn"] == "caffe-range"
+    logged = [json.loads(line) for line in (out.parent / "ce.metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in logged if "feature_health" in row] == [2]  # at the checkpoint (--ckpt-every 2)
     with Image.open(out.parent / "ce.samples.png") as grid:
         assert grid.height > 3 * 64  # three rows: input with hole, output, original
 
@@ -200,7 +207,7 @@ def test_paper_profile_few_steps_on_real_photos(voc_mini_root, tmp_path):
                    str(ids), "--batch-size", "4", "--max-steps", "2", "--device", "cpu", "--out", str(out)])
     assert result["steps"] == 2 and np.isfinite(result["final_loss"])
     encoder, info = load_encoder(out)
-    assert info["arch"] == {"arch": "caffenet", "pool_free": False, "width": 1.0}
+    assert info["arch"] == {"arch": "caffenet", "pool_free": False, "width": 1.0, "lrn": "caffe-range"}
     assert sum(p.numel() for p in encoder.parameters()) == 2_334_080
     assert [tuple(c.weight.shape) for c in encoder.conv_layers()] == [
         (96, 3, 11, 11), (256, 48, 5, 5), (384, 256, 3, 3), (384, 192, 3, 3), (256, 192, 3, 3)]

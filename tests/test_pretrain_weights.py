@@ -21,7 +21,7 @@ def test_ce_round_trip_with_weights_only(tmp_path, small_model):
     path = save_checkpoint(tmp_path / "ce.pt", small_model, {"steps": 3, "mask": "random-block", "seed": 0})
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == FORMAT and isinstance(raw["version"], int)
-    assert raw["arch"] == {"arch": "caffenet", "pool_free": False, "width": 0.25}
+    assert raw["arch"] == {"arch": "caffenet", "pool_free": False, "width": 0.25, "lrn": "caffe-range"}
     encoder, info = load_encoder(path)
     assert info["init"] == "ce" and info["meta"]["steps"] == 3 and info["fc"] is None
     for k, v in small_model.encoder.state_dict().items():
@@ -101,3 +101,18 @@ def test_random_spec_is_seeded_gaussian():
     assert info["init"] == "random" and info["arch"]["arch"] == "caffenet"
     assert torch.equal(a.conv_layers()[0].weight, b.conv_layers()[0].weight)
     assert c.conv_layers()[0].out_channels == 64
+
+
+def test_ce_pt_written_before_the_lrn_change_loads_with_the_lrn_it_ran(tmp_path, small_model):
+    # Files without arch["lrn"] were trained with Caffe's alpha on normalised input; LRN has no weights, so they
+    # load as they are and keep that convention, which the arch (and so every record) states.
+    path = save_checkpoint(tmp_path / "old.pt", small_model, {})
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["arch"]["lrn"]
+    torch.save(ckpt, path)
+    encoder, info = load_encoder(path)
+    assert encoder.lrn == "unscaled" and info["arch"]["lrn"] == "unscaled"
+    lrn = next(m for m in encoder.modules() if isinstance(m, torch.nn.LocalResponseNorm))
+    assert lrn.alpha == 1e-4
+    model, info = load_context_encoder(path)
+    assert info["arch"]["lrn"] == "unscaled" and small_model.encoder.lrn == "caffe-range"

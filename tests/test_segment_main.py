@@ -51,7 +51,9 @@ def test_two_step_run_writes_a_record_predictions_and_examples(tiny_run):
     assert record["dataset"] == "VOC2007" and record["split"] == "val" and record["n_images"] == 4
     assert record["steps_done"] == 2 and list(record["per_class"]) == list(SEG_CLASSES)
     assert 0 <= record["ci95"][0] <= record["value"] <= record["ci95"][1] <= 100
-    assert record["protocol"]["model"]["variant"] == "FCN-32s"
+    assert record["protocol"]["model"]["variant"] == "FCN-32s" and record["protocol"]["interval"].startswith("BCa")
+    assert sorted(record["feature_health"]["dead_units"]) == [f"conv{k}" for k in range(1, 6)]
+    assert record["feature_health"]["weights"] == "after Krähenbühl rescaling"
     assert abs(metrics["miou"] * 100 - record["value"]) < 1e-3 and metrics["out"] == str(out)
     assert Path(record["examples"]).is_file() and (Path(record["run_dir"]) / "checkpoint.pt").is_file()
     for image_id in info.splits["val"]:  # predictions have the size of the ground truth, labels 0..20 only

@@ -43,6 +43,14 @@ def check_record(path, init, probe=False):
     assert record["protocol"]["ap"].startswith("non-interpolated")
     assert record["protocol"]["mode"] == ("linear probe" if probe else "fine-tune")
     assert record["n_images"] == 6 and record["n_skipped"] == 0
+    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 1000 resamples over test images")
+    # feature health of the init, on every one of the 12 training images at the input size
+    health = record["feature_health"]
+    assert sorted(health["dead_units"]) == [f"conv{k}" for k in range(1, 6)]
+    assert health["n_images"] == 12 and health["image_size"] == 64 and "VOC2007 train" in health["images"]
+    rescaled = record["protocol"]["rescaling"]["applied"]
+    assert health["weights"] == ("after Krähenbühl rescaling" if rescaled else "as loaded (no rescaling)")
+    assert "feature_health" not in record["protocol"]["rescaling"]  # one place in the record
     saved = np.load(record["scores_file"])
     assert saved["scores"].shape == (6, 20) and len(saved["ids"]) == 6 and np.isfinite(saved["scores"]).all()
     return record
@@ -72,7 +80,7 @@ def test_ce_checkpoint_two_steps(voc, tmp_path):
     record = check_record(tmp_path / "ce.json", "ce")
     assert record["protocol"]["architecture"]["arch"] == "caffenet"  # the checkpoint's, not the flag's
     assert record["arch_requested"]["arch"] == "torchvision" and record["weights_meta"] == {"steps": 7}
-    assert record["protocol"]["rescaling"]["normalised_layers"] == 2  # fc6 and fc7 only
+    assert record["protocol"]["rescaling"]["normalised_layers"] == 3  # fc6, fc7 and fc8 (voc-classification)
 
 
 def test_torchvision_state_dict_two_steps(voc, tmp_path):

@@ -99,3 +99,29 @@ def test_torchvision_state_dict_brings_fc_layers_when_they_fit(tmp_path):
     assert torch.equal(backbone.encoder.features[0].weight, state["features.0.weight"])
     small, small_info = build_backbone(str(path), input_size=128, fc_dim=64)  # pool5 3x3: fc6 cannot be reused
     assert small_info["fc_init"] == "gaussian" and len(fresh_layers(small, small_info)) == 2
+
+
+def test_fc8_is_initialised_from_data_and_rescaled_for_every_init(tmp_path):
+    # voc-classification's magic_init covers the whole classifier: fc8 is fresh for every init, even when the
+    # weights bring fc6/fc7, and it is the top layer whose gradient ratio the others are equalised to.
+    from transfer.backbone import rescale_layers
+    from transfer.classification import Classifier
+
+    path = tmp_path / "alexnet.pth"
+    torch.save(alexnet_state_dict(), path)
+    supervised, info = build_backbone(str(path), input_size=224, fc_dim=64)
+    fc8 = Classifier(supervised).fc8
+    layers, fresh = rescale_layers(supervised, info, top=fc8)
+    assert layers[-1] is fc8 and fresh == [fc8]  # fc6/fc7 came with the weights; fc8 never does
+
+    backbone, info = build_backbone("random", arch={"arch": "caffenet", "width": 0.25}, input_size=67, fc_dim=32)
+    model = Classifier(backbone, generator=torch.Generator().manual_seed(2))
+    before, x = model.fc8.weight.detach().clone(), torch.randn(16, 3, 67, 67)
+    summary = rescale_backbone_(backbone, info, x, model=model, top=model.fc8, iterations=10)
+    assert summary["normalised_layers"] == 8 and summary["classifier_layer_rescaled"]
+    assert not torch.allclose(model.fc8.weight, before)
+    assert summary["ratio_spread_after"] < 1.5
+    # fc8's output ends at unit std per class, the target of the equalisation (within its tolerance)
+    top_std = _unit_stats(pre_activations(model.eval(), model.fc8, x))[1].mean()  # eval: no dropout
+    assert top_std == pytest.approx(summary["output_std_after"], rel=1e-4)
+    assert top_std == pytest.approx(1.0, rel=0.1)

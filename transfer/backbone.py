@@ -8,7 +8,8 @@
 The paper transfers conv1–pool5 and re-initialises the fully-connected layers (PAPER.md): fc6/fc7 start from
 N(0, 0.01) with bias 0.1 (the rule of Krähenbühl's voc-classification for re-initialised layers) unless the
 weights carry fitting ones (a torchvision AlexNet state_dict at a 6×6 pool5). With rescaling, layers without
-pretrained weights (fc6/fc7, and for `random` every layer) are normalised on data, then all are rescaled.
+pretrained weights (fc6/fc7, the task's classifier layer fc8, and for `random` every layer) are normalised on
+data, then all are rescaled.
 """
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.errors import CebenchError
+from pretrain.health import health_record
 from pretrain.weights import load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
@@ -93,10 +95,39 @@ def fresh_layers(backbone, info):
     return [] if info["fc_init"] == "pretrained" else [backbone.fc6, backbone.fc7]
 
 
-def rescale_backbone_(backbone, info, images, *, iterations=10, seed=0):
-    """Krähenbühl's data-dependent init + between-layer rescaling on a batch of normalised training images."""
-    layers = backbone.parameter_layers()
-    summary = krahenbuhl_rescale_(backbone, backbone, layers, fresh_layers(backbone, info), images,
-                                  iterations=iterations, seed=seed)
-    summary["normalised_layers"] = len(fresh_layers(backbone, info))
+def rescale_layers(backbone, info, top=None):
+    """(layers, fresh) of Krähenbühl's rescaling: the backbone's, plus the task's classifier layer `top` (fc8).
+
+    voc-classification runs magic_init on the whole classifier, so fc8 is initialised from data and rescaled with
+    the rest for every init (its Gaussian fill is only a starting point); without `top`, fc7 is the top layer.
+    """
+    top = [] if top is None else [top]
+    return [*backbone.parameter_layers(), *top], [*fresh_layers(backbone, info), *top]
+
+
+def rescale_backbone_(backbone, info, images, *, model=None, top=None, iterations=10, seed=0):
+    """Krähenbühl's data-dependent init + between-layer rescaling on a batch of normalised training images.
+
+    `model` (default: the backbone) is what the images go through; `top` is its classifier layer (fc8).
+    """
+    model = backbone if model is None else model
+    layers, fresh = rescale_layers(backbone, info, top)
+    summary = krahenbuhl_rescale_(model, model, layers, fresh, images, iterations=iterations, seed=seed)
+    summary["normalised_layers"] = len(fresh)
+    summary["classifier_layer_rescaled"] = top is not None
     return summary
+
+
+def measure_health(backbone, image_paths, size, cfg, device, *, source, rescaled):
+    """The record's feature_health of the init: --health-images fixed views of the task's training images."""
+    weights = "after Krähenbühl rescaling" if rescaled else "as loaded (no rescaling)"
+    return health_record(backbone.encoder, image_paths, cfg["health_images"], size, seed=cfg["seed"], device=device,
+                         source=source, weights=weights)
+
+
+def health_of_init(rescaling, measure):
+    """feature_health of the init as the task fine-tunes it: the one measured right after rescaling (kept in the
+    rescaling summary, so a resumed run still has it), else `measure(rescaled=False)` on the loaded weights."""
+    if rescaling.get("applied"):
+        return rescaling.pop("feature_health", None)
+    return measure(rescaled=False)

@@ -16,6 +16,7 @@ from cebench.records import write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import classify_run as run
+from transfer.backbone import health_of_init
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
@@ -97,20 +98,22 @@ def _run(cfg, rt, log, started):
         if rt.is_main:
             make_dirs(paths["run_dir"])
         barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
-        # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
-        rescaling = run.rescale(backbone, info, train, cfg, rt, paths, log)
+        # fc8 on top; rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
+        model = run.classifier(backbone, cfg)
+        rescaling = run.rescale(model, info, train, cfg, rt, paths, log)
+        health = health_of_init(rescaling, lambda rescaled: run.health(model, train, cfg, rt, rescaled))
         # fine-tune via the one engine (or the frozen-feature probe), then score the test split
         if cfg["probe"]:
             scores, fit = run.probe(backbone, train, test, cfg, rt), None
             if rt.is_main:
                 atomic_write_json(paths["run_dir"] / "config.json", cfg)
         else:
-            scores, fit = run.finetune(backbone, train, test, cfg, rt, paths, log)
+            scores, fit = run.finetune(model, train, test, cfg, rt, paths, log)
         if not rt.is_main:
             return {}
         # result record
         record = run.make_classification_record(cfg, info, rescaling, train, test, scores, fit,
-                                                time.time() - started)
+                                                time.time() - started, feature_health=health)
         record["scores_file"] = str(run.save_scores(paths, test, scores))
         write_record(paths["out"], record)
     log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],
@@ -118,6 +121,7 @@ def _run(cfg, rt, log, started):
     return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
             "map_voc07": record["map_voc07"], "n_skipped": record["n_skipped"],
             "wall_time_s": record["wall_time_s"], "steps": fit.step if fit else 0}
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -11,15 +11,16 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_json
 from cebench.records import make_record, percent
 from cebench.runtime import default_num_workers
-from evaluation.metrics import classification_map, classification_map_ci
+from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
-from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.backbone import build_backbone, measure_health, rescale_backbone_
 from transfer.classification import ClassificationTask, Classifier, ViewSpec, VocImages
 from transfer.probe import linear_probe
 from transfer.voc import VOC_CLASSES, dataset_name, load_split
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
+N_BOOT = 1000
 AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
 
 
@@ -80,21 +81,37 @@ def calibration_images(train, n, seed, device):
     return normalize(torch.stack(views), device)
 
 
-def rescale(backbone, info, train, cfg, rt, paths, log):
-    """Krähenbühl's rescaling, or what a resumed run did before (its weights are in the checkpoint)."""
+def classifier(backbone, cfg):
+    """Backbone + fc8 (seeded Gaussian fill; the rescaling then initialises fc8 from data, as voc-classification)."""
+    return Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+
+
+def rescale(model, info, train, cfg, rt, paths, log):
+    """Krähenbühl's rescaling of conv1..fc8, or what a resumed run did before (its weights are in the checkpoint)."""
     if not cfg["rescale"]:
         return {"applied": False}
     if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
         return json.loads(paths["rescale"].read_text())
-    backbone.to(rt.device)
+    model.to(rt.device)
     images = calibration_images(train, cfg["rescale_images"], cfg["seed"], rt.device)
-    summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    summary = rescale_backbone_(model.backbone, info, images, model=model, top=model.fc8,
+                                iterations=cfg["rescale_iterations"], seed=cfg["seed"])
     summary["applied"] = True
+    # measured now and kept in rescale.json: a resumed run has its trained weights, not these, by the time it ends
+    summary["feature_health"] = health(model, train, cfg, rt, rescaled=True)
     log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
              summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
     if rt.is_main:
         atomic_write_json(paths["rescale"], summary)
     return summary
+
+
+def health(model, train, cfg, rt, rescaled):
+    """The record's feature_health of the init (main rank): fixed views of the training split at the input size."""
+    if not rt.is_main:
+        return None
+    return measure_health(model.backbone, train.split.image_paths, cfg["input_size"], cfg, rt.device,
+                          source=f"VOC{cfg['year']} {cfg['train_split']}", rescaled=rescaled)
 
 
 def probe(backbone, train, test, cfg, rt):
@@ -114,9 +131,8 @@ def train_config(cfg, workers):
         num_workers=workers, seed=cfg["seed"])
 
 
-def finetune(backbone, train, test, cfg, rt, paths, log):
-    """Every layer fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
-    model = Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
+def finetune(model, train, test, cfg, rt, paths, log):
+    """Every layer of the Classifier fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
     workers = num_workers(cfg, train)
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
@@ -138,7 +154,7 @@ def _protocol(cfg, info, rescaling, fit):
               "architecture": info["arch"], "pool5_shape": info["pool5_shape"], "fc_dim": cfg["fc_dim"],
               "fc_init": info["fc_init"], "init": info["init"], "weights": info["source"],
               "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
-              "test_split": f"VOC{cfg['year']} {cfg['test_split']}"}
+              "test_split": f"VOC{cfg['year']} {cfg['test_split']}", "interval": interval_description(N_BOOT)}
     if cfg["probe"]:
         return dict(common, mode="linear probe", layers_trained="none (logistic regression on frozen pool5)",
                     probe_views=cfg["probe_views"], probe_c=cfg["probe_c"])
@@ -150,14 +166,14 @@ def _protocol(cfg, info, rescaling, fit):
                 train_time_s=round(fit.train_time_s, 1))
 
 
-def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s):
+def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s, feature_health=None):
     """The result record (DESIGN.md contract) with the devkit 11-point mAP and skipped images beside it."""
     labels = test.split.labels
     value, per_class = classification_map(scores, labels, mode="sklearn")
     with warnings.catch_warnings():  # the same classes as the line above: warned once
         warnings.simplefilter("ignore", UserWarning)
         voc07, per_class07 = classification_map(scores, labels, mode="voc07")
-    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=1000, seed=cfg["seed"])
+    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=N_BOOT, seed=cfg["seed"])
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
     label = cfg["init_label"] or info["init"]
     return make_record(
@@ -168,4 +184,5 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
         protocol=_protocol(cfg, info, rescaling, fit),
         map_voc07=percent(voc07), per_class_voc07={VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class07)},
         n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
+        feature_health=feature_health,
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

@@ -1,6 +1,8 @@
 """Flags shared by the three transfer commands (classify, detect, segment), so that every initialisation is
 described, rescaled, optimised and run the same way whatever the task."""
 
+from pretrain.health import HEALTH_IMAGES
+
 
 def add_init_args(group, *, rescale_images, rescale_what):
     """--weights and the trunk of 'random', then Krähenbühl et al.'s rescaling (on by default)."""
@@ -19,7 +21,15 @@ def add_init_args(group, *, rescale_images, rescale_what):
     group.add_argument("--rescale-images", type=int, default=rescale_images, help=f"{rescale_what} used for "
                        "rescaling")
     group.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
+    add_health_arg(group)
     group.set_defaults(rescale=True)
+
+
+def add_health_arg(group):
+    """--health-images: the record's feature health (dead units, pool5 effective rank) of the init it used."""
+    group.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
+                       "training images on which the record measures the init's dead units and pool5 effective rank "
+                       "(after rescaling when it rescales); 0 = off")
 
 
 def add_sgd_args(group, *, weight_decay, clip_grad):

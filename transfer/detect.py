@@ -20,6 +20,7 @@ from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
 from transfer import detect_run as run
+from transfer.backbone import health_of_init
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
@@ -131,16 +132,18 @@ def _run(cfg, rt, log, repo, started):
         barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
         # rescaling (skipped when resuming: the checkpoint holds the rescaled, trained weights)
         rescaling = run.rescale(model, info, train, cfg, rt, paths, log)
+        health = health_of_init(rescaling, lambda rescaled: run.health(model, info, train.split, cfg, rt, rescaled))
         # fine-tune via the one engine, which scores the test split at the end
         detections, fit = run.finetune(model, train, test, cfg, rt, paths, log)
         if not rt.is_main:
             return {}
         # result record, devkit results files, drawn examples
         record = run.write_outputs(cfg, info, rescaling, splits, detections, proposal_info, fit, paths,
-                                   time.time() - started)
+                                   time.time() - started, feature_health=health)
     log.info("%s: mAP@0.5 %s %s, COCO AP %s / AP50 %s, wrote %s", record["init"], record["value"],
              record["ci95"], record["coco_ap"], record["coco_ap50"], paths["out"])
     return run.summary(record, fit, proposal_info, paths)
+
 
 if __name__ == "__main__":
     run_cli(main)

@@ -12,10 +12,10 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_json, atomic_write_text
 from cebench.records import make_record, percent, write_record
 from cebench.runtime import barrier
-from evaluation.metrics import detection_map_ci
+from evaluation.metrics import detection_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
-from transfer.backbone import build_backbone, fresh_layers
+from transfer.backbone import build_backbone, measure_health, rescale_layers
 from transfer.coco import coco_ap, load_coco_split
 from transfer.detection_data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
@@ -25,6 +25,7 @@ from transfer.proposals import cached_proposals, load_proposal_file, selective_s
 from transfer.rescale import krahenbuhl_rescale_
 from transfer.voc import dataset_name, load_split
 
+N_BOOT = 1000  # bootstrap resamples of the test images for ci95
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
 
 
@@ -139,16 +140,27 @@ def rescale(model, info, train, cfg, rt, paths, log):
     images, rois, _, _ = collate_rois(items)
     model.to(rt.device)
     rois = rois.to(rt.device)
-    backbone = model.backbone
-    summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), backbone.parameter_layers(),
-                                  fresh_layers(backbone, info), normalize(images, rt.device),
+    # cls_score is Fast R-CNN's fc8: initialised from data and rescaled with the rest, as voc-classification's
+    # fc8 (bbox_pred keeps Fast R-CNN's small Gaussian fill; the rescaling stops at cls_score).
+    layers, fresh = rescale_layers(model.backbone, info, top=model.cls_score)
+    summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), layers, fresh, normalize(images, rt.device),
                                   iterations=cfg["rescale_iterations"], seed=cfg["seed"])
-    summary.update(applied=True, normalised_layers=len(fresh_layers(backbone, info)), n_rois=len(rois))
+    summary.update(applied=True, normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois),
+                   feature_health=health(model, info, train.split, cfg, rt, rescaled=True))
     log.info("rescaled on %d images / %d RoIs (gradient/weight ratio spread %.1f -> %.2f)", len(items), len(rois),
              summary["ratio_spread_before"], summary["ratio_spread_after"])
     if rt.is_main:
         atomic_write_json(paths["rescale"], summary)
     return summary
+
+
+def health(model, info, split, cfg, rt, rescaled):
+    """The record's feature_health of the init (main rank): fixed square views of the training images at the
+    backbone's input size (227: the size whose pool5 fc6 is built for)."""
+    if not rt.is_main:
+        return None
+    return measure_health(model.backbone, split.image_paths, info["input_size"], cfg, rt.device,
+                          source=f"{split.name} (detection training images)", rescaled=rescaled)
 
 
 def finetune(model, train, test, cfg, rt, paths, log):
@@ -213,14 +225,15 @@ def _protocol(cfg, info, rescaling, proposals, fit):
         "schedule_steps": cfg["steps"], "optimizer": "SGD", "lr": cfg["lr"], "lr_step": cfg["lr_step"],
         "lr_gamma": cfg["lr_gamma"], "bias_lr_mult": 2.0, "momentum": cfg["momentum"],
         "weight_decay": cfg["weight_decay"], "loss": "softmax cross-entropy + smooth L1 (beta 1)",
-        "images_per_s": round(fit.images_per_s, 2)}
+        "images_per_s": round(fit.images_per_s, 2), "interval": interval_description(N_BOOT)}
 
 
-def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s):
+def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
+                          feature_health=None):
     """The result record: VOC07 mAP@0.5 with a bootstrap interval over test images, per-class AP, COCO AP."""
     train, test = splits
     value, per_class = detection_scores(detections, test)
-    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=1000,
+    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=N_BOOT,
                           seed=cfg["seed"])
     coco = coco_ap(test, detections)
     label = cfg["init_label"] or info["init"]
@@ -240,13 +253,16 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
         boxes_clipped={"train": train.boxes_clipped, "test": test.boxes_clipped},
-        weights_meta=info["meta"], **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+        weights_meta=info["meta"], feature_health=feature_health,
+        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
 
 
-def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s):
+def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s,
+                  feature_health=None):
     """The record, the devkit results files, and drawn examples when asked for; returns the record."""
     test = splits[1]
-    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s)
+    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
+                                   feature_health)
     record["devkit_dir"] = str(write_devkit(paths["devkit"], cfg["test_split"], test.classes, detections))
     if cfg["draw"]:
         record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))

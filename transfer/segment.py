@@ -19,7 +19,7 @@ from cebench.logs import get_logger
 from cebench.records import write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
-from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.backbone import build_backbone, measure_health, rescale_backbone_
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
 from transfer.engine import TrainConfig, checkpoint_path, fit
 from transfer.fcn import VARIANTS, fcn_from_backbone
@@ -89,6 +89,10 @@ def build_model(args, backbone, info, train_ds):
         images = sample_batch(train_ds, crops, args.rescale_images, seed=args.seed)
         info["rescale"] = rescale_backbone_(backbone, info, images, iterations=args.rescale_iterations,
                                             seed=args.seed)
+    # the init's feature health as fine-tuning starts (a resumed run rescales again, so this holds on resume too)
+    info["feature_health"] = measure_health(backbone, train_ds.image_paths, args.backbone_size, vars(args),
+                                            next(backbone.parameters()).device, rescaled=args.rescale,
+                                            source=f"VOC{train_ds.year} {train_ds.split} (segmentation)")
     return fcn_from_backbone(backbone, variant=args.variant, pad=args.pad, dropout=args.dropout,
                              learn_upsampling=args.upsampling == "learned")
 
@@ -156,7 +160,8 @@ def _run(args, config, runtime, logger, started):
             task.last, n_boot=args.n_boot, seed=args.seed, init=label,
             dataset=dataset_name(args.voc_root, test_ds.year), split=args.test_split,
             wall_time_s=time.time() - started, config=config, protocol=protocol,
-            steps_done=result.step, predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
+            feature_health=info["feature_health"], steps_done=result.step,
+            predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
             skipped=train_ds.skipped + test_ds.skipped)
         write_record(out, record)
     logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],

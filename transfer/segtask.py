@@ -15,7 +15,7 @@ from PIL import Image
 from cebench.files import atomic_write, refuse_overwrite
 from cebench.logs import progress
 from cebench.records import make_record
-from evaluation.metrics import ConfusionMatrix, segmentation_miou_ci
+from evaluation.metrics import ConfusionMatrix, interval_description, segmentation_miou_ci
 from transfer.engine import checkpoint_path
 from transfer.segdata import IGNORE_INDEX, NUM_CLASSES, pad_collate, save_mask, voc_palette
 from transfer.voc import VOC_CLASSES
@@ -86,6 +86,7 @@ def segmentation_record(last, *, n_boot=1000, seed=0, **fields):
     """A result record (DESIGN.md) of SegmentationTask.last: mIoU, bootstrap ci95 over images, per-class IU."""
     scores = last["scores"]
     ci95 = segmentation_miou_ci(last["per_image"], n_boot=n_boot, seed=seed)
+    fields["protocol"] = dict(fields.get("protocol") or {}, interval=interval_description(n_boot))
     return make_record(task="segmentation", metric="mIoU", value=scores["miou"], ci95=ci95,
                        per_class=dict(zip(SEG_CLASSES, scores["iou"], strict=True)),
                        n_images=len(last["per_image"]), seed=seed, pixel_acc=round(100 * scores["pixel_acc"], 4),
