@@ -13,6 +13,7 @@ against ~60 at random init) show up here before any transfer runs.
 import numpy as np
 import torch
 
+from cebench.errors import CebenchError
 from pretrain.data import normalize, read_image
 
 HEALTH_IMAGES = 400  # views of the fixed set (issue 15); tests and the smoke profile use fewer
@@ -49,10 +50,13 @@ def health_views(image_paths, n, size, seed=0):
     chosen = np.sort(np.random.default_rng([seed, 15]).choice(len(paths), min(n, len(paths)), replace=False))
     crops = []
     for i in chosen:
-        image = read_image(paths[i], size)  # (H, W, 3), shorter side = size
+        try:
+            image = read_image(paths[i], size)  # (H, W, 3), shorter side = size
+        except CebenchError:
+            continue  # a diagnostic never stops a run: the data path reports (or skips) unreadable files itself
         top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
         crops.append(torch.from_numpy(np.ascontiguousarray(image[top:top + size, left:left + size].transpose(2, 0, 1))))
-    return torch.stack(crops)
+    return torch.stack(crops) if crops else None  # None: nothing readable to measure on
 
 
 @torch.no_grad()
@@ -85,7 +89,8 @@ def feature_health(encoder, views, device, batch_size=50):
 def health_record(encoder, image_paths, n, size, *, seed, device, source, weights):
     """The `feature_health` field of a transfer record: feature_health on `n` fixed views of the task's training
     images (`source` names them), with which weights it measured (e.g. "after Krähenbühl rescaling"); None if n=0."""
-    if n <= 0:
+    views = health_views(image_paths, n, size, seed) if n > 0 else None
+    if views is None:
         return None
-    health = feature_health(encoder, health_views(image_paths, n, size, seed), device)
+    health = feature_health(encoder, views, device)
     return dict(health, images=f"{health['n_images']} seeded centre crops at {size} px of {source}", weights=weights)

@@ -67,8 +67,10 @@ def test_truncated_jpeg_is_skipped_named_counted_and_identical_after_resume(trun
     assert _meta(killed)["skipped_image_files"] == ["sub/cut.jpg"]
     assert_same_weights(killed, tmp_path / "full" / "ce.pt")
     # metrics.jsonl: each step once, as in the uninterrupted run (step 5 was logged before the kill, then replayed)
-    steps = [json.loads(line)["step"] for line in killed.with_name("ce.metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(line) for line in killed.with_name("ce.metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]
+    # feature-health rows: one per checkpoint (steps 4 and 6), none repeated by the resume
+    assert [row["step"] for row in rows if "loss" not in row] == [4, 6]
 
 
 def test_without_the_flag_a_decode_failure_is_one_line_and_the_checkpoint_stays(truncated, tmp_path):
