@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.logs import get_logger
-from cebench.records import make_record, write_record
+from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import init_distributed, seed_everything
 from evaluation.features import add_feature_args, build_extractor, center_on_gallery, extract_features, hole_mask
 from evaluation.figures import inpainting_grid
@@ -70,7 +70,7 @@ def load_decoder(cfg, info):
     return model
 
 
-def method_record(cfg, info, method, errors, queries, started, extra):
+def method_record(cfg, info, method, errors, queries, started, extra, schedule):
     """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
     stats = summarize(errors, seed=cfg["seed"])
     scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
@@ -86,7 +86,7 @@ def method_record(cfg, info, method, errors, queries, started, extra):
         value=stats["l2"][0], ci95=stats["l2"][1:], per_class=per_class, n_images=len(errors["l2"]),
         seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=extra, method=method,
         features=cfg["features"] if method == "nn-inpainting" else "decoder", scores=scores,
-        weights_meta=info["meta"])
+        weights_meta=info["meta"], **schedule)
 
 
 def main(argv=None):
@@ -102,8 +102,8 @@ def main(argv=None):
     # model: the feature extractor, and the decoder when there is one
     extractor, info = build_extractor(cfg, rt.device)
     decoder = load_decoder(cfg, info)
-    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"inpainting_{info['init']}.json")
-    out_decoder = out.with_name(f"{out.stem}_decoder.json")
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
+    out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")
     for path in (out, out_decoder) if decoder is not None else (out,):
         refuse_overwrite(path, cfg["overwrite"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,11 +131,14 @@ def main(argv=None):
                            "10 log10(1/L2) per image; means over images; bootstrap 95% intervals over images",
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
                 "examples_png": str(examples_png)}
-    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol)}
+    # --max-steps caps the batches of each image set: fewer images than the sets hold make a partial run
+    schedule = schedule_fields(len(gallery_feats) + len(query_feats), len(gallery) + len(queries), "images",
+                               info["meta"])
+    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol, schedule)}
     if decoder is not None:
         records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
                                              dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
-                                                  trained_mask=info["meta"].get("mask")))
+                                                  trained_mask=info["meta"].get("mask")), schedule)
     for path, record in records.items():
         write_record(path, record)
         s = record["scores"]

@@ -11,7 +11,7 @@ import torch
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json
-from cebench.records import make_record
+from cebench.records import make_record, record_name, schedule_fields
 from cebench.runtime import default_num_workers
 from evaluation.metrics import classification_map, classification_map_ci
 from pretrain.data import normalize
@@ -65,10 +65,11 @@ def build(cfg):
 
 
 def output_paths(cfg, info, repo_root):
-    """Record path (--out or results/<profile>/classification[-probe]_<init>.json) and its run folder."""
+    """Record path (--out or results/<profile>/classify_<init>[_probe].json, as run_all.sh names it) and its run
+    folder."""
     label = cfg["init_label"] or info["init"]
-    kind = "classification-probe" if cfg["probe"] else "classification"
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"{kind}_{label}.json"
+    name = record_name("classify", label, "probe" if cfg["probe"] else "")
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
     run_dir = out.parent / f"{out.stem}.run"
     return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
             "rescale": run_dir / "rescale.json"}
@@ -178,6 +179,9 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
     ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=1000, seed=cfg["seed"])
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
     label = cfg["init_label"] or info["init"]
+    # the probe has no schedule to cut short: it always fits on every training image
+    schedule = (schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]) if fit is not None else
+                schedule_fields(len(train), len(train), unit="training images (probe)", weights_meta=info["meta"]))
     return make_record(
         task="classification", init=label, dataset=dataset_name(cfg["voc_root"], cfg["year"]),
         split=cfg["test_split"], metric="mAP",
@@ -185,5 +189,5 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
         n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
         protocol=_protocol(cfg, info, rescaling, fit),
         map_voc07=_pct(voc07), per_class_voc07={VOC_CLASSES[i]: _pct(v) for i, v in enumerate(per_class07)},
-        n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
+        n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"], **schedule,
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

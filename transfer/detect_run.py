@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, atomic_write_text
-from cebench.records import make_record, write_record
+from cebench.records import make_record, record_name, schedule_fields, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
 from pretrain.data import normalize
@@ -109,7 +109,8 @@ def build(cfg, num_classes):
 def output_paths(cfg, info, repo_root):
     """Record path (--out or results/<profile>/detect_<init>.json) and its run folder."""
     label = cfg["init_label"] or info["init"]
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"detect_{label}.json"
+    name = record_name("detect", label)
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
     run_dir = out.parent / f"{out.stem}.run"
     # The devkit results files are always kept (in the run folder unless --write-devkit names another), so any
     # devkit-compatible evaluator can re-score the run, as the saved outputs of classify and segment allow.
@@ -252,7 +253,8 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
-        weights_meta=info["meta"], **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+        weights_meta=info["meta"], **schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]),
+        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
 
 
 def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s):

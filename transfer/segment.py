@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 
-from cebench.config import benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json
 from cebench.logs import get_logger
-from cebench.records import write_record
+from cebench.records import default_record_path, schedule_fields, write_record
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
@@ -117,7 +117,7 @@ def main(argv=None):
         backbone, info = build_backbone(args.weights, arch=arch, input_size=args.backbone_size, fc_dim=args.fc_dim,
                                         dropout=args.dropout, seed=args.seed)
         label = args.init_label or info["init"]
-        out = Path(args.out or benchmarks_path().parent / "results" / args.profile / f"segment_{label}.json")
+        out = Path(args.out or default_record_path(args.profile, "segment", label))
         run_dir, pred_dir, examples_png = run_paths(out, args.save_predictions)
         if runtime.is_main:
             prepare_outputs(out, run_dir, pred_dir, resume=args.resume, overwrite=args.overwrite)
@@ -149,7 +149,8 @@ def main(argv=None):
             dataset=dataset_name(args.voc_root, test_ds.year), split=args.test_split,
             wall_time_s=time.time() - started, config=config, protocol=protocol,
             steps_done=result.step, predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
-            skipped=train_ds.skipped + test_ds.skipped)
+            skipped=train_ds.skipped + test_ds.skipped,
+            **schedule_fields(result.step, args.steps, weights_meta=info["meta"]))
         write_record(out, record)
         logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],
                     *record["ci95"], record["pixel_acc"], out)
