@@ -56,6 +56,7 @@ def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     assert 0 <= record["value"] <= 100 and record["ci95"][0] <= record["value"] <= record["ci95"][1]
     assert record["coco_ap"] is not None and record["n_proposals_mean"] > 0
     assert record["protocol"]["test"]["nms"] == 0.3 and record["protocol"]["rois_per_image"] == 64
+    assert record["complete"] and record["schedule"] == {"unit": "iterations", "steps_run": 2, "steps": 2}
     # The devkit files, read back independently of our writer, give the record's mAP, scored by our metric and
     # by the plain-loop port of the devkit's VOCevaldet in test_metrics (independent of evaluation.metrics).
     devkit, gt = read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val")
