@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cebench.errors import CebenchError
-from cebench.records import REQUIRED, TASKS, read_record
+from cebench.records import TASKS, read_record
 from evaluation.cells import is_complete, progress_note, select
 
 PUBLISHED = Path(__file__).with_name("published.csv")
@@ -31,18 +31,14 @@ TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
 TABLE1_SCORES = {"l1": "Mean L1", "l2": "Mean L2", "psnr": "PSNR"}
 
 
-def _unreadable_reason(path):
-    """Why a JSON file that is no record is worth naming (damaged JSON, a record missing fields), or None when it
-    is simply other JSON (a run's config.json, a stamp)."""
+def _other_json(path):
+    """Valid JSON that does not claim to be a record (a run's config.json, a rescaling summary): not worth naming.
+    A damaged file, or one with a record's `task` that read_record refuses, is named in the footers instead."""
     try:
         data = json.loads(Path(path).read_text())
-    except OSError as err:
-        return f"cannot be read: {err.strerror}"
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        return f"not valid JSON: {err}"
-    if isinstance(data, dict) and data.get("task") in TASKS:
-        return f"a record missing {[k for k in REQUIRED if k not in data]}"
-    return None
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return not (isinstance(data, dict) and data.get("task") in TASKS)
 
 
 def load_records(results_dir):
@@ -54,12 +50,11 @@ def load_records(results_dir):
     for path in sorted(root.rglob("*.json")):
         try:
             record = read_record(path)
-        except CebenchError:
-            reason = _unreadable_reason(path)
-            if reason:
-                unreadable.append((path, reason))
-            else:
+        except CebenchError as err:
+            if _other_json(path):
                 other.append(path)
+            else:
+                unreadable.append((path, str(err).removeprefix(f"{path}: ")))
             continue
         record["_path"] = str(path)
         records.append(record)

@@ -156,7 +156,7 @@ def test_a_cell_combines_one_configuration_and_the_footer_names_the_rest(mixed):
     assert "classify_random_lr.json: another configuration: lr 0.01 (shown: 0.001)" in footer
     assert "Partial runs shown (no complete run of the cell): Random Gaussian, detection (20 of 2500 iterations)" \
         in footer
-    assert "Unreadable files (left out): segment_ce.json: not valid JSON" in footer
+    assert "Unreadable files (left out): segment_ce.json: not a readable result record" in footer
     assert "Unreadable files (left out): segment_ce.json" in (mixed / "table1.md").read_text()
 
 
