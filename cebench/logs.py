@@ -30,8 +30,20 @@ def get_logger(name="cebench", is_main=True):
 
 
 def progress(iterable=None, *, enabled=True, **kwargs):
-    """tqdm bar, disabled on non-main ranks."""
+    """tqdm bar, disabled on non-main ranks. An error that leaves it open is printed after
+    close_progress_bars() (cebench.errors.run_cli does that), never glued to it."""
     return tqdm(iterable, disable=not enabled, dynamic_ncols=True, **kwargs)
+
+
+def close_progress_bars():
+    """Close every open tqdm bar, each leaving its last state on its own line (or clearing it, for leave=False),
+    so that what is printed next is not glued to a bar and no bar is redrawn after it when the process exits."""
+    sys.stdout.flush()
+    with tqdm.get_lock():
+        bars = list(getattr(tqdm, "_instances", ()))  # open bars (a class attribute shared by subclasses)
+    for bar in sorted(bars, key=lambda b: abs(getattr(b, "pos", 0)), reverse=True):  # nested bars: inner first
+        bar.close()
+    sys.stderr.flush()
 
 
 def append_jsonl(path, row):

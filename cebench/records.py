@@ -9,9 +9,11 @@ import json
 import math
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
+from cebench.config import benchmarks_path
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, refuse_non_finite
 
@@ -20,6 +22,35 @@ REQUIRED = ("task", "init", "dataset", "split", "metric", "value", "ci95", "per_
             "seed", "wall_time_s", "config", "protocol", "versions")
 _PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "faiss-cpu", "opencv-contrib-python-headless",
              "scikit-image", "pandas", "pycocotools", "timm")
+
+
+def record_name(stage, init, variant=""):
+    """The one naming scheme of records, `<stage>_<init>[_<variant>].json`, whoever runs the stage (the suite or
+    a user): `stage` is the entry point's section of benchmarks.yaml (classify, detect, segment, retrieval,
+    inpainting), `init` the initialisation's label, `variant` a second record of one run (e.g. decoder)."""
+    return f"{stage}_{init}" + (f"_{variant}" if variant else "") + ".json"
+
+
+def results_dir(profile):
+    """results/<profile>/ beside benchmarks.yaml: where records go when no --out or --results-dir says otherwise."""
+    return benchmarks_path().parent / "results" / profile
+
+
+def default_record_path(profile, stage, init, variant=""):
+    """An entry point's default --out: results/<profile>/<stage>_<init>.json, as run_all.sh names it too."""
+    return results_dir(profile) / record_name(stage, init, variant)
+
+
+def schedule_fields(steps_run, steps, unit="iterations", weights_meta=None):
+    """`complete` and `schedule` of a record: a run stopped before its schedule's end (--max-steps), or built
+    on pretraining that stopped before its own, says so, and the tables keep it apart from complete runs."""
+    schedule = {"unit": unit, "steps_run": int(steps_run), "steps": int(steps)}
+    complete = steps_run >= steps
+    meta = weights_meta or {}
+    if meta.get("total_steps") is not None and meta.get("steps") is not None:  # a ce.pt's own schedule
+        schedule["pretraining"] = {"steps_run": int(meta["steps"]), "steps": int(meta["total_steps"])}
+        complete = complete and meta["steps"] >= meta["total_steps"]
+    return {"complete": bool(complete), "schedule": schedule}
 
 
 def versions():
@@ -87,6 +118,7 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         "per_class": {k: percent(v) for k, v in per_class.items()},
         "n_images": int(n_images), "seed": seed, "wall_time_s": round(float(wall_time_s), 2),
         "config": config, "protocol": protocol, "versions": versions(),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the newest run wins ties in tables
     }
     reasons = {}
     if any(_is_nan(v) for v in per_class.values()):

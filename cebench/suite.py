@@ -26,7 +26,7 @@ from cebench.config import STAGES, get_profile, load_benchmarks
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.processes import Tee, child_env, run_process
-from cebench.records import git_info, read_record
+from cebench.records import git_info, read_record, record_name, results_dir
 
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
@@ -112,7 +112,7 @@ def _pass_through(stage, opts):
 def plan(profile, opts):
     """The jobs of a run in order: synthetic data (smoke), pretraining, transfers, evaluations, tables."""
     run, name = run_section(profile), profile["_name"]
-    results = Path(opts.results_dir or REPO / "results" / name).resolve()
+    results = Path(opts.results_dir or results_dir(name)).resolve()
     stages = run["stages"]
     supervised = opts.supervised or (run.get("supervised") and str(_profile_path(profile, run["supervised"])))
     ce = Path(opts.ce).resolve() if opts.ce else results / "ce.pt"
@@ -143,7 +143,7 @@ def plan(profile, opts):
             weights = {"ce": ce, "random": "random", "supervised": supervised}.get(init)
             source = ["--features", "hog"] if init == "hog" else ["--weights", _shown(weights)
                                                                    if weights != "random" else "random"]
-            out = results / f"{stage}_{init}.json"
+            out = results / record_name(stage, init)  # the name the stage gives its record by default
             argv = ["-m", module, *common, *source, "--out", _shown(out), *_pass_through(stage, opts)]
             inputs = [Path(weights).resolve()] if init in ("ce", "supervised") else []
             jobs.append(Job(stage, init, argv, out, inputs))

@@ -1,4 +1,8 @@
-"""Gallery and query (held-out) images for retrieval and inpainting: VOC splits with labels, or any folder."""
+"""Gallery and query (held-out) images for retrieval and inpainting: VOC splits with labels, or any folder.
+
+Every image a run will read is decoded once up front, as the transfers check their splits (transfer.voc), so a
+damaged file stops the run at once with one line naming it, not inside a DataLoader worker halfway through.
+"""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -6,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from cebench.errors import CebenchError
+from cebench.logs import progress
 from pretrain.data import list_images
-from transfer.voc import VOC_CLASSES, load_split
+from transfer.voc import VOC_CLASSES, load_image, load_split
 from transfer.voc import dataset_name as voc_dataset_name
 
 
@@ -34,7 +39,7 @@ class ImageSet:
 
 
 def voc_images(voc_root, year, split):
-    """A VOC split (ImageSets/Main/<split>.txt) with its image labels."""
+    """A VOC split (ImageSets/Main/<split>.txt) with its image labels (images checked later: see check_images)."""
     s = load_split(voc_root, year, split, check_images=False)
     return ImageSet(list(s.ids), list(s.image_paths), s.labels, f"VOC{year} {split}")
 
@@ -75,7 +80,17 @@ def gallery_and_queries(cfg):
                                "queries must be held out from the gallery")
     if len(gallery) == 0 or len(queries) == 0:
         raise CebenchError(f"empty gallery ({len(gallery)}) or query set ({len(queries)})")
-    return gallery.subset(cfg["max_gallery"], seed), queries.subset(max_queries, seed + 1)
+    gallery, queries = gallery.subset(cfg["max_gallery"], seed), queries.subset(max_queries, seed + 1)
+    for images, name in ((gallery, "gallery"), (queries, "query")):
+        check_images(images, name)
+    return gallery, queries
+
+
+def check_images(images, name="image"):
+    """Decode every image of a set as the transfers' up-front check does (transfer.voc.load_image with draft: a
+    JPEG at 1/8 scale, every byte still read): an unreadable file is a CebenchError naming it, before any work."""
+    for path in progress(images.paths, desc=f"checking {name} images", unit="img", leave=False):
+        load_image(path, draft=True)
 
 
 def present(labels):

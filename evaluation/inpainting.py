@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
-from cebench.records import make_record, write_record
+from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import init_distributed, seed_everything
 from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
                                  extract_features, hole_mask)
@@ -74,7 +74,7 @@ def load_decoder(cfg, info):
     return model
 
 
-def method_record(cfg, info, method, errors, queries, started, extra, feature_health=None):
+def method_record(cfg, info, method, errors, queries, started, extra, schedule, feature_health=None):
     """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
     stats = summarize(errors, n_boot=N_BOOT, seed=cfg["seed"])
     scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
@@ -90,7 +90,7 @@ def method_record(cfg, info, method, errors, queries, started, extra, feature_he
         value=stats["l2"][0], ci95=stats["l2"][1:], per_class=per_class, n_images=len(errors["l2"]),
         seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=extra, method=method,
         features=cfg["features"] if method == "nn-inpainting" else "decoder", scores=scores,
-        weights_meta=info["meta"], feature_health=feature_health)
+        weights_meta=info["meta"], feature_health=feature_health, **schedule)
 
 
 def main(argv=None):
@@ -106,8 +106,8 @@ def main(argv=None):
     # model: the feature extractor, and the decoder when there is one
     extractor, info = build_extractor(cfg, rt.device)
     decoder = load_decoder(cfg, info)
-    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"inpainting_{info['init']}.json")
-    out_decoder = out.with_name(f"{out.stem}_decoder.json")
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
+    out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")
     for path in (out, out_decoder) if decoder is not None else (out,):
         refuse_overwrite(path, cfg["overwrite"])
     check_writable(out.parent)  # created when the outputs are written, at the end
@@ -136,12 +136,15 @@ def main(argv=None):
                 "interval": interval_description(N_BOOT, over="held-out images"),
                 "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
                 "examples_png": str(examples_png)}
-    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol,
+    # --max-steps caps the batches of each image set: fewer images than the sets hold make a partial run
+    schedule = schedule_fields(len(gallery_feats) + len(query_feats), len(gallery) + len(queries), "images",
+                               info["meta"])
+    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol, schedule,
                                   encoder_health(extractor.encoder, gallery, cfg, rt.device))}
     if decoder is not None:
         records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
                                              dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
-                                                  trained_mask=info["meta"].get("mask")),
+                                                  trained_mask=info["meta"].get("mask")), schedule,
                                              encoder_health(decoder.encoder, gallery, cfg, rt.device))
     for path, record in records.items():
         write_record(path, record)

@@ -1,19 +1,22 @@
 """The paper's Table 1 and Table 2 as pandas DataFrames, built only from result records and published.csv.
 
-Cells: our value (mean over runs of one initialisation, e.g. seeds), the 95% interval (mean of the runs'
-bootstrap bounds), the number of runs, and the paper's value beside it. A missing run is NaN: an empty cell in
-the CSV and Markdown, never a zero.
+Cells: our value (mean over the runs of one configuration of an initialisation, i.e. its seeds; see
+evaluation.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
+bootstrap bounds), the number of runs, whether they ran their whole schedule, and the paper's value beside it.
+A missing run is NaN: an empty cell in the CSV and Markdown, never a zero.
 """
 
+import json
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cebench.errors import CebenchError
-from cebench.records import read_record
+from cebench.records import TASKS, read_record
+from evaluation.cells import is_complete, progress_note, select
 
 PUBLISHED = Path(__file__).with_name("published.csv")
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
@@ -28,21 +31,34 @@ TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
 TABLE1_SCORES = {"l1": "Mean L1", "l2": "Mean L2", "psnr": "PSNR"}
 
 
+def _other_json(path):
+    """Valid JSON that does not claim to be a record (a run's config.json, a rescaling summary): not worth naming.
+    A damaged file, or one with a record's `task` that read_record refuses, is named in the footers instead."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return not (isinstance(data, dict) and data.get("task") in TASKS)
+
+
 def load_records(results_dir):
-    """Every result record under results_dir (recursive) -> (records, skipped files); other JSON is skipped."""
+    """Every result record under results_dir (recursive) -> (records, other JSON files, [(unreadable, reason)])."""
     root = Path(results_dir)
     if not root.is_dir():
         raise CebenchError(f"results folder not found: {root}")
-    records, skipped = [], []
+    records, other, unreadable = [], [], []
     for path in sorted(root.rglob("*.json")):
         try:
             record = read_record(path)
-        except CebenchError:
-            skipped.append(path)
+        except CebenchError as err:
+            if _other_json(path):
+                other.append(path)
+            else:
+                unreadable.append((path, str(err).removeprefix(f"{path}: ")))
             continue
         record["_path"] = str(path)
         records.append(record)
-    return records, skipped
+    return records, other, unreadable
 
 
 def read_published(path=PUBLISHED):
@@ -80,15 +96,12 @@ def column_of(record):
 
 
 def aggregate(records, value_of=lambda r: (r["value"], *(r["ci95"] or (None, None)))):
-    """Mean value and interval over runs; runs reporting another metric than the most common are dropped."""
-    metric = Counter(r["metric"] for r in records).most_common(1)[0][0]
-    kept = [r for r in records if r["metric"] == metric]
-    rows = np.array([[np.nan if v is None else float(v) for v in value_of(r)] for r in kept], dtype=float)
+    """Mean value and interval over the runs of one cell (one configuration, so one metric: see select_cell)."""
+    rows = np.array([[np.nan if v is None else float(v) for v in value_of(r)] for r in records], dtype=float)
     finite = np.isfinite(rows)
     mean = np.where(finite.any(axis=0), np.where(finite, rows, 0).sum(axis=0) / np.maximum(finite.sum(axis=0), 1),
                     np.nan)  # per column, over the runs that have it
-    return {"value": mean[0], "low": mean[1], "high": mean[2], "runs": len(kept), "metric": metric,
-            "dropped": [r["_path"] for r in records if r["metric"] != metric]}
+    return {"value": mean[0], "low": mean[1], "high": mean[2], "runs": len(records), "metric": records[0]["metric"]}
 
 
 def pretrain_meta(record):
@@ -128,24 +141,38 @@ def pretraining_columns(key, records):
     return _duration(meta["wall_time_s"]) + device, (f"{seen:,}" if isinstance(seen, int) else "")
 
 
+def select_cell(label, runs, report):
+    """The records a cell shows (one configuration, see evaluation.cells); the rest go to report["left_out"]."""
+    kept, left_out = select(runs)
+    report["shown"] += kept
+    report["left_out"] += [(label, r["_path"], reason) for r, reason in left_out]
+    if kept and not is_complete(kept[0]):
+        report["partial"].append((label, progress_note(kept[0])))
+    return kept
+
+
 def _ordered(keys):
     order = list(INIT_LABELS)
     return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
 
 
 def table2(records, published):
-    """Rows per initialisation; per task our value, interval, runs and the paper's value; pretraining columns."""
+    """Rows per initialisation; per task our value, interval, runs, completeness and the paper's value;
+    pretraining columns. Returns (table, columns, report of the records left out and of partial cells)."""
     pub = published[published["table"] == "table2"]
-    cells, by_init = defaultdict(list), defaultdict(list)
+    found, cells, by_init = defaultdict(list), {}, defaultdict(list)
     for r in records:
         if r["task"] != "inpainting":
-            cells[(r["init"], column_of(r))].append(r)
-            by_init[r["init"]].append(r)
+            found[(r["init"], column_of(r))].append(r)
+    report = {"shown": [], "left_out": [], "partial": []}
+    for (init, col), runs in sorted(found.items()):
+        cells[(init, col)] = select_cell(f"{INIT_LABELS.get(init, init)}, {col}", runs, report)
+        by_init[init] += cells[(init, col)]
     # The paper's three tasks always (its numbers stand beside empty cells), then retrieval and protocol variants.
     present = {c for _, c in cells} | {t for t in TABLE2_TASKS[:3] if (pub["column"] == t).any()}
     base = {t: i for i, t in enumerate(TABLE2_TASKS)}
     columns = sorted(present, key=lambda c: (base.get(c.split(" (")[0], len(base)), c))
-    rows, dropped = [], []
+    rows = []
     for key in _ordered(set(by_init) | set(pub["key"])):
         paper = dict(zip(pub[pub["key"] == key]["column"], pub[pub["key"] == key]["value"], strict=True))
         ours_time, seen = pretraining_columns(key, by_init.get(key, []))
@@ -153,13 +180,14 @@ def table2(records, published):
                "pretraining time (ours)": ours_time, "images seen (ours)": seen,
                "pretraining time (paper)": paper.get("pretraining_time", "")}
         for col in columns:
-            cell = aggregate(cells[(key, col)]) if cells.get((key, col)) else {}
-            dropped += cell.get("dropped", [])
+            runs = cells.get((key, col))
+            cell = aggregate(runs) if runs else {}
             row.update({col: cell.get("value", math.nan), f"{col} low": cell.get("low", math.nan),
                         f"{col} high": cell.get("high", math.nan), f"{col} runs": cell.get("runs", 0),
+                        f"{col} complete": is_complete(runs[0]) if runs else None,
                         f"{col} paper": _number(paper.get(col))})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("key"), columns, dropped
+    return pd.DataFrame(rows).set_index("key"), columns, report
 
 
 def _table1_key(record):
@@ -168,12 +196,14 @@ def _table1_key(record):
 
 
 def table1(records, published):
-    """Rows per inpainting method and features; mean L1, mean L2 (%) and PSNR (dB) with intervals and the paper's."""
+    """Rows per inpainting method and features; mean L1, mean L2 (%) and PSNR (dB) with intervals and the paper's.
+    Returns (table, columns, report of the records left out and of partial rows)."""
     pub = published[published["table"] == "table1"]
-    groups = defaultdict(list)
+    found, report = defaultdict(list), {"shown": [], "left_out": [], "partial": []}
     for r in records:
         if r["task"] == "inpainting" and isinstance(r.get("scores"), dict):
-            groups[_table1_key(r)].append(r)
+            found[_table1_key(r)].append(r)
+    groups = {key: select_cell(key, runs, report) for key, runs in sorted(found.items())}
     order = list(TABLE1_ROWS)
     keys = sorted(set(groups) | set(pub["key"]), key=lambda k: (order.index(k) if k in order else len(order), k))
     rows = []
@@ -183,14 +213,15 @@ def table1(records, published):
         label = TABLE1_ROWS.get(base, base) + (f" ({variant}" if variant else "")
         row = {"key": key, "row": label}
         for score, title in TABLE1_SCORES.items():
-            cell = {}
-            if groups.get(key):
-                cell = aggregate(groups[key], lambda r, s=score: (r["scores"][s]["value"], *r["scores"][s]["ci95"]))
+            cell, runs = {}, groups.get(key)
+            if runs:
+                cell = aggregate(runs, lambda r, s=score: (r["scores"][s]["value"], *r["scores"][s]["ci95"]))
             row.update({title: cell.get("value", math.nan), f"{title} low": cell.get("low", math.nan),
                         f"{title} high": cell.get("high", math.nan), f"{title} runs": cell.get("runs", 0),
+                        f"{title} complete": is_complete(runs[0]) if runs else None,
                         f"{title} paper": _number(paper.get(score))})
         rows.append(row)
-    return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values())
+    return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values()), report
 
 
 def _fmt(value, low, high):

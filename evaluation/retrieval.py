@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.logs import get_logger
-from cebench.records import make_record, write_record
+from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import init_distributed, seed_everything
 from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
                                  extract_features, hole_mask, load_square)
@@ -76,7 +76,7 @@ def main(argv=None):
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
     extractor, info = build_extractor(cfg, rt.device)
-    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"retrieval_{info['init']}.json")
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", info["init"]))
     refuse_overwrite(out, cfg["overwrite"])
     check_writable(out.parent)  # created when the outputs are written, at the end
     opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
@@ -120,7 +120,8 @@ def main(argv=None):
         seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=protocol,
         chance=round(100 * score["chance"], 4) if score else None, n_gallery=n_gallery,
         feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"],
-        feature_health=encoder_health(extractor.encoder, gallery, cfg, rt.device))
+        feature_health=encoder_health(extractor.encoder, gallery, cfg, rt.device),
+        **schedule_fields(n_gallery + n_queries, len(gallery) + len(queries), "images", info["meta"]))
     write_record(out, record)
     log.info("%s: %s = %s (chance %s), wrote %s and %s", record["init"], record["metric"], record["value"],
              record["chance"], out, grid)

@@ -1,7 +1,9 @@
 """Rebuild the paper's Table 1 (inpainting) and Table 2 (transfer) from result records, the paper's numbers beside.
 
 Reads every result record under --results (nothing else), writes table1.csv/.md, table2.csv/.md and a bar chart
-of Table 2 with 95% intervals (table2.png). Missing runs are empty cells, never zeros.
+of Table 2 with 95% intervals (table2.png). Missing runs are empty cells, never zeros. A cell averages the seeds of
+one configuration only (complete runs before partial ones, see evaluation.cells); each table's footer names the
+records it left out and why, and the unreadable files.
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -15,6 +17,7 @@ from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
+from cebench.records import results_dir
 from evaluation.figures import table_bars
 from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1,
                                      table2)
@@ -47,7 +50,7 @@ def column_notes(records, columns, column_of):
     return lines
 
 
-def provenance(profile, results, records, skipped, published):
+def provenance(profile, results, records, other, published):
     """The footer: where the numbers come from."""
     commits = sorted({(r.get("versions") or {}).get("git_commit", "?")[:12]
                       + ("+dirty" if (r.get("versions") or {}).get("git_dirty") else "") for r in records})
@@ -57,11 +60,31 @@ def provenance(profile, results, records, skipped, published):
     kinds = sorted({"BCa" if str((r.get("protocol") or {}).get("interval", "")).startswith("BCa") else "percentile"
                     for r in records}) or ["BCa"]
     return [f"Provenance: profile {profile}; {len(records)} records from {results}"
-            + (f" ({len(skipped)} other JSON files ignored)" if skipped else "") + ".",
+            + (f" ({len(other)} other JSON files ignored)" if other else "") + ".",
             f"Data: {'; '.join(data) or '-'}. Seeds: {', '.join(seeds) or '-'}. Commits: {', '.join(commits) or '-'}.",
             f"Paper values: {published} (source column). Intervals: {' and '.join(kinds)} bootstrap 95% over test "
             "images (queries for retrieval; each record's protocol.interval says how), averaged over runs; 'runs' "
             "columns of the CSV count the records behind each cell."]
+
+
+def left_out_notes(report, unreadable, results):
+    """Footer lines naming every record a table left out and why, the cells shown from partial runs only, and
+    the files that could not be read at all."""
+    def name(path):
+        path = Path(path)
+        return str(path.relative_to(results)) if path.is_relative_to(results) else str(path)
+
+    lines = []  # each part a Markdown paragraph of its own
+    if report["left_out"]:
+        lines += ["", "Left out (a cell averages the seeds of one configuration; complete runs before partial ones, "
+                  "then the most seeds, then the newest):"]
+        lines += [f"- {cell}: {name(path)}: {reason}" for cell, path, reason in report["left_out"]]
+    if report["partial"]:
+        lines += ["", "Partial runs shown (no complete run of the cell): "
+                  + "; ".join(f"{cell} ({note})" for cell, note in report["partial"]) + "."]
+    if unreadable:
+        lines += ["", "Unreadable files (left out): " + "; ".join(f"{name(p)}: {why}" for p, why in unreadable) + "."]
+    return lines
 
 
 def write_table(out_dir, name, title, table, columns, text_columns, notes, footer):
@@ -78,10 +101,10 @@ def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     args = parse_with_profile(get_args_parser(), argv, "tables")
     log = get_logger("tables")
-    results = Path(args.results or benchmarks_path().parent / "results" / args.profile)
+    results = Path(args.results or results_dir(args.profile))
     out_dir = Path(args.out) if args.out else results
     # data: the records and the paper's numbers
-    records, skipped = load_records(results)
+    records, other, unreadable = load_records(results)
     if not records:
         raise CebenchError(f"no result records under {results}: run the transfer/evaluation entry points first")
     published = read_published(args.published)
@@ -89,29 +112,37 @@ def main(argv=None):
     profile = profile or args.profile  # the records know which profile made them
     # files inside the checkout are named by their place in it, not by this machine's absolute path
     repo = benchmarks_path().parent
-    footer = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
+
+    def footer(report):  # provenance of the records shown, then what was left out
+        lines = provenance(profile, display_path(results, repo), report["shown"], other,
+                           display_path(args.published, repo))
+        return lines + left_out_notes(report, unreadable, results)
+
     make_dirs(out_dir)
-    # Table 2: transfer tasks (and retrieval) per initialisation
-    t2, columns2, dropped = table2(records, published)
-    for path in dropped:
-        log.warning("%s reports another metric than the other runs of its cell; left out of Table 2", path)
-    notes2 = column_notes([r for r in records if r["task"] != "inpainting"], columns2, column_of)
+    # Table 2: transfer tasks (and retrieval) per initialisation, one configuration per cell
+    t2, columns2, report2 = table2(records, published)
+    notes2 = column_notes(report2["shown"], columns2, column_of)
     text2 = ["supervision (paper)", "pretraining time (ours)", "images seen (ours)", "pretraining time (paper)"]
     paths = write_table(out_dir, "table2", "Table 2: transfer of the features (%)", t2, columns2, text2, notes2,
-                        footer)
+                        footer(report2))
     ours = t2[columns2].notna().any(axis=1)  # rows with at least one run of ours
     chart = table_bars(out_dir / "table2.png", t2[ours].set_index("row"), columns2,
                        f"Table 2 ({profile}): ours with 95% intervals; paper as black ticks")
     # Table 1: inpainting of held-out images
-    t1, columns1 = table1(records, published)
-    inpainting = [r for r in records if r["task"] == "inpainting"]
-    notes1 = column_notes(inpainting, ["inpainting"], lambda r: r["task"])
+    t1, columns1, report1 = table1(records, published)
+    notes1 = column_notes(report1["shown"], ["inpainting"], lambda r: r["task"])
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
-                         "in %, PSNR in dB)", t1, columns1, (), notes1, footer)
+                         "in %, PSNR in dB)", t1, columns1, (), notes1, footer(report1))
+    for cell, path, reason in report2["left_out"] + report1["left_out"]:
+        log.warning("left out of %s: %s (%s)", cell, display_path(path, repo), reason)
+    for path, reason in unreadable:
+        log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
     for path in paths:
         log.info("wrote %s", path)
     log.info("wrote %s", chart)
-    return {"table1": t1, "table2": t2, "files": [str(p) for p in (*paths, chart)]}
+    return {"table1": t1, "table2": t2, "files": [str(p) for p in (*paths, chart)],
+            "left_out": [(cell, str(path), reason) for cell, path, reason in report2["left_out"] + report1["left_out"]],
+            "unreadable": [(str(path), reason) for path, reason in unreadable]}
 
 
 if __name__ == "__main__":

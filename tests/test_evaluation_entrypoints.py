@@ -40,8 +40,20 @@ def test_retrieval_main(voc, tmp_path, source):
         assert record["feature_health"] is None  # no encoder
     else:  # pool5 of the init, on the 12 gallery images, as loaded
         assert record["feature_health"]["n_images"] == 12 and record["feature_health"]["weights"].startswith("as")
+    assert record["complete"] and record["schedule"] == {"unit": "images", "steps_run": 18, "steps": 18}
     with pytest.raises(CebenchError, match="exists"):  # nothing silently overwritten
         retrieval.main([*SMALL, "--voc-root", str(voc.root), *source, "--out", str(out)])
+
+
+def test_a_max_steps_trial_is_marked_partial(voc, tmp_path):
+    """--max-steps 1 with batches of 4 embeds 4 of the 12 gallery and 4 of the 6 query images."""
+    retrieval.main([*SMALL, "--voc-root", str(voc.root), "--features", "hog", "--k", "3", "--max-steps", "1",
+                    "--out", str(tmp_path / "r.json")])
+    record = read_record(tmp_path / "r.json")
+    assert not record["complete"] and record["schedule"] == {"unit": "images", "steps_run": 8, "steps": 18}
+    inpainting.main([*SMALL, "--voc-root", str(voc.root), "--features", "hog", "--max-steps", "1",
+                     "--out", str(tmp_path / "i.json")])
+    assert not read_record(tmp_path / "i.json")["complete"]
 
 
 def test_retrieval_on_a_folder_without_labels(voc, tmp_path):

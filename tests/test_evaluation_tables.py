@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from cebench.errors import CebenchError
-from cebench.records import make_record, write_record
+from cebench.records import make_record, schedule_fields, write_record
 from evaluation import tables
-from evaluation.paper_tables import read_published
+from evaluation.cells import is_complete, select
+from evaluation.paper_tables import load_records, read_published
 
 
 def _record(task, init, value, ci, seed=0, metric="mAP", **extra):
@@ -103,3 +104,90 @@ def test_bar_chart_accepts_a_value_outside_its_interval(tmp_path):
                          index=["Random Gaussian"])
     path = table_bars(tmp_path / "t2.png", table, ["classification"])
     assert path.stat().st_size > 0
+
+
+def _run(init, value, *, seed=0, lr=0.001, steps_run=2500, max_steps=None, task="classification", name=None,
+         finished="2024-01-01T00:00:00Z"):
+    """A transfer record as the entry points write it: resolved config, schedule, `complete`."""
+    config = {"profile": "unit", "lr": lr, "steps": 2500, "max_steps": max_steps, "seed": seed,
+              "out": f"/somewhere/{name}", "device": "cpu", "threads": 1, "weights": init}
+    record = _record(task, init, value, (value - 0.01, value + 0.01), seed=seed,
+                     metric="mAP" if task == "classification" else "mAP@0.5", **schedule_fields(steps_run, 2500))
+    record.update(config=config, finished=finished)
+    return record
+
+
+@pytest.fixture()
+def mixed(tmp_path):
+    """A results folder as a user leaves it: a full run over two seeds, a quick --max-steps trial of the same cell,
+    a rerun with another learning rate, an old-named copy of a record, a partial-only cell and a damaged file."""
+    runs = {"classify_random.json": _run("random", 0.30),
+            "classify_random_s1.json": _run("random", 0.34, seed=1),
+            "classify_random_quick.json": _run("random", 0.05, steps_run=20, max_steps=20),
+            "classify_random_lr.json": _run("random", 0.50, lr=0.01, finished="2024-06-01T00:00:00Z"),
+            "classify_ce.json": _run("ce", 0.40, finished="2024-02-01T00:00:00Z"),
+            "classification_ce.json": _run("ce", 0.20),  # the same run under the old name, older
+            "detect_random.json": _run("random", 0.07, steps_run=20, max_steps=20, task="detection")}
+    for name, record in runs.items():
+        write_record(tmp_path / name, record)
+    (tmp_path / "segment_ce.json").write_text('{"task": "segmentation", "init": "ce", "val')  # cut off mid-write
+    return tmp_path
+
+
+def test_a_cell_combines_one_configuration_and_the_footer_names_the_rest(mixed):
+    out = tables.main(["--results", str(mixed)])
+    t2 = out["table2"]
+    # the two seeds of the full run, nothing of the quick trial (5%) or of the lr 0.01 rerun (50%)
+    assert t2.at["random", "classification"] == pytest.approx(32.0) and t2.at["random", "classification runs"] == 2
+    assert t2.at["random", "classification complete"]
+    assert t2.at["ce", "classification"] == pytest.approx(40.0) and t2.at["ce", "classification runs"] == 1
+    # a cell with only a partial run shows it, and says so
+    assert t2.at["random", "detection"] == pytest.approx(7.0) and not t2.at["random", "detection complete"]
+    left = {path.rsplit("/", 1)[-1]: reason for _, path, reason in out["left_out"]}
+    assert left["classify_random_quick.json"] == "partial run (20 of 2500 iterations)"
+    assert left["classify_random_lr.json"] == "another configuration: lr 0.01 (shown: 0.001)"
+    assert left["classification_ce.json"].startswith("an older run of the same configuration and seed 0")
+    assert set(left) == {"classify_random_quick.json", "classify_random_lr.json", "classification_ce.json"}
+    assert [p.rsplit("/", 1)[-1] for p, _ in out["unreadable"]] == ["segment_ce.json"]
+    md = (mixed / "table2.md").read_text()
+    assert "32.0 [31.0, 33.0]" in md and "5.00" not in md and "50.0" not in md
+    footer = md.split("Provenance:")[1]
+    assert "4 records from" in footer  # the records shown, not every file
+    assert "- Random Gaussian, classification: classify_random_quick.json: partial run (20 of 2500 iterations)" \
+        in footer
+    assert "classify_random_lr.json: another configuration: lr 0.01 (shown: 0.001)" in footer
+    assert "Partial runs shown (no complete run of the cell): Random Gaussian, detection (20 of 2500 iterations)" \
+        in footer
+    assert "Unreadable files (left out): segment_ce.json: not a readable result record" in footer
+    assert "Unreadable files (left out): segment_ce.json" in (mixed / "table1.md").read_text()
+
+
+def test_the_choice_does_not_depend_on_file_order(mixed):
+    records, _, _ = load_records(mixed)
+    random_cls = [r for r in records if r["init"] == "random" and r["task"] == "classification"]
+    kept, left_out = select(random_cls)
+    kept_again, left_again = select(random_cls[::-1])
+    assert [r["_path"] for r in kept] == [r["_path"] for r in kept_again]
+    assert sorted(r["_path"] for r, _ in left_out) == sorted(r["_path"] for r, _ in left_again)
+    # with one seed each, two complete configurations tie on seeds: the newest run wins
+    lr_rerun = next(r for r in random_cls if r["config"]["lr"] == 0.01)
+    seed0 = next(r for r in random_cls if r["config"]["lr"] == 0.001 and r["seed"] == 0 and r["complete"])
+    assert select([seed0, lr_rerun])[0] == [lr_rerun]
+
+
+def test_records_of_older_versions_without_complete_are_judged_by_their_config():
+    old = _record("classification", "random", 0.1, (0.0, 0.2))
+    old["config"] = {"steps": 2500, "max_steps": 20}
+    assert not is_complete(old)
+    old["config"]["max_steps"] = 5000  # a cap beyond the schedule cuts nothing
+    assert is_complete(old)
+    assert is_complete(_record("classification", "random", 0.1, (0.0, 0.2)))
+
+
+def test_schedule_fields_mark_runs_and_weights_cut_short():
+    assert schedule_fields(2500, 2500) == {"complete": True, "schedule": {"unit": "iterations", "steps_run": 2500,
+                                                                          "steps": 2500}}
+    assert not schedule_fields(20, 2500)["complete"]
+    partial_ce = schedule_fields(2500, 2500, weights_meta={"steps": 20, "total_steps": 1500})
+    assert not partial_ce["complete"] and partial_ce["schedule"]["pretraining"] == {"steps_run": 20, "steps": 1500}
+    assert schedule_fields(2500, 2500, weights_meta={"gaussian_std": 0.01})["complete"]  # random init: no schedule

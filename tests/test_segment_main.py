@@ -50,6 +50,7 @@ def test_two_step_run_writes_a_record_predictions_and_examples(tiny_run):
     assert record["task"] == "segmentation" and record["metric"] == "mIoU" and record["init"] == "random"
     assert record["dataset"] == "VOC2007" and record["split"] == "val" and record["n_images"] == 4
     assert record["steps_done"] == 2 and list(record["per_class"]) == list(SEG_CLASSES)
+    assert record["complete"] and record["schedule"]["steps_run"] == record["schedule"]["steps"] == 2
     assert 0 <= record["ci95"][0] <= record["value"] <= record["ci95"][1] <= 100
     assert record["protocol"]["model"]["variant"] == "FCN-32s" and record["protocol"]["interval"].startswith("BCa")
     assert sorted(record["feature_health"]["dead_units"]) == [f"conv{k}" for k in range(1, 6)]
@@ -80,10 +81,11 @@ def test_resume_continues_the_run_to_a_later_step(tiny_run, tmp_path):
     copy = tmp_path / "seg.json"
     args = ["--voc-root", str(info.root), "--out", str(copy), *TINY]
     main([*args, "--max-steps", "1"])
+    assert not read_record(copy)["complete"]  # a --max-steps trial says it is one
     main([*args, "--resume"])
     lines = [json.loads(x) for x in (tmp_path / "seg.run" / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in lines if row.get("final")] == [1, 2]
-    assert read_record(copy)["steps_done"] == 2
+    assert read_record(copy)["steps_done"] == 2 and read_record(copy)["complete"]
 
 
 def test_loss_normalizations():

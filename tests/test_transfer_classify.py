@@ -9,6 +9,7 @@ from test_transfer_rescale import alexnet_state_dict
 from vocfactory import make_vocdevkit, truncate_file
 
 from cebench import CebenchError
+from cebench.config import get_profile
 from cebench.records import REQUIRED
 from pretrain.model import AlexNetEncoder, ContextEncoder
 from pretrain.weights import save_checkpoint
@@ -183,3 +184,30 @@ def test_real_voc_mini_images(voc_mini_root, tmp_path):
     record = json.loads((tmp_path / "r.json").read_text())
     assert result["steps"] == 2 and record["n_images"] == 16
     assert record["protocol"]["views"]["input_size"] == 128 and record["protocol"]["schedule_steps"] > 2
+
+
+def test_default_record_name_is_the_suites_and_a_short_run_stays_out_of_the_table(voc, tmp_path, monkeypatch):
+    """Standalone and run_all.sh name a record alike; a --max-steps trial says it is partial and the table, given
+    both, shows the full run and names the trial in its footer."""
+    from cebench import suite
+    from evaluation import tables
+
+    # a checkout whose benchmarks.yaml lives in tmp_path: default outputs go to tmp_path/results/<profile>/
+    (tmp_path / "benchmarks.yaml").write_text((suite.REPO / "benchmarks.yaml").read_text())
+    monkeypatch.setenv("CEBENCH_BENCHMARKS", str(tmp_path / "benchmarks.yaml"))
+    args = tiny_args(voc, "unused")[:-2]  # everything but --out
+    full = classify.main(["--profile", "smoke", *args])
+    jobs, results = suite.plan(get_profile("smoke"), suite.get_args_parser().parse_args(["smoke"]))
+    suite_out = next(j.out for j in jobs if j.stage == "classify" and j.init == "random")
+    assert full["out"] == str(suite_out) == str(tmp_path / "results" / "smoke" / "classify_random.json")
+    record = json.loads(suite_out.read_text())
+    assert record["complete"] and record["schedule"] == {"unit": "iterations", "steps_run": 2, "steps": 2}
+
+    quick = results / "classify_random_quick.json"
+    classify.main(["--profile", "smoke", *args, "--max-steps", "1", "--lr", "0.5", "--out", str(quick)])
+    record = json.loads(quick.read_text())
+    assert not record["complete"] and record["schedule"]["steps_run"] == 1
+    out = tables.main(["--results", str(results)])
+    assert out["table2"].at["random", "classification"] == pytest.approx(full["value"], abs=1e-3)
+    assert out["table2"].at["random", "classification runs"] == 1
+    assert (results / "table2.md").read_text().count("classify_random_quick.json: partial run (1 of 2 iterations)") == 1

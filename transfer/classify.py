@@ -60,7 +60,7 @@ def get_args_parser():
     g.add_argument("--probe-views", type=int, default=2, help="random views per training image for --probe")
     g.add_argument("--probe-c", type=float, default=0.01, help="inverse L2 strength of the probe's regression")
     g = p.add_argument_group("run")
-    add_run_args(g, out_help="result record (default results/<profile>/classification_<init>.json); checkpoints "
+    add_run_args(g, out_help="result record (default results/<profile>/classify_<init>.json); checkpoints "
                  "and metrics.jsonl go to a folder next to it", ckpt_every=1000)
     return p
 

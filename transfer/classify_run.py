@@ -9,7 +9,7 @@ import torch
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_json
-from cebench.records import make_record, percent
+from cebench.records import make_record, percent, record_name, schedule_fields
 from cebench.runtime import default_num_workers
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from pretrain.data import normalize
@@ -64,10 +64,11 @@ def build(cfg):
 
 
 def output_paths(cfg, info, repo_root):
-    """Record path (--out or results/<profile>/classification[-probe]_<init>.json) and its run folder."""
+    """Record path (--out or results/<profile>/classify_<init>[_probe].json, as run_all.sh names it) and its run
+    folder."""
     label = cfg["init_label"] or info["init"]
-    kind = "classification-probe" if cfg["probe"] else "classification"
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"{kind}_{label}.json"
+    name = record_name("classify", label, "probe" if cfg["probe"] else "")
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
     run_dir = out.parent / f"{out.stem}.run"
     return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
             "rescale": run_dir / "rescale.json"}
@@ -176,6 +177,9 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
     ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=N_BOOT, seed=cfg["seed"])
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
     label = cfg["init_label"] or info["init"]
+    # the probe has no schedule to cut short: it always fits on every training image
+    schedule = (schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]) if fit is not None else
+                schedule_fields(len(train), len(train), unit="training images (probe)", weights_meta=info["meta"]))
     return make_record(
         task="classification", init=label, dataset=dataset_name(cfg["voc_root"], cfg["year"]),
         split=cfg["test_split"], metric="mAP",
@@ -184,5 +188,5 @@ def make_classification_record(cfg, info, rescaling, train, test, scores, fit, w
         protocol=_protocol(cfg, info, rescaling, fit),
         map_voc07=percent(voc07), per_class_voc07={VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class07)},
         n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
-        feature_health=feature_health,
+        feature_health=feature_health, **schedule,
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))

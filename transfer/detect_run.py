@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_json, atomic_write_text
-from cebench.records import make_record, percent, write_record
+from cebench.records import make_record, percent, record_name, schedule_fields, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci, interval_description
 from pretrain.data import normalize
@@ -110,7 +110,8 @@ def build(cfg, num_classes):
 def output_paths(cfg, info, repo_root):
     """Record path (--out or results/<profile>/detect_<init>.json) and its run folder."""
     label = cfg["init_label"] or info["init"]
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / f"detect_{label}.json"
+    name = record_name("detect", label)
+    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
     run_dir = out.parent / f"{out.stem}.run"
     # The devkit results files are always kept (in the run folder unless --write-devkit names another), so any
     # devkit-compatible evaluator can re-score the run, as the saved outputs of classify and segment allow.
@@ -254,6 +255,7 @@ def make_detection_record(cfg, info, rescaling, splits, detections, proposals, f
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
         boxes_clipped={"train": train.boxes_clipped, "test": test.boxes_clipped},
         weights_meta=info["meta"], feature_health=feature_health,
+        **schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]),
         **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
 
 

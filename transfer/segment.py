@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 
-from cebench.config import benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.logs import get_logger
-from cebench.records import write_record
+from cebench.records import default_record_path, schedule_fields, write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
 from transfer.backbone import build_backbone, measure_health, rescale_backbone_
@@ -135,7 +135,7 @@ def _run(args, config, runtime, logger, started):
     backbone, info = build_backbone(args.weights, arch=arch, input_size=args.backbone_size, fc_dim=args.fc_dim,
                                     dropout=args.dropout, seed=args.seed)
     label = args.init_label or info["init"]
-    out = Path(args.out or benchmarks_path().parent / "results" / args.profile / f"segment_{label}.json")
+    out = Path(args.out or default_record_path(args.profile, "segment", label))
     run_dir, pred_dir, examples_png = run_paths(out, args.save_predictions)
     check_outputs(out, run_dir, resume=args.resume, overwrite=args.overwrite)
     # the previous run stays whole until this one has written its record (cebench.runs)
@@ -162,11 +162,13 @@ def _run(args, config, runtime, logger, started):
             wall_time_s=time.time() - started, config=config, protocol=protocol,
             feature_health=info["feature_health"], steps_done=result.step,
             predictions=str(pred_dir), examples=str(examples_png), run_dir=str(run_dir),
-            skipped=train_ds.skipped + test_ds.skipped)
+            skipped=train_ds.skipped + test_ds.skipped,
+            **schedule_fields(result.step, args.steps, weights_meta=info["meta"]))
         write_record(out, record)
     logger.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", label, record["value"],
                 *record["ci95"], record["pixel_acc"], out)
     return dict(result.metrics, out=str(out), value=record["value"], ci95=record["ci95"])
+
 
 if __name__ == "__main__":
     run_cli(main)
