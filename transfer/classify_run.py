@@ -131,7 +131,7 @@ def finetune(backbone, train, test, cfg, rt, paths, log):
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
     fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
-                     logger=log)
+                     logger=log, tensorboard=cfg["tensorboard"])
     return task.last_scores, fit
 
 
