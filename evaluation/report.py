@@ -54,7 +54,7 @@ def tables_html(results, shown_elsewhere):
 
 def charts_html(results):
     """The charts evaluation.tables drew (table2.png: Table 2 with intervals, the paper's values as ticks)."""
-    return h.grid([h.image(p, p.name) for p in sorted(results.glob("table*.png"), key=_natural)], wide=True)
+    return h.grid([h.image(p, p.name) for p in sorted(results.glob("table*.png"), key=_natural)], kind="wide")
 
 
 def per_class_html(records):
@@ -81,20 +81,25 @@ def curves_html(results):
     figures = [h.image(p, f"pretraining: {p.name}") for p in sorted(results.glob("*.loss.png"))]
     figures += [h.image(p, f"{p.parent.name}: loss, learning rate, evaluations") for p in
                 sorted(results.glob("*/curves.png"), key=_natural)]
-    return h.grid(figures, wide=True)
+    return h.grid(figures, kind="rows")  # three panels side by side: full width to be legible
 
 
 def examples_html(results):
     """The example grids the runs drew (inpainting, retrieval, segmentation, detection, pretraining samples)."""
     found = [p for p in results.glob("*.png") if not p.name.startswith("table") and not p.name.endswith(".loss.png")]
+    notes = []
     for folder in sorted(p for p in results.iterdir() if p.is_dir() and re.search(r"[._]examples$", p.name)):
-        found += sorted(folder.glob("*.png"), key=_natural)[:MAX_PER_FOLDER]
+        images = sorted(folder.glob("*.png"), key=_natural)
+        found += images[:MAX_PER_FOLDER]
+        if len(images) > MAX_PER_FOLDER:
+            notes.append(f"{folder.name}/: the first {MAX_PER_FOLDER} of {len(images)} images are shown.")
     groups = {}
     for path in sorted(found, key=_natural):
         name = path.relative_to(results).as_posix()
         groups.setdefault(EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), []).append(
             h.image(path, name))
-    return "".join(f"<h3>{h.esc(title)}</h3>{h.grid(figs, wide=True)}" for title, figs in groups.items())
+    return "".join(f"<h3>{h.esc(title)}</h3>{h.grid(figs, kind='wide')}" for title, figs in groups.items()) + (
+        h.notes_html(notes) if groups else "")
 
 
 def _precision(record):
@@ -144,7 +149,7 @@ def provenance_html(results, records, lines):
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "tables")
+    args = parse_with_profile(get_args_parser(), argv, "report")
     repo = benchmarks_path().parent
     results = Path(args.results or repo / "results" / args.profile)
     out = Path(args.out) if args.out else results / "report.html"

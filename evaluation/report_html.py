@@ -39,6 +39,7 @@ table.data td:first-child { white-space: nowrap; }
 table.data tbody tr:hover { background: #eef3f8; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 18px; }
 .grid.wide { grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); }
+.grid.rows { grid-template-columns: 1fr; }
 .cards { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
@@ -70,9 +71,9 @@ def image(path, caption):
     return f'<figure><img src="{src}" alt="{esc(caption)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
-def grid(figures, wide=False):
-    """Figures side by side, as many as fit (two at laptop width when `wide`)."""
-    return f'<div class="grid{" wide" if wide else ""}">{"".join(figures)}</div>' if figures else ""
+def grid(figures, kind=""):
+    """Figures side by side, as many as fit; kind 'wide': two at laptop width, 'rows': one per row."""
+    return f'<div class="grid {kind}">{"".join(figures)}</div>' if figures else ""
 
 
 def frame(df, index=False):
