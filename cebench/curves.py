@@ -106,14 +106,15 @@ def draw_curves(metrics_path, png_path, title=""):
     eval_keys = sorted({k for r in evals for k, v in r.items() if k not in _NOT_SCALARS
                         and isinstance(v, (int, float)) and not isinstance(v, bool)})
     panels = [("loss", "training loss"), ("lr", "learning rate")] + ([("eval", "evaluation")] if eval_keys else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    # one step axis for all panels: a single final evaluation sits at the end of training, not alone in a panel
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, sharex=True)
     for ax, (key, label) in zip(axes[0], panels, strict=True):
         if key == "eval":
             for name in eval_keys:
                 ax.plot(*_series(evals, name), marker="o", ms=3, label=name)
             ax.legend(fontsize=7)
-        else:
-            ax.plot(*_series(train, key), lw=1.2)
+        else:  # a logged lr is that of the interval's last step: drawn as steps over the interval
+            ax.plot(*_series(train, key), lw=1.2, drawstyle="steps-pre" if key == "lr" else "default")
         ax.set(xlabel="step", title=label)
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)

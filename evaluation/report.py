@@ -80,7 +80,7 @@ def curves_html(results):
     """Pretraining loss curves and each fine-tuning run's curves.png (drawn from its metrics.jsonl)."""
     figures = [h.image(p, f"pretraining: {p.name}") for p in sorted(results.glob("*.loss.png"))]
     figures += [h.image(p, f"{p.parent.name}: loss, learning rate, evaluations") for p in
-                sorted(results.glob("*/curves.png"), key=_natural)]
+                sorted(results.glob("*/curves.png"), key=lambda p: _natural(p.parent))]
     return h.grid(figures, kind="rows")  # three panels side by side: full width to be legible
 
 
@@ -155,9 +155,11 @@ def main(argv=None):
     out = Path(args.out) if args.out else results / "report.html"
     # data: the records (the tables' only input) and the files the runs wrote beside them
     records, skipped = load_records(results)
-    if not records:
-        raise CebenchError(f"no result records under {results}: run the transfer/evaluation entry points first")
-    profile = ", ".join(sorted({str((r.get("config") or {}).get("profile")) for r in records} - {"None"})) or "-"
+    if not records and not list(results.glob("table*.csv")):
+        raise CebenchError(f"no result records or tables under {results}: run the transfer/evaluation entry points "
+                           "first")
+    profiles = {str((r.get("config") or {}).get("profile")) for r in records} - {"None"}
+    profile = ", ".join(sorted(profiles)) or args.profile  # tables alone (e.g. results/reference/): the flag's
     synthetic = any("synthetic" in str(r["dataset"]).lower() for r in records)
     lines = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
     # the page

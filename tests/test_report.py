@@ -78,7 +78,7 @@ def test_report_holds_every_part_and_loads_nothing(results):
 
 
 def test_report_of_a_folder_without_records_is_one_line(tmp_path):
-    with pytest.raises(CebenchError, match="no result records") as err:
+    with pytest.raises(CebenchError, match="no result records or tables") as err:
         report.main(["--results", str(tmp_path)])
     assert "\n" not in str(err.value)
 
