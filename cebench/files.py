@@ -139,6 +139,11 @@ def atomic_write_json(path, obj):
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
+def atomic_write_bytes(path, data):
+    """Write bytes (a PNG, a safetensors file) through a temporary file and `os.replace`."""
+    return atomic_write(path, lambda f: f.write(data), "wb")
+
+
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file, so an interrupted save keeps the previous checkpoint intact."""
     return atomic_write(path, lambda f: torch.save(obj, f), "wb", raw=True)

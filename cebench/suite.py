@@ -2,8 +2,9 @@
 
 Reads the profile's `run:` section of benchmarks.yaml, runs each stage as its own process
 (`python -m pretrain.train ...`, `python -m transfer.classify ...`), writes everything under results/<profile>/,
-skips a stage whose output and stamp match the resolved command and profile, stops at the first failure, and
-prints Table 2 at the end. Stages are only ever run as subprocesses: plumbing imports no model code.
+skips a stage whose output and stamp match the resolved command and profile, stops at the first failure, writes
+report.html (evaluation.report) after the tables and prints Table 2 at the end. Stages are only ever run as
+subprocesses: plumbing imports no model code.
 
     bash run_all.sh                                   # smoke: synthetic data, the whole pipeline on a CPU
     bash run_all.sh voc-mini --max-steps 200 --dry-run
@@ -31,7 +32,7 @@ from cebench.records import git_info, read_record, record_name, results_dir
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
            "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
-           "inpainting": "evaluation.inpainting", "tables": "evaluation.tables"}
+           "inpainting": "evaluation.inpainting", "tables": "evaluation.tables", "report": "evaluation.report"}
 TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation",
          "retrieval": "retrieval", "inpainting": "inpainting"}
 INITS = ("ce", "random", "supervised", "hog")  # hog: hand-made features, for retrieval and inpainting only
@@ -54,7 +55,7 @@ class Job:
     argv: list  # after the python executable: ["-m", module, ...]
     out: Path
     inputs: list = field(default_factory=list)  # weight files whose content the result depends on
-    always: bool = False  # data generation and tables: cheap, run every time
+    always: bool = False  # data generation, tables and report: cheap, run every time
 
     @property
     def label(self):
@@ -110,7 +111,7 @@ def _pass_through(stage, opts):
 
 
 def plan(profile, opts):
-    """The jobs of a run in order: synthetic data (smoke), pretraining, transfers, evaluations, tables."""
+    """The jobs of a run in order: synthetic data (smoke), pretraining, transfers, evaluations, tables, report."""
     run, name = run_section(profile), profile["_name"]
     results = Path(opts.results_dir or results_dir(name)).resolve()
     stages = run["stages"]
@@ -133,9 +134,9 @@ def plan(profile, opts):
                 argv = ["-m", module, *common, "--out", _shown(ce), *_pass_through(stage, opts)]
                 jobs.append(Job(stage, "ce", argv, ce))
             continue
-        if stage == "tables":
-            argv = ["-m", module, *common, "--results", _shown(results)]
-            jobs.append(Job(stage, None, argv, results / "table2.md", always=True))
+        if stage in ("tables", "report"):  # cheap, from the records: rebuilt every time
+            out = results / ("table2.md" if stage == "tables" else "report.html")
+            jobs.append(Job(stage, None, ["-m", module, *common, "--results", _shown(results)], out, always=True))
             continue
         for init in spec["inits"]:
             if init == "supervised" and not supervised:
@@ -308,6 +309,8 @@ def _report(tee, rows, results, synthetic):
     table = _table2(results)
     tee.print(f"\n{BAR}\nTable 2 ({_shown(table)})\n{BAR}")
     tee.print(table.read_text().rstrip())
+    if (results / "report.html").is_file():
+        tee.print(f"\nreport (tables, charts, curves, examples, provenance): {_shown(results / 'report.html')}")
     if synthetic:
         tee.print(f"\nNOTE: every number above was measured on SYNTHETIC data ({synthetic}); it checks the "
                   "pipeline, not the paper.")
@@ -343,9 +346,9 @@ def get_args_parser():
         allow_abbrev=False,  # a misspelt flag (--max-step) is an error, never taken for another
         description=textwrap.fill(
             "Run a profile of benchmarks.yaml end to end: (synthetic data,) pretraining, classification, detection, "
-            "segmentation, retrieval, inpainting, tables; then print Table 2. Outputs go to results/<profile>/ with "
-            "a run.log. Rerunning the same command resumes: a stage whose output exists with a matching stamp is "
-            "skipped; a changed profile section, flag or input weights reruns it.", 100))
+            "segmentation, retrieval, inpainting, tables, report.html; then print Table 2. Outputs go to "
+            "results/<profile>/ with a run.log. Rerunning the same command resumes: a stage whose output exists "
+            "with a matching stamp is skipped; a changed profile section, flag or input weights reruns it.", 100))
     parser.add_argument("profile", nargs="?", default=None, help="profile name (default: the file's default_profile)")
     parser.add_argument("--profile", dest="profile_flag", default=None, metavar="NAME",
                         help="the profile, as every entry point takes it (the same as the positional PROFILE)")

@@ -234,6 +234,11 @@ def _fmt(value, low, high):
 
 def markdown(table, columns, text_columns=()):
     """Markdown of a table: 'value [low, high]' for ours and the paper's value beside it; empty when missing."""
+    return display_table(table, columns, text_columns).to_markdown(index=False)
+
+
+def display_table(table, columns, text_columns=()):
+    """The table as shown (Markdown, the HTML report): Method, text columns, then per column ours and the paper's."""
     shown = pd.DataFrame(index=table.index)
     shown["Method"] = table["row"]
     for col in text_columns:
@@ -243,4 +248,4 @@ def markdown(table, columns, text_columns=()):
                                   zip(table[col], table[f"{col} low"], table[f"{col} high"], strict=True)]
         if table[f"{col} paper"].notna().any():  # no paper column where the paper has no number
             shown[f"{col} (paper)"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[f"{col} paper"]]
-    return shown.to_markdown(index=False)
+    return shown

@@ -4,12 +4,14 @@ import hashlib
 import logging
 import math
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from cebench.curves import RunLog, tensorboard_dir
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
 from cebench.logs import append_jsonl, get_logger, progress
@@ -63,16 +65,17 @@ def check_args(args, given=()):
         raise CebenchError("--health-images must be 0 (off) or positive")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
+    tensorboard_dir(args.tensorboard, ".")  # an explicit --tensorboard DIR without the package: refused now
     return note
 
 
 def run_paths(out):
-    """Files of a run, all next to --out: run checkpoint, metrics, figures, resolved config."""
+    """Files of a run, all next to --out: run checkpoint, metrics, figures, resolved config, TensorBoard events."""
     out = Path(out)
     stem = out.with_suffix("") if out.suffix else out
     return {"out": out, "last": Path(f"{stem}.last.pt"), "metrics": Path(f"{stem}.metrics.jsonl"),
             "loss_png": Path(f"{stem}.loss.png"), "samples_png": Path(f"{stem}.samples.png"),
-            "config": Path(f"{stem}.config.json")}
+            "config": Path(f"{stem}.config.json"), "tensorboard": Path(f"{stem}.tensorboard")}
 
 
 def build_model(cfg):
@@ -258,32 +261,34 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health
     trainer.model.train()
     bar = progress(total=stop, initial=counters["step"], enabled=rt.is_main, desc="pretrain", unit="step")
     tick, window = time.perf_counter(), []
-    for images, masks, replaced in _batches(loader):
-        step = counters["step"]
-        note_skipped(replaced, loader.dataset, counters, cfg, step)
-        loss = float(trainer.step(images, masks, step))
-        if not math.isfinite(loss):
-            raise CebenchError(f"loss became {loss} at step {step}; lower --lr (now {cfg['lr']})")
-        now = time.perf_counter()
-        counters["wall_time_s"] += now - tick
-        window = (window + [now - tick])[-20:]
-        tick = now
-        counters["step"] = step + 1
-        counters["history"].append((step + 1, loss))
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{per_step * len(window) / sum(window):.1f}")
-        if rt.is_main and (step + 1) % cfg["log_every"] == 0:
-            append_jsonl(paths["metrics"], {"step": step + 1, "loss": loss, "lr": lr_at(step, cfg),
-                                            "images_seen": (step + 1) * per_step,
-                                            "wall_time_s": round(counters["wall_time_s"], 3)})
-        if (step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop:
-            counters["skipped"] = gather_skipped(counters["skipped"], rt)
-            if rt.is_main:
-                if health_views is not None:
-                    log_feature_health(trainer, health_views, counters, paths)
-                    trainer.model.train()
-                    tick = time.perf_counter()  # wall_time_s counts training, not this measurement
-                save_run(paths, trainer, counters, cfg, fingerprint)
+    runlog = RunLog(paths["metrics"], tensorboard_dir(cfg["tensorboard"], paths["tensorboard"]),
+                    enabled=rt.is_main, start_step=counters["step"])
+    with closing(runlog):  # metrics.jsonl and TensorBoard (main rank)
+        for images, masks, replaced in _batches(loader):
+            step = counters["step"]
+            note_skipped(replaced, loader.dataset, counters, cfg, step)
+            loss = float(trainer.step(images, masks, step))
+            if not math.isfinite(loss):
+                raise CebenchError(f"loss became {loss} at step {step}; lower --lr (now {cfg['lr']})")
+            now = time.perf_counter()
+            counters["wall_time_s"] += now - tick
+            window = (window + [now - tick])[-20:]
+            tick = now
+            counters["step"] = step + 1
+            counters["history"].append((step + 1, loss))
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{per_step * len(window) / sum(window):.1f}")
+            if (step + 1) % cfg["log_every"] == 0:
+                runlog.write({"step": step + 1, "loss": loss, "lr": lr_at(step, cfg),
+                              "images_seen": (step + 1) * per_step, "wall_time_s": round(counters["wall_time_s"], 3)})
+            if (step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop:
+                counters["skipped"] = gather_skipped(counters["skipped"], rt)
+                if rt.is_main:
+                    if health_views is not None:
+                        log_feature_health(trainer, health_views, counters, paths)
+                        trainer.model.train()
+                        tick = time.perf_counter()  # wall_time_s counts training, not this measurement
+                    save_run(paths, trainer, counters, cfg, fingerprint)
     bar.close()
     return counters
 

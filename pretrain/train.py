@@ -10,6 +10,7 @@ import time
 import torch
 
 from cebench.config import add_profile_flag, command_line_dests, parse_with_profile, resolved_config
+from cebench.curves import add_tensorboard_flag
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
@@ -25,7 +26,7 @@ EPILOG = """Defaults shown are the parser's; a --profile replaces them (see benc
 both. Start with `--profile smoke` (minutes) or `--profile voc-mini` (~20 min on 2 CPU cores); `--profile paper`
 is the paper's 100K-step run for a GPU. Interrupted? Rerun the same command with --resume: on CPU the result
 equals an uninterrupted run weight for weight. Outputs: --out (ce.pt) plus <stem>.last.pt, <stem>.loss.png,
-<stem>.samples.png, <stem>.metrics.jsonl, <stem>.config.json next to it."""
+<stem>.samples.png, <stem>.metrics.jsonl, <stem>.config.json (and <stem>.tensorboard/) next to it."""
 
 
 def get_args_parser():
@@ -92,6 +93,7 @@ def get_args_parser():
                    "files stay aside (hidden .NAME.previous) and come back if the new run fails, until it succeeds")
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
     g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
+    add_tensorboard_flag(g, "<stem>.tensorboard/ next to --out")
     g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
     g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                    "training images on which dead units and pool5's effective rank are measured at every checkpoint "

@@ -39,7 +39,11 @@ def save_checkpoint(path, model, meta, include_decoder=True):
 
 def read_checkpoint(path):
     """Load and validate a ce.pt; anything else is refused with one line naming the file."""
-    ckpt = safe_torch_load(path, "ce.pt checkpoint")
+    return check_checkpoint(safe_torch_load(path, "ce.pt checkpoint"), path)
+
+
+def check_checkpoint(ckpt, path):
+    """Validate an already loaded ce.pt dict (e.g. the one timm's loader read); returns it."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CebenchError(f"{path}: not a cebench ce.pt (format {found!r}, expected {FORMAT!r})")

@@ -218,10 +218,11 @@ def test_repository_profiles_plan_the_whole_pipeline():
     assert smoke[0].argv[:4] == ["-m", "transfer.synthetic", "--out", "data/smoke"]
     assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] + ["transfer.classify"] * 2 \
         + ["transfer.detect"] * 2 + ["transfer.segment"] * 2 + ["evaluation.retrieval"] * 3 \
-        + ["evaluation.inpainting"] * 2 + ["evaluation.tables"]
+        + ["evaluation.inpainting"] * 2 + ["evaluation.tables", "evaluation.report"]
     for name in ("voc-mini", "paper"):
         jobs = plan(get_profile(name), _args(REPO))[0]
-        assert jobs[0].stage == "pretrain" and jobs[-1].stage == "tables"
+        assert jobs[0].stage == "pretrain" and [j.stage for j in jobs[-2:]] == ["tables", "report"]
+        assert jobs[-1].argv[1] == "evaluation.report" and jobs[-1].out == jobs[-2].out.with_name("report.html")
 
 
 def test_tee_keeps_the_last_state_of_progress_bars(tmp_path, capsys):

@@ -13,6 +13,7 @@ tests only, so that runpy executes them afresh under torchrun.
 import json
 import math
 import os
+import re
 import runpy
 import subprocess
 import sys
@@ -83,7 +84,9 @@ def assert_same_training(ddp_state, single_state):
 
 
 def files_under(folder):
-    return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file())
+    """Relative paths of the files; TensorBoard event files (named by time, host and pid) as one generic name."""
+    return sorted(re.sub(r"events\.out\.tfevents\..*", "events.out.tfevents", str(p.relative_to(folder)))
+                  for p in Path(folder).rglob("*") if p.is_file())
 
 
 def the_record(folder):

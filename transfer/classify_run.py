@@ -138,7 +138,7 @@ def finetune(model, train, test, cfg, rt, paths, log):
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
     fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
-                     logger=log, run_config=cfg)
+                     logger=log, run_config=cfg, tensorboard=cfg["tensorboard"])
     return task.last_scores, fit
 
 

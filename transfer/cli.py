@@ -1,6 +1,7 @@
 """Flags shared by the three transfer commands (classify, detect, segment), so that every initialisation is
 described, rescaled, optimised and run the same way whatever the task."""
 
+from cebench.curves import add_tensorboard_flag
 from pretrain.health import HEALTH_IMAGES
 
 
@@ -41,7 +42,7 @@ def add_sgd_args(group, *, weight_decay, clip_grad):
 
 
 def add_run_args(group, *, out_help, ckpt_every):
-    """Seed, device, CPU threads, the record's path, resuming and checkpoint/log intervals."""
+    """Seed, device, CPU threads, the record's path, resuming, checkpoint/log intervals and TensorBoard."""
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; use 1 when "
@@ -55,6 +56,7 @@ def add_run_args(group, *, out_help, ckpt_every):
     group.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations "
                        "(0 = end only)")
     group.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
+    add_tensorboard_flag(group, "tensorboard/ in the run folder beside the record")
 
 
 def set_threads(threads):

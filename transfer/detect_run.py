@@ -174,7 +174,8 @@ def finetune(model, train, test, cfg, rt, paths, log):
         weight_decay=cfg["weight_decay"], schedule="step", lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
         max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None, eval_every=cfg["eval_every"] or None,
         checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"], num_workers=cfg["workers"], seed=cfg["seed"])
-    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log, run_config=cfg)
+    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log, run_config=cfg,
+                     tensorboard=cfg["tensorboard"])
     return task.last_detections, fit
 
 

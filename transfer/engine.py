@@ -33,7 +33,9 @@ dataset seeded by (seed, epoch); an epoch is ``len(dataset) // batch_size`` step
 
 Run folder: ``checkpoint.pt`` (model, optimiser, scaler, step, config; tensors and plain values only, loaded
 with weights_only=True), ``metrics.jsonl`` (a line per log interval and evaluation; a resume drops those after its
-checkpoint) and ``config.json`` (``run_config``, written once a resume is accepted: a refused one keeps the run's).
+checkpoint), ``config.json`` (``run_config``, written once a resume is accepted: a refused one keeps the run's),
+``curves.png`` (drawn from metrics.jsonl at the end) and, when the tensorboard package is installed,
+``tensorboard/`` (``fit(tensorboard=DIR|"off")``).
 """
 
 import math
@@ -49,14 +51,16 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from cebench.curves import RunLog, tensorboard_dir
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, atomic_write_json, make_dirs, safe_torch_load, truncate_jsonl
-from cebench.logs import append_jsonl, get_logger, progress
+from cebench.logs import get_logger, progress
 from cebench.runtime import barrier, worker_seed_init
 
 CHECKPOINT_FORMAT = "cebench.transfer-run"
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
+CURVES_NAME, TENSORBOARD_NAME = "curves.png", "tensorboard"
 # Fields that may change between a run and its resumption without changing what is computed.
 _RESUMABLE_CHANGES = {"max_steps", "eval_every", "checkpoint_every", "log_every", "num_workers"}
 
@@ -320,10 +324,11 @@ def _item_count(batch):
     return len(first) if hasattr(first, "__len__") else 1
 
 
-def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_config=None):
+def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_config=None, tensorboard="auto"):
     """Train `model` on `task` for config.steps (or up to config.max_steps), checkpointing into `run_dir`."""
     logger = logger or get_logger("cebench.engine", runtime.is_main)
     run_dir, started = make_dirs(run_dir), time.time()
+    events = tensorboard_dir(tensorboard, run_dir / TENSORBOARD_NAME)
     model.to(runtime.device).train()
     optimizer = build_optimizer(task, model, config)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp and config.amp)
@@ -340,20 +345,25 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
     if runtime.distributed:
         model = DistributedDataParallel(model, find_unused_parameters=config.find_unused_parameters,
                                         device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    result = _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start, end, logger, before)
-    result.train_time_s = before + result.wall_time_s
-    if end > start or not ckpt.is_file():
-        if runtime.is_main:
-            _save_checkpoint(ckpt, model, optimizer, scaler, config, max(start, end), result.train_time_s)
-        barrier(runtime)
-    result.metrics = evaluate_main(task, model, runtime)
-    if runtime.is_main:
-        append_jsonl(run_dir / METRICS_NAME, {"step": max(start, end), "final": True, **result.metrics})
+    runlog = RunLog(run_dir / METRICS_NAME, events, enabled=runtime.is_main, start_step=start,
+                    curves=run_dir / CURVES_NAME)
+    try:
+        result = _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start, end, logger, before,
+                             runlog)
+        result.train_time_s = before + result.wall_time_s
+        if end > start or not ckpt.is_file():
+            if runtime.is_main:
+                _save_checkpoint(ckpt, model, optimizer, scaler, config, max(start, end), result.train_time_s)
+            barrier(runtime)
+        result.metrics = evaluate_main(task, model, runtime)
+        runlog.write({"step": max(start, end), "final": True, **result.metrics})
+    finally:
+        runlog.close()  # also draws curves.png, of a failed run too
     result.wall_time_s, result.resumed_from = time.time() - started, start
     return result
 
 
-def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start, end, logger, before):
+def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start, end, logger, before, runlog):
     """Steps [start, end): micro-batches, optimiser steps, logging, periodic evaluation and checkpoints."""
     loader = _make_loader(task, config, runtime, start, end) if end > start else []
     bar = progress(total=end, initial=start, enabled=runtime.is_main, desc="fine-tune", unit="step")
@@ -377,13 +387,12 @@ def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start,
             row = {"step": step, "lr": learning_rate(step - 1, config), "loss": float(np.mean(losses)),
                    "images_per_s": rate, "grad_norm": grad_norm}
             history.append(row)
-            if runtime.is_main:
-                append_jsonl(run_dir / METRICS_NAME, row)
+            runlog.write(row)
             losses = []
         if config.eval_every and step % config.eval_every == 0 and step < end:
             metrics = evaluate_main(task, model, runtime)
+            runlog.write({"step": step, "eval": True, **metrics})
             if runtime.is_main:
-                append_jsonl(run_dir / METRICS_NAME, {"step": step, "eval": True, **metrics})
                 logger.info("step %d: %s", step, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         if step % config.checkpoint_every == 0 and step < end:
             if runtime.is_main:

@@ -150,7 +150,8 @@ def _run(args, config, runtime, logger, started):
                                 prediction_dir=pred_dir, n_examples=args.n_examples, show_progress=runtime.is_main)
         workers = args.workers if args.workers is not None else 0 if train_ds.cached else default_num_workers()
         train_config = _train_config(args, workers)
-        result = fit(task, model, train_config, run_dir, runtime, resume=True, logger=logger, run_config=config)
+        result = fit(task, model, train_config, run_dir, runtime, resume=True, logger=logger, run_config=config,
+                     tensorboard=args.tensorboard)
         if not runtime.is_main:
             return {}
         # final evaluation (fit's, on the main rank; predictions already written) -> record, examples PNG

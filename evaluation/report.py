@@ -1,0 +1,184 @@
+"""One self-contained HTML page of a results folder: the tables, charts, per-class AP, training curves, example
+grids and provenance, readable offline (images inline as data URIs, CSS inline, nothing fetched at view time).
+
+    python -m evaluation.report --results results/voc-mini        # writes results/voc-mini/report.html
+    python -m evaluation.report --profile smoke --out /tmp/smoke.html
+"""
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
+from cebench.errors import CebenchError, run_cli
+from cebench.files import atomic_write_text, display_path
+from cebench.logs import get_logger
+from cebench.records import git_info
+from evaluation import report_html as h
+from evaluation.paper_tables import PUBLISHED, load_records, variant_of
+from evaluation.tables import provenance
+
+EXAMPLE_TITLES = {"inpainting": "Inpainting", "retrieval": "Retrieval", "segment": "Segmentation",
+                  "detect": "Detection", "classify": "Classification", "ce": "Pretraining samples"}
+MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many images; the page shows the first
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m evaluation.report", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_profile_flag(p)
+    p.add_argument("--results", default=None, help="results folder (default results/<profile>)")
+    p.add_argument("--out", default=None, help="HTML file to write (default: <results>/report.html)")
+    p.add_argument("--published", default=str(PUBLISHED), help="the paper's numbers the tables used (provenance)")
+    return p
+
+
+def _natural(path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", Path(path).name)]
+
+
+def tables_html(results, shown_elsewhere):
+    """Every table*.csv of the folder (Table 1, 2 and any later one), with the notes of its .md."""
+    parts, seen = [], set(shown_elsewhere)
+    for csv in sorted(results.glob("table*.csv"), key=_natural):
+        title, notes = h.markdown_notes(csv.with_suffix(".md"))
+        notes = [n for n in notes if n not in seen or n.startswith("- ")]  # a footer shared by the tables: once
+        seen.update(notes)
+        parts.append(f"<h3>{h.esc(title or csv.stem)}</h3>{h.frame(h.read_table_csv(csv))}{h.notes_html(notes)}")
+    return "".join(parts)
+
+
+def charts_html(results):
+    """The charts evaluation.tables drew (table2.png: Table 2 with intervals, the paper's values as ticks)."""
+    return h.grid([h.image(p, p.name) for p in sorted(results.glob("table*.png"), key=_natural)], kind="wide")
+
+
+def per_class_html(records):
+    """One table per task and metric: classes down, runs across, the mean in the last row."""
+    groups = {}
+    for r in records:
+        if any(v is not None for v in (r.get("per_class") or {}).values()):
+            groups.setdefault((r["task"], r["metric"]), []).append(r)
+    cards = []
+    for (task, metric), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: (r["init"], str(r.get("method")), r["seed"]))
+        labels = [" · ".join(str(x) for x in (r["init"], r.get("method"), variant_of(r)) if x) for r in runs]
+        labels = [f"{lab} (seed {r['seed']})" if labels.count(lab) > 1 else lab
+                  for lab, r in zip(labels, runs, strict=True)]
+        table = pd.DataFrame({lab: {**r["per_class"], f"mean ({metric})": r["value"]} for lab, r in
+                              zip(labels, runs, strict=True)}).dropna(how="all")  # classes absent from the data
+        shown = table.map(lambda v: "" if v is None or pd.isna(v) else f"{v:.1f}")
+        cards.append(f"<div><h3>{h.esc(task)}: per-class {h.esc(metric)} (%)</h3>{h.frame(shown, index=True)}</div>")
+    return f'<div class="cards">{"".join(cards)}</div>' if cards else ""
+
+
+def curves_html(results):
+    """Pretraining loss curves and each fine-tuning run's curves.png (drawn from its metrics.jsonl)."""
+    figures = [h.image(p, f"pretraining: {p.name}") for p in sorted(results.glob("*.loss.png"))]
+    figures += [h.image(p, f"{p.parent.name}: loss, learning rate, evaluations") for p in
+                sorted(results.glob("*/curves.png"), key=lambda p: _natural(p.parent))]
+    return h.grid(figures, kind="rows")  # three panels side by side: full width to be legible
+
+
+def examples_html(results):
+    """The example grids the runs drew (inpainting, retrieval, segmentation, detection, pretraining samples)."""
+    found = [p for p in results.glob("*.png") if not p.name.startswith("table") and not p.name.endswith(".loss.png")]
+    notes = []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir() and re.search(r"[._]examples$", p.name)):
+        images = sorted(folder.glob("*.png"), key=_natural)
+        found += images[:MAX_PER_FOLDER]
+        if len(images) > MAX_PER_FOLDER:
+            notes.append(f"{folder.name}/: the first {MAX_PER_FOLDER} of {len(images)} images are shown.")
+    groups = {}
+    for path in sorted(found, key=_natural):
+        name = path.relative_to(results).as_posix()
+        groups.setdefault(EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), []).append(
+            h.image(path, name))
+    return "".join(f"<h3>{h.esc(title)}</h3>{h.grid(figs, kind='wide')}" for title, figs in groups.items()) + (
+        h.notes_html(notes) if groups else "")
+
+
+def _precision(record):
+    for source in (record.get("protocol") or {}, record.get("config") or {}):
+        for key in ("precision", "amp_dtype", "dtype", "amp"):
+            if source.get(key) is not None:
+                return str(source[key])
+    return "not recorded"
+
+
+def _stamps(results):
+    rows = []
+    for path in sorted(results.glob("*.stamp")):
+        try:
+            stamp = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        rows.append({"output": path.name.removesuffix(".stamp"), "status": stamp.get("status", ""),
+                     "wall time (s)": stamp.get("wall_time_s", ""), "command": " ".join(stamp.get("command", []))})
+    return pd.DataFrame(rows)
+
+
+def _value(record):
+    low, high = record["ci95"] or (None, None)
+    interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+    return "" if record["value"] is None else f"{record['value']:.3g}{interval}"
+
+
+def provenance_html(results, records, lines):
+    """Where the numbers come from: commits, data, seeds, precision, devices, wall times, library versions."""
+    runs = pd.DataFrame([{
+        "record": Path(r["_path"]).relative_to(results).as_posix(), "task": r["task"], "init": r["init"],
+        "metric": r["metric"], "value [95% interval]": _value(r), "images": r["n_images"], "seed": r["seed"],
+        "device": (r.get("config") or {}).get("device", ""), "precision": _precision(r),
+        "wall time (s)": r["wall_time_s"]} for r in records])
+    versions = {}
+    for r in records:
+        for name, value in (r.get("versions") or {}).items():
+            if not name.startswith("git"):
+                versions.setdefault(name, set()).add(str(value))
+    libs = ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items()))
+    stamps = _stamps(results)
+    return (h.notes_html(lines) + f"<h3>Runs</h3>{h.frame(runs)}"
+            + (f"<h3>Stages of run_all.sh</h3>{h.frame(stamps)}" if len(stamps) else "")
+            + f'<p class="note">Libraries: {h.esc(libs or "-")}</p>')
+
+
+def main(argv=None):
+    # config: parser defaults < benchmarks.yaml profile < command line
+    args = parse_with_profile(get_args_parser(), argv, "report")
+    repo = benchmarks_path().parent
+    results = Path(args.results or repo / "results" / args.profile)
+    out = Path(args.out) if args.out else results / "report.html"
+    # data: the records (the tables' only input) and the files the runs wrote beside them
+    records, skipped = load_records(results)
+    if not records and not list(results.glob("table*.csv")):
+        raise CebenchError(f"no result records or tables under {results}: run the transfer/evaluation entry points "
+                           "first")
+    profiles = {str((r.get("config") or {}).get("profile")) for r in records} - {"None"}
+    profile = ", ".join(sorted(profiles)) or args.profile  # tables alone (e.g. results/reference/): the flag's
+    synthetic = any("synthetic" in str(r["dataset"]).lower() for r in records)
+    lines = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
+    # the page
+    sections = [("tables", "Tables", tables_html(results, lines), "No table files: run python -m evaluation.tables."),
+                ("charts", "Charts", charts_html(results), "No charts."),
+                ("per-class", "Per-class results", per_class_html(records), "No per-class numbers in the records."),
+                ("curves", "Training curves", curves_html(results), "No training curves in this folder."),
+                ("examples", "Examples", examples_html(results), "No example grids in this folder."),
+                ("provenance", "Provenance", provenance_html(results, records, lines), "")]
+    commit = git_info().get("git_commit", "not a git checkout")[:12]
+    subtitle = (f"{display_path(results, repo)} · profile {profile} · {len(records)} records · written "
+                f"{time.strftime('%Y-%m-%d %H:%M')} at commit {commit}")
+    banner = ("Synthetic data: these numbers check the pipeline, not the paper." if synthetic else "")
+    text = h.page(f"cebench report: {profile}", subtitle, banner,
+                  [(a, t, h.section(a, t, body, empty)) for a, t, body, empty in sections])
+    atomic_write_text(out, text)
+    get_logger("report").info("wrote %s (%.0f kB)", out, out.stat().st_size / 1024)
+    return {"out": str(out), "records": len(records), "bytes": out.stat().st_size}
+
+
+if __name__ == "__main__":
+    run_cli(main)
