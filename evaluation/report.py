@@ -17,7 +17,7 @@ from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
-from cebench.records import git_info
+from cebench.records import git_info, results_dir
 from evaluation import report_html as h
 from evaluation.paper_tables import PUBLISHED, load_records, variant_of
 from evaluation.tables import provenance
@@ -151,17 +151,17 @@ def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     args = parse_with_profile(get_args_parser(), argv, "report")
     repo = benchmarks_path().parent
-    results = Path(args.results or repo / "results" / args.profile)
+    results = Path(args.results or results_dir(args.profile))
     out = Path(args.out) if args.out else results / "report.html"
     # data: the records (the tables' only input) and the files the runs wrote beside them
-    records, skipped = load_records(results)
+    records, other, _unreadable = load_records(results)  # the tables' footers name what they left out
     if not records and not list(results.glob("table*.csv")):
         raise CebenchError(f"no result records or tables under {results}: run the transfer/evaluation entry points "
                            "first")
     profiles = {str((r.get("config") or {}).get("profile")) for r in records} - {"None"}
     profile = ", ".join(sorted(profiles)) or args.profile  # tables alone (e.g. results/reference/): the flag's
     synthetic = any("synthetic" in str(r["dataset"]).lower() for r in records)
-    lines = provenance(profile, display_path(results, repo), records, skipped, display_path(args.published, repo))
+    lines = provenance(profile, display_path(results, repo), records, other, display_path(args.published, repo))
     # the page
     sections = [("tables", "Tables", tables_html(results, lines), "No table files: run python -m evaluation.tables."),
                 ("charts", "Charts", charts_html(results), "No charts."),

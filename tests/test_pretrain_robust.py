@@ -105,8 +105,8 @@ def test_kill_during_a_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatc
     assert _meta(out)["steps"] == 4
 
 
-def _files(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+def _files(folder):  # every file of the run, TensorBoard events included, by its path in the folder
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_failed_overwrite_or_resume_leaves_the_previous_run_whole(tmp_path, monkeypatch):

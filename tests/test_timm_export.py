@@ -71,7 +71,8 @@ def test_ce_pt_loads_weights_only_through_timm_with_identical_pool5(ce_pt, monke
     monkeypatch.setattr(torch, "load", spy)
     model = _from_ce(ce_pt)
     assert calls and all(w is True for w in calls)  # ours (reading the trunk settings) and timm's loader
-    assert model.constructor_args() == {"arch": "caffenet", "pool_free": False, "width": 0.25}  # from the file
+    # from the file
+    assert model.constructor_args() == {"arch": "caffenet", "pool_free": False, "width": 0.25, "lrn": "caffe-range"}
     assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.pretrained_cfg["file"] == str(ce_pt)
     encoder, _ = load_encoder(ce_pt)
     x = torch.randn(3, 3, 64, 64)
