@@ -57,6 +57,8 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         "per_class": {str(k): _pct(v) for k, v in (per_class or {}).items()},
         "n_images": int(n_images), "seed": seed, "wall_time_s": round(float(wall_time_s), 2),
         "config": config, "protocol": protocol, "versions": versions(),
+        # arithmetic of the run's forward passes (entry points store the resolved --precision in their config)
+        "precision": (config or {}).get("precision", "fp32"),
     }
     record.update(extra)
     return record

@@ -69,13 +69,14 @@ def main(argv=None):
     args = parse_with_profile(get_args_parser(), argv, "retrieval")
     cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"])
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     seed_everything(cfg["seed"])
     log = get_logger("retrieval")
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
-    extractor, info = build_extractor(cfg, rt.device)
+    extractor, info = build_extractor(cfg, rt.device, rt.precision)
     out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"retrieval_{info['init']}.json")
     refuse_overwrite(out, cfg["overwrite"])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
 """Flags shared by the three transfer commands (classify, detect, segment), so that every initialisation is
 described, rescaled, optimised and run the same way whatever the task."""
 
+from cebench.runtime import add_precision_flag
+
 
 def add_init_args(group, *, rescale_images, rescale_what):
     """--weights and the trunk of 'random', then Krähenbühl et al.'s rescaling (on by default)."""
@@ -31,9 +33,10 @@ def add_sgd_args(group, *, weight_decay, clip_grad):
 
 
 def add_run_args(group, *, out_help, ckpt_every):
-    """Seed, device, CPU threads, the record's path, resuming and checkpoint/log intervals."""
+    """Seed, device, precision, CPU threads, the record's path, resuming and checkpoint/log intervals."""
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_precision_flag(group)
     group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; use 1 when "
                        "other jobs share the cores, as over-subscribed threads stall each other)")
     group.add_argument("--out", default=None, help=out_help)
