@@ -271,6 +271,22 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
             "versions": versions()}
 
 
+def decode_mode(cfg, dataset, device):
+    """Where JPEGs are decoded: 'gpu' (auto on CUDA when the images are not cached in memory) or 'cpu'."""
+    mode = cfg.get("decode", "auto")
+    if mode == "auto":
+        return "gpu" if torch.device(device).type == "cuda" and dataset.cache is None else "cpu"
+    if mode == "gpu" and torch.device(device).type != "cuda":
+        raise CebenchError("--decode gpu needs --device cuda (on a CPU, --decode cpu decodes in the loader's workers)")
+    return mode
+
+
 def make_train_loader(dataset, cfg, runtime, start, stop):
+    """Batches of steps [start, stop) of this rank: decoded by CPU workers, or as file bytes decoded on the GPU."""
+    if decode_mode(cfg, dataset, runtime.device) == "gpu":
+        from pretrain.decode import make_decoding_loader  # torchvision.io only for the GPU path
+
+        return make_decoding_loader(dataset, start, stop, cfg["batch_size"], runtime.device, runtime.rank,
+                                    runtime.world_size, workers=cfg["workers"])
     return make_loader(dataset, start, stop, cfg["batch_size"], runtime.rank, runtime.world_size,
                        workers=cfg["workers"], pin_memory=runtime.device.type == "cuda")

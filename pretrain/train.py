@@ -43,6 +43,9 @@ def get_args_parser():
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
                    "core; 0 prepares batches in the training process)")
+    g.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded: "
+                   "cpu = PIL in the loader's workers; gpu = the workers read file bytes and the GPU decodes the "
+                   "batch (nvJPEG; same crops, flips and masks); auto = gpu on CUDA unless the images are cached")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
