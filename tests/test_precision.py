@@ -1,6 +1,8 @@
 """--precision: resolution per device, bf16 steps that keep float32 weights and losses, records and checkpoints that
 say what ran, and the speed benchmarks' per-precision table."""
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -134,3 +136,24 @@ def test_speed_measure_reports_each_precision_side_by_side():
     assert summary["fastest"] in result and summary["speedup_over_fp32"]["fp32"]["model_only"] == 1.0
     assert table(result).count("\n") == 3  # header, rule, one row per precision
     assert benchmark_precisions("cpu")[0] == "fp32"
+
+
+@pytest.mark.filterwarnings("ignore:class\\(es\\).*no positive:UserWarning")  # the tiny devkit lacks classes
+def test_transfer_record_and_speed_per_precision(tmp_path):
+    from vocfactory import make_vocdevkit
+
+    from transfer import classify
+    from transfer import speed as transfer_speed
+
+    voc = make_vocdevkit(tmp_path / "VOCdevkit", splits={"train": 8, "val": 4}, seed=2)
+    args = ["--voc-root", str(voc.root), "--train-split", "train", "--test-split", "val", "--input-size", "64",
+            "--base-size", "80", "--width", "0.25", "--fc-dim", "32", "--steps", "2", "--batch-size", "4",
+            "--rescale-images", "4", "--rescale-iterations", "1", "--test-crops", "1", "--device", "cpu",
+            "--threads", "1"]
+    classify.main([*args, "--precision", "bf16", "--out", str(tmp_path / "cls.json")])
+    record = json.loads((tmp_path / "cls.json").read_text())
+    assert record["precision"] == record["config"]["precision"] == "bf16"
+    result = transfer_speed.main([*args, "--bench-steps", "1", "--warmup", "0", "--rounds", "1", "--precisions",
+                                  "fp32", "bf16"])
+    assert set(result["precisions"]) == {"fp32", "bf16"}
+    assert all(r["end_to_end_images_per_s"] > 0 for r in result["precisions"].values())
