@@ -41,14 +41,16 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def _time_model_only(bench, first_step, n, device):
-    """Per-step seconds of the step alone on the batch in memory."""
+def _time_model_only(bench, first_step, n, device, cpu=None):
+    """Per-step seconds of the step alone on the batch in memory (this process's CPU seconds appended to `cpu`)."""
     times = []
     for step in range(first_step, first_step + n):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         bench.step(bench.batch, step)
         _sync(device)
         times.append(time.perf_counter() - start)
+        if cpu is not None:
+            cpu.append(time.process_time() - start_cpu)
     return times
 
 
@@ -68,12 +70,12 @@ def _time_end_to_end(bench, first_step, warmup, n, device):
 
 def measure(benches, *, images_per_step, device, rounds=2, warmup=2, steps=8):
     """{precision: images/s model-only and end-to-end (mean and median), ratio}, rounds interleaved."""
-    timed = {p: {"model": [], "e2e": []} for p in benches}
+    timed = {p: {"model": [], "e2e": [], "cpu": []} for p in benches}
     step = 0
     for _ in range(rounds):
         for precision, bench in benches.items():
             _time_model_only(bench, step, warmup, device)
-            timed[precision]["model"] += _time_model_only(bench, step + warmup, steps, device)
+            timed[precision]["model"] += _time_model_only(bench, step + warmup, steps, device, timed[precision]["cpu"])
             step += warmup + steps
             timed[precision]["e2e"] += _time_end_to_end(bench, step, warmup, steps, device)
             step += warmup + steps
@@ -87,6 +89,9 @@ def measure(benches, *, images_per_step, device, rounds=2, warmup=2, steps=8):
                           "model_only_images_per_s_median": images_per_step / statistics.median(model),
                           "end_to_end_images_per_s_median": images_per_step / statistics.median(e2e),
                           "ratio_median": statistics.median(model) / statistics.median(e2e),
+                          # CPU seconds do not grow when other jobs take turns on the cores: with --threads 1
+                          # their ratio between precisions is the speed-up a quiet machine would see
+                          "model_only_cpu_s_per_step_median": statistics.median(t["cpu"]),
                           "steps_timed": len(model)}
     return out
 
@@ -100,18 +105,20 @@ def summarize(per_precision):
         base = per_precision["fp32"]
         summary["speedup_over_fp32"] = {
             p: {"model_only": r["model_only_images_per_s_median"] / base["model_only_images_per_s_median"],
-                "end_to_end": r["end_to_end_images_per_s_median"] / base["end_to_end_images_per_s_median"]}
+                "end_to_end": r["end_to_end_images_per_s_median"] / base["end_to_end_images_per_s_median"],
+                "model_only_cpu_time": base["model_only_cpu_s_per_step_median"] / r["model_only_cpu_s_per_step_median"]}
             for p, r in per_precision.items()}
     return summary
 
 
 def table(per_precision):
-    """A Markdown table of images/s per precision (medians over steps, means in brackets)."""
-    lines = ["| precision | model-only img/s | end-to-end img/s | end-to-end / model-only |", "|---|---|---|---|"]
+    """A Markdown table of images/s per precision (medians over steps, means in brackets) and CPU s per step."""
+    lines = ["| precision | model-only img/s | end-to-end img/s | end-to-end / model-only | model-only CPU s/step |",
+             "|---|---|---|---|---|"]
     for p, r in per_precision.items():
         lines.append(f"| {p} | {r['model_only_images_per_s_median']:.1f} ({r['model_only_images_per_s']:.1f}) | "
                      f"{r['end_to_end_images_per_s_median']:.1f} ({r['end_to_end_images_per_s']:.1f}) | "
-                     f"{r['ratio_median']:.3f} ({r['ratio']:.3f}) |")
+                     f"{r['ratio_median']:.3f} ({r['ratio']:.3f}) | {r['model_only_cpu_s_per_step_median']:.3f} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,8 @@
 
 A task supplies only its data, its loss and its evaluation; everything else lives here: optimiser, learning-rate
 schedule (a pure function of the step), gradient accumulation and clipping, mixed precision (the runtime's
---precision: bf16 autocast on CPUs that have it, fp16 AMP on CUDA), DDP under torchrun,
-a tqdm bar, ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
+--precision: bf16 autocast on CPUs that have it, fp16 AMP on CUDA; test-time evaluation stays float32), DDP
+under torchrun, a tqdm bar, ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
 
 Usage::
 
@@ -306,14 +306,10 @@ def _optimizer_step(model, optimizer, scaler, config, step):
 
 def _micro_step(task, model, batch, scaler, runtime, config, last):
     """Forward and backward of one micro-batch; DDP syncs gradients only on the last one of a step."""
-    sync = last or not runtime.distributed
-    ctx = nullcontext() if sync else model.no_sync()
+    ctx = nullcontext() if last or not runtime.distributed else model.no_sync()
     with ctx:
-        with runtime.autocast(config.amp):
-            loss = task.training_step(model, to_device(batch, runtime.device))
-        # autocast runs the tasks' losses (cross-entropy, BCE-with-logits, smooth L1) in float32; .float() makes
-        # sure of it for any other task, so the backward pass starts from a float32 loss
-        loss = loss.float()
+        with runtime.autocast(config.amp):  # autocast runs the losses (cross-entropy, BCE, smooth L1) in float32;
+            loss = task.training_step(model, to_device(batch, runtime.device)).float()  # .float(): any other too
         if not torch.isfinite(loss):
             raise CebenchError(f"training diverged: loss is {loss.item()} (lower the learning rate?)")
         scaler.scale(loss / config.accum_steps).backward()
@@ -396,8 +392,7 @@ def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start,
     bar.close()
     elapsed = time.time() - t0
     return FitResult(metrics={}, step=step, wall_time_s=elapsed, images_per_s=seen / max(1e-9, elapsed),
-                     precision=runtime.precision if config.amp else "fp32",
-                     history=history)
+                     precision=runtime.precision if config.amp else "fp32", history=history)
 
 
 __all__ = ["Task", "TrainConfig", "FitResult", "fit", "learning_rate", "epochs_to_steps", "derive_seed",
