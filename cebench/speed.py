@@ -6,6 +6,7 @@ by side. Precisions and the two measurements alternate within every round, so lo
 machine spreads over all of them instead of favouring whichever ran in a quiet minute.
 """
 
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from cebench.files import atomic_write_json
 from cebench.runtime import cpu_has_native_bf16
 
 # The loader keeps up when the whole loop reaches this share of the step-only rate (issue 16's bar).
@@ -120,6 +122,18 @@ def table(per_precision):
                      f"{r['end_to_end_images_per_s_median']:.1f} ({r['end_to_end_images_per_s']:.1f}) | "
                      f"{r['ratio_median']:.3f} ({r['ratio']:.3f}) | {r['model_only_cpu_s_per_step_median']:.3f} |")
     return "\n".join(lines)
+
+
+def report(per_precision, cfg, device, json_path=None, **fields):
+    """A speed command's result (settings, one row per precision, summary): printed, written to `json_path`."""
+    result = {"profile": cfg["profile"], "device": str(device), "threads": torch.get_num_threads(),
+              **{k: cfg[k] for k in ("batch_size", "input_size", "arch", "width")}, **fields,
+              "precisions": per_precision, **summarize(per_precision)}
+    print(table(per_precision))
+    print(json.dumps(result, indent=2))
+    if json_path:
+        atomic_write_json(json_path, result)
+    return result
 
 
 def add_benchmark_args(parser):

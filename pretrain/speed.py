@@ -5,16 +5,14 @@
 Data loading keeps up when the end-to-end images/s is at least 95% of the model-step-only images/s.
 """
 
-import json
 import time
 
 import torch
 
 from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json
 from cebench.runtime import Runtime, resolve_device
-from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, summarize, table
+from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from pretrain import loop
 from pretrain.train import get_args_parser
 
@@ -61,17 +59,11 @@ def main(argv=None):
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=args.rounds,
                             warmup=args.warmup, steps=args.bench_steps)
     decode = loop.decode_mode(cfg, dataset, device)
-    result = {"stage": "pretrain", "profile": cfg["profile"], "device": str(device),
-              "threads": torch.get_num_threads(), "batch_size": cfg["batch_size"], "input_size": cfg["input_size"],
-              "arch": cfg["arch"], "width": cfg["width"], "mask": cfg["mask"], "cached": dataset.cache is not None,
-              "decode": decode, "workers": cfg["workers"], "precisions": per_precision, **summarize(per_precision)}
+    extra = {}
     if decode == "cpu":  # the GPU path's CPU cost is reading file bytes; its decoding runs on the device
-        result["data_cpu_s_per_batch"] = _data_cpu_per_batch(dataset, cfg, runtimes[precisions[0]], 0, 8)
-    print(table(per_precision))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        atomic_write_json(args.json, result)
-    return result
+        extra["data_cpu_s_per_batch"] = _data_cpu_per_batch(dataset, cfg, runtimes[precisions[0]], 0, 8)
+    return report(per_precision, cfg, device, args.json, stage="pretrain", mask=cfg["mask"], decode=decode,
+                  cached=dataset.cache is not None, workers=cfg["workers"], **extra)
 
 
 if __name__ == "__main__":

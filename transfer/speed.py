@@ -8,16 +8,13 @@ micro-step and optimiser step, so detection and segmentation share its arithmeti
 Data loading keeps up when the end-to-end images/s is at least 95% of the step-only images/s.
 """
 
-import json
-
 import torch
 
 from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.runtime import Runtime, resolve_device
-from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, summarize, table
+from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from transfer import classify_run as run
 from transfer import engine
 from transfer.classification import ClassificationTask, Classifier
@@ -62,15 +59,8 @@ def main(argv=None):
     benches = {p: _bench(cfg, Runtime(device=device, precision=p), train, test, config) for p in precisions}
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=args.rounds,
                             warmup=args.warmup, steps=args.bench_steps)
-    result = {"stage": "finetune (classification)", "profile": cfg["profile"], "device": str(device),
-              "threads": torch.get_num_threads(), "batch_size": cfg["batch_size"], "input_size": cfg["input_size"],
-              "arch": cfg["arch"], "width": cfg["width"], "fc_dim": cfg["fc_dim"], "workers": config.num_workers,
-              "cached": train._cache is not None, "precisions": per_precision, **summarize(per_precision)}
-    print(table(per_precision))
-    print(json.dumps(result, indent=2))
-    if args.json:
-        atomic_write_json(args.json, result)
-    return result
+    return report(per_precision, cfg, device, args.json, stage="finetune (classification)", fc_dim=cfg["fc_dim"],
+                  cached=train._cache is not None, workers=config.num_workers)
 
 
 if __name__ == "__main__":
