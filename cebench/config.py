@@ -33,7 +33,8 @@ COMMON_KEYS = {"voc_root", "year", "images", "weights", "seed", "device", "threa
                "weight_decay", "lr_schedule", "lr_step", "lr_gamma", "momentum", "clip_grad", "ckpt_every",
                "log_every", "eval_every", "train_split", "test_split", "skip_bad", "rescale_images",
                "rescale_iterations", "fc_dim", "min_scale", "max_scale", "gallery_split", "query_split",
-               "gallery_list", "query_list", "max_gallery", "max_queries", "features", "center", "health_images"}
+               "gallery_list", "query_list", "max_gallery", "max_queries", "features", "center", "health_images",
+               "precision", "tensorboard"}
 PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_test_json", "coco_images",
              "proposals", "proposals_cache", "results", "weights", "out"}
 

@@ -119,6 +119,8 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         "n_images": int(n_images), "seed": seed, "wall_time_s": round(float(wall_time_s), 2),
         "config": config, "protocol": protocol, "versions": versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the newest run wins ties in tables
+        # arithmetic of the run's forward passes (entry points store the resolved --precision in their config)
+        "precision": (config or {}).get("precision", "fp32"),
     }
     reasons = {}
     if any(_is_nan(v) for v in per_class.values()):

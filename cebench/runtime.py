@@ -1,8 +1,10 @@
-"""Device choice, seeding and torchrun-aware distributed set-up (gloo on CPU, NCCL on CUDA)."""
+"""Device and precision choice, seeding and torchrun-aware distributed set-up (gloo on CPU, NCCL on CUDA)."""
 
 import os
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +21,7 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    precision: str = "fp32"  # resolved: fp32, bf16 or fp16 (see resolve_precision)
 
     @property
     def distributed(self):
@@ -28,10 +31,71 @@ class Runtime:
     def is_main(self):
         return self.rank == 0
 
-    @property
-    def amp(self):
-        """Mixed precision only where it pays and is safe: CUDA."""
-        return self.device.type == "cuda"
+    def autocast(self, enabled=True):
+        """Context of the forward pass: torch.autocast at this run's precision (a no-op for fp32)."""
+        return autocast(self.device, self.precision if enabled else "fp32")
+
+    def grad_scaler(self, enabled=True):
+        """Loss scaling, needed by float16 only (bfloat16 has float32's exponent range)."""
+        return torch.amp.GradScaler(self.device.type, enabled=enabled and self.precision == "fp16")
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware: x86 AVX512-BF16 and AMX-BF16, Arm's BF16.
+_BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
+
+
+def autocast(device, precision):
+    """torch.autocast on `device` at a resolved precision (fp32: a no-op context)."""
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU feature flags the kernel reports (x86 'flags', Arm 'Features'); empty where there is no such file."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return set()
+    return {f for line in lines if line.split(":")[0].strip() in ("flags", "Features")
+            for f in line.split(":", 1)[1].split()}
+
+
+def cpu_has_native_bf16():
+    """Whether this CPU runs bfloat16 matmuls/convolutions natively, so that bf16 autocast is faster than fp32.
+
+    torch's own CPUID probe (cpuinfo, via torch.cpu._is_avx512_bf16_supported / _is_amx_tile_supported) when this
+    torch has it, else the kernel's /proc/cpuinfo flags. Not torch.backends.cpu.get_cpu_capability(): it says
+    "AVX512" with or without BF16, and oneDNN's bf16 check accepts any AVX512 CPU, where bf16 is emulated (slower).
+    """
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(probe is not None and probe() for probe in probes):
+        return True
+    return bool(_BF16_CPU_FLAGS & cpu_flags())
+
+
+def resolve_precision(name, device):
+    """--precision for a device: 'auto' = bf16 on a CPU with native bfloat16, fp16 (AMP) on CUDA, else fp32."""
+    if name not in PRECISIONS:
+        raise CebenchError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CebenchError("--precision bf16 was asked for but this GPU has no bfloat16 support; use fp16 or auto")
+    return name
+
+
+def add_precision_flag(group):
+    """--precision, shared by every entry point that trains or extracts features."""
+    group.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="arithmetic of forward and "
+                       "backward passes (autocast; weights, optimiser state, losses and metrics stay float32): auto = "
+                       "bf16 on a CPU with native bfloat16 (AVX512-BF16/AMX), fp16 with loss scaling on CUDA, else "
+                       "fp32. Use fp32 to reproduce a float32 run exactly")
 
 
 def resolve_device(name="auto", local_rank=0):
@@ -45,8 +109,8 @@ def resolve_device(name="auto", local_rank=0):
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device="auto"):
-    """Read torchrun's environment; fall back to one process on CPU or GPU."""
+def init_distributed(device="auto", precision="auto"):
+    """Read torchrun's environment; fall back to one process on CPU or GPU. Resolves --precision for the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -55,7 +119,8 @@ def init_distributed(device="auto"):
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank)
+    return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank,
+                   precision=resolve_precision(precision, dev))
 
 
 def cleanup_distributed():

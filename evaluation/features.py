@@ -15,7 +15,7 @@ from skimage.feature import hog
 
 from cebench.errors import CebenchError
 from cebench.logs import progress
-from cebench.runtime import default_num_workers, worker_seed_init
+from cebench.runtime import add_precision_flag, autocast, default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
@@ -76,6 +76,7 @@ class Extractor:
     kind: str
     encoder: torch.nn.Module = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"  # resolved --precision of the encoder's forward pass; features come out float32
 
     def __post_init__(self):
         if self.kind not in ("hog", "pool5"):
@@ -91,7 +92,9 @@ class Extractor:
         if self.kind == "hog":
             return hog_rows.numpy()
         x = apply_mask(normalize(images, self.device), mask.to(self.device))  # (B, 3, S, S), hole = 0 = mean
-        return self.encoder.forward_features(x).flatten(1).float().cpu().numpy()  # (B, C*h*w)
+        with autocast(self.device, self.precision):
+            feats = self.encoder.forward_features(x)
+        return feats.flatten(1).float().cpu().numpy()  # (B, C*h*w)
 
 
 def make_loader(paths, size, extractor, batch_size=64, workers=None):
@@ -144,10 +147,11 @@ def add_feature_args(parser):
     add_health_arg(g)
     g.add_argument("--input-size", type=int, default=227, help="images are resized and centre-cropped to this "
                    "square; the hole is its central half (paper: 227 for features; voc-mini: 128)")
+    add_precision_flag(g)
     return g
 
 
-def build_extractor(cfg, device):
+def build_extractor(cfg, device, precision="fp32"):
     """(Extractor, info) from a resolved config: info has init, source, arch, meta like load_encoder's."""
     if cfg["features"] == "hog":
         info = {"init": "hog", "source": "skimage.feature.hog", "arch": None, "meta": {},
@@ -157,7 +161,7 @@ def build_extractor(cfg, device):
     encoder, info = load_encoder(cfg["weights"], arch=arch, seed=cfg["seed"])
     info = {k: v for k, v in info.items() if k != "fc"}
     info["pool5_shape"] = list(encoder.feature_shape(cfg["input_size"]))
-    return Extractor("pool5", encoder, device), info
+    return Extractor("pool5", encoder, device, precision), info
 
 
 def encoder_health(encoder, gallery, cfg, device):

@@ -98,13 +98,14 @@ def main(argv=None):
     args = parse_with_profile(get_args_parser(), argv, "inpainting")
     cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"])
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     seed_everything(cfg["seed"])
     log = get_logger("inpainting")
     # data: gallery to borrow regions from, held-out images to fill
     gallery, queries = gallery_and_queries(cfg)
     # model: the feature extractor, and the decoder when there is one
-    extractor, info = build_extractor(cfg, rt.device)
+    extractor, info = build_extractor(cfg, rt.device, rt.precision)
     decoder = load_decoder(cfg, info)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
     out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")

@@ -69,13 +69,14 @@ def main(argv=None):
     args = parse_with_profile(get_args_parser(), argv, "retrieval")
     cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"])
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     seed_everything(cfg["seed"])
     log = get_logger("retrieval")
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
-    extractor, info = build_extractor(cfg, rt.device)
+    extractor, info = build_extractor(cfg, rt.device, rt.precision)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", info["init"]))
     refuse_overwrite(out, cfg["overwrite"])
     check_writable(out.parent)  # created when the outputs are written, at the end

@@ -44,12 +44,17 @@ def list_images(root, image_list=None):
     return paths
 
 
+def resized_size(width, height, short_side):
+    """(width, height) of an image whose shorter side is scaled to `short_side` (neither side below it)."""
+    scale = short_side / min(width, height)
+    return max(short_side, round(width * scale)), max(short_side, round(height * scale))
+
+
 def read_image(path, short_side):
     """Decode an image as RGB uint8 (H, W, 3) with its shorter side resized to `short_side`."""
     try:
         with Image.open(path) as img:
-            scale = short_side / min(img.size)
-            size = (max(short_side, round(img.width * scale)), max(short_side, round(img.height * scale)))
+            size = resized_size(img.width, img.height, short_side)
             img.draft("RGB", size)  # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is enough
             img = img.convert("RGB")
             if img.size != size:
@@ -152,19 +157,25 @@ class InpaintingStream(torch.utils.data.Dataset):
             self._perm = (epoch, np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.paths)))
         return int(self._perm[1][offset])
 
+    def draw(self, position, height, width):
+        """The random choices of one sample of a (height, width) image: (top, left, flip, bool mask (1, S, S))."""
+        rng = np.random.default_rng([self.seed, 1, position])
+        s = self.input_size
+        top = int(rng.integers(0, height - s + 1))
+        left = int(rng.integers(0, width - s + 1))
+        flip = bool(rng.random() < 0.5)
+        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+        return top, left, flip, make_masks(self.mask_kind, 1, s, s, gen, self.shapes)[0]
+
     def __getitem__(self, position):
         index = self.image_index(position)
         image, replaced = self.load(index)
-        rng = np.random.default_rng([self.seed, 1, position])
+        top, left, flip, mask = self.draw(position, *image.shape[:2])
         s = self.input_size
-        top = int(rng.integers(0, image.shape[0] - s + 1))
-        left = int(rng.integers(0, image.shape[1] - s + 1))
         crop = image[top:top + s, left:left + s]
-        if rng.random() < 0.5:
+        if flip:
             crop = crop[:, ::-1]
         crop = torch.from_numpy(np.ascontiguousarray(crop.transpose(2, 0, 1)))  # (3, S, S) uint8
-        gen = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-        mask = make_masks(self.mask_kind, 1, s, s, gen, self.shapes)[0]  # (1, S, S) bool
         return crop, mask, torch.tensor(replaced)
 
 

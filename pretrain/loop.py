@@ -25,7 +25,7 @@ from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
 # Settings that shape the trajectory: a resumed run must agree on all of them to replay the same steps.
 REPLAY_KEYS = ("arch", "pool_free", "width", "input_size", "load_size", "dropout", "decoder_width", "mask",
                "overlap", "overlap_weight", "adv_weight", "steps", "batch_size", "lr", "beta1", "weight_decay",
-               "lr_schedule", "seed", "region_shapes")
+               "lr_schedule", "seed", "region_shapes", "precision")
 
 
 def check_args(args, given=()):
@@ -144,7 +144,7 @@ class Trainer:
             self.disc = Discriminator().to(runtime.device)
             # paper §3.2 (Table 1 model): the generator's learning rate is 10x the discriminator's
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg["lr"] / 10, betas=(cfg["beta1"], 0.999))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=runtime.amp)
+        self.scaler = runtime.grad_scaler()  # float16 only; weights and Adam's moments stay float32
         self.net, self.disc_net = self.model, self.disc
         if runtime.distributed:
             self.net = DistributedDataParallel(self.model)
@@ -158,9 +158,11 @@ class Trainer:
             group["lr"] = lr_at(step, cfg)
         target = normalize(images, dev)  # (N, 3, H, W)
         masks = masks.to(dev, non_blocking=True)
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=self.rt.amp):
+        with self.rt.autocast():
             pred = self.net(apply_mask(target, masks))
-            loss = masked_l2(pred, target, masks, cfg["overlap"], cfg["overlap_weight"])
+        # the loss outside autocast, in float32: a bf16/fp16 squared error would round away small residuals
+        pred = pred.float()
+        loss = masked_l2(pred, target, masks, cfg["overlap"], cfg["overlap_weight"])
         if self.disc is not None:
             loss = self._with_adversarial(loss, pred, target, masks)
         self.opt.zero_grad(set_to_none=True)
@@ -172,13 +174,15 @@ class Trainer:
     def _with_adversarial(self, rec_loss, pred, target, masks):
         """Update the discriminator on (real, completed) images, then mix its verdict into the loss (λ_adv)."""
         completed = torch.where(masks, pred, target)  # the prediction fills the hole only
-        with torch.autocast(self.rt.device.type, dtype=torch.float16, enabled=self.rt.amp):
-            d_loss = discriminator_loss(self.disc_net(target), self.disc_net(completed.detach()))
+        with self.rt.autocast():
+            real_logits, fake_logits = self.disc_net(target), self.disc_net(completed.detach())
+        d_loss = discriminator_loss(real_logits.float(), fake_logits.float())
         self.disc_opt.zero_grad(set_to_none=True)
         self.scaler.scale(d_loss).backward()
         self.scaler.step(self.disc_opt)
-        with torch.autocast(self.rt.device.type, dtype=torch.float16, enabled=self.rt.amp):
-            adv = generator_adversarial_loss(self.disc_net(completed))
+        with self.rt.autocast():
+            fake_logits = self.disc_net(completed)
+        adv = generator_adversarial_loss(fake_logits.float())
         weight = self.cfg["adv_weight"]
         return (1 - weight) * rec_loss + weight * adv
 
@@ -339,6 +343,7 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, 
     per_step = cfg["batch_size"] * trainer.rt.world_size
     return {"images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
             "wall_time_s": round(counters["wall_time_s"], 3), "device": str(trainer.rt.device),
+            "precision": trainer.rt.precision,
             "world_size": trainer.rt.world_size, "mask": cfg["mask"],
             "mask_source": mask_source(cfg),
             "seed": cfg["seed"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": "adam",
@@ -349,6 +354,22 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, 
             "lrn": trainer.model.encoder.lrn, "feature_health": health, "versions": versions()}
 
 
+def decode_mode(cfg, dataset, device):
+    """Where JPEGs are decoded: 'gpu' (auto on CUDA when the images are not cached in memory) or 'cpu'."""
+    mode = cfg.get("decode", "auto")
+    if mode == "auto":
+        return "gpu" if torch.device(device).type == "cuda" and dataset.cache is None else "cpu"
+    if mode == "gpu" and torch.device(device).type != "cuda":
+        raise CebenchError("--decode gpu needs --device cuda (on a CPU, --decode cpu decodes in the loader's workers)")
+    return mode
+
+
 def make_train_loader(dataset, cfg, runtime, start, stop):
+    """Batches of steps [start, stop) of this rank: decoded by CPU workers, or as file bytes decoded on the GPU."""
+    if decode_mode(cfg, dataset, runtime.device) == "gpu":
+        from pretrain.decode import make_decoding_loader  # torchvision.io only for the GPU path
+
+        return make_decoding_loader(dataset, start, stop, cfg["batch_size"], runtime.device, runtime.rank,
+                                    runtime.world_size, workers=cfg["workers"])
     return make_loader(dataset, start, stop, cfg["batch_size"], runtime.rank, runtime.world_size,
                        workers=cfg["workers"], pin_memory=runtime.device.type == "cuda")

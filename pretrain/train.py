@@ -15,7 +15,7 @@ from cebench.errors import run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
-from cebench.runtime import barrier, cleanup_distributed, init_distributed
+from cebench.runtime import add_precision_flag, barrier, cleanup_distributed, init_distributed
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
@@ -49,6 +49,9 @@ def get_args_parser():
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
                    "core; 0 prepares batches in the training process)")
+    g.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded: "
+                   "cpu = PIL in the loader's workers; gpu = the workers read file bytes and the GPU decodes the "
+                   "batch (nvJPEG; same crops, flips and masks); auto = gpu on CUDA unless the images are cached")
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
@@ -84,6 +87,7 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
+    add_precision_flag(g)
     g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
                    "use 1 when other jobs share the cores, as over-subscribed threads stall each other)")
     g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
@@ -114,7 +118,8 @@ def main(argv=None):
     # distributed + seed (every random choice of a step is a function of (seed, step), see pretrain.data)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rt = init_distributed(args.device)
+    rt = init_distributed(args.device, args.precision)
+    cfg["precision"] = rt.precision  # 'auto' resolved: the config, replay check and ce.pt meta say what ran
     log = get_logger("pretrain", rt.is_main)
     if note:
         log.info(note)
@@ -143,8 +148,8 @@ def _run(cfg, rt, paths, log):
     stop = min(cfg["steps"], cfg["max_steps"] or cfg["steps"])
     if rt.is_main:
         atomic_write_json(paths["config"], cfg)
-        log.info("steps %d..%d of %d, batch %d x %d processes, mask %s, device %s", counters["step"], stop,
-                 cfg["steps"], cfg["batch_size"], rt.world_size, cfg["mask"], rt.device)
+        log.info("steps %d..%d of %d, batch %d x %d processes, mask %s, device %s, precision %s", counters["step"],
+                 stop, cfg["steps"], cfg["batch_size"], rt.world_size, cfg["mask"], rt.device, rt.precision)
     # loop
     start = time.perf_counter()
     loader = loop.make_train_loader(dataset, cfg, rt, counters["step"], stop)

@@ -119,8 +119,9 @@ def probe(backbone, train, test, cfg, rt):
     """Frozen pool5 + logistic regression on the main rank; test logits (N, 20)."""
     if not rt.is_main:
         return None
-    return linear_probe(backbone, train, test, device=rt.device, train_views=cfg["probe_views"],
-                        test_crops=cfg["test_crops"], c=cfg["probe_c"], seed=cfg["seed"])
+    with rt.autocast():  # the frozen pool5 features at the run's precision (they come out float32)
+        return linear_probe(backbone, train, test, device=rt.device, train_views=cfg["probe_views"],
+                            test_crops=cfg["test_crops"], c=cfg["probe_c"], seed=cfg["seed"])
 
 
 def train_config(cfg, workers):

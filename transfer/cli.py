@@ -3,6 +3,7 @@ described, rescaled, optimised and run the same way whatever the task."""
 
 from cebench.curves import add_tensorboard_flag
 from pretrain.health import HEALTH_IMAGES
+from cebench.runtime import add_precision_flag
 
 
 def add_init_args(group, *, rescale_images, rescale_what):
@@ -42,9 +43,10 @@ def add_sgd_args(group, *, weight_decay, clip_grad):
 
 
 def add_run_args(group, *, out_help, ckpt_every):
-    """Seed, device, CPU threads, the record's path, resuming, checkpoint/log intervals and TensorBoard."""
+    """Seed, device, precision, CPU threads, the record's path, resuming, checkpoint/log intervals and TensorBoard."""
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_precision_flag(group)
     group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; use 1 when "
                        "other jobs share the cores, as over-subscribed threads stall each other)")
     group.add_argument("--out", default=None, help=out_help)

@@ -103,7 +103,8 @@ def main(argv=None):
     cfg = resolved_config(args)
     started = time.time()
     # distributed + seed
-    rt = init_distributed(args.device)
+    rt = init_distributed(args.device, args.precision)
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     set_threads(args.threads)
     seed_everything(args.seed)
     log = get_logger("detect", rt.is_main)

@@ -64,6 +64,8 @@ class FastRCNN(nn.Module):
     def forward(self, images, rois):
         """Images (N, 3, H, W) and rois (R, 5) -> class logits (R, C) and box deltas (R, 4·C)."""
         features = self.conv5(images)  # (N, 256, h, w)
+        # float32: torchvision's CPU roi_pool has no bfloat16 kernel (under autocast fc6/fc7 cast back down)
+        features = features.float()
         pooled = roi_pool(features, rois.to(features.dtype), self.pool_size, self.spatial_scale)  # (R, 256, 6, 6)
         fc7 = self.backbone.forward_fc(pooled)  # (R, fc_dim)
         return self.cls_score(fc7), self.bbox_pred(fc7)

@@ -1,8 +1,9 @@
 """The one fine-tuning loop of classification, detection and segmentation (MAE's engine, airbench's train()).
 
 A task supplies only its data, its loss and its evaluation; everything else lives here: optimiser, learning-rate
-schedule (a pure function of the step), gradient accumulation and clipping, AMP on CUDA, DDP under torchrun,
-a tqdm bar, ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
+schedule (a pure function of the step), gradient accumulation and clipping, mixed precision (the runtime's
+--precision: bf16 autocast on CPUs that have it, fp16 AMP on CUDA; test-time evaluation stays float32), DDP
+under torchrun, a tqdm bar, ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
 
 Usage::
 
@@ -93,7 +94,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop here (a cap for quick runs); the schedule still spans `steps`
     accum_steps: int = 1
     clip_grad_norm: float | None = None  # Caffe's clip_gradients: rescale the global L2 norm to this
-    amp: bool = True  # only ever used on CUDA
+    amp: bool = True  # allow the runtime's mixed precision (--precision) for the training steps
     eval_every: int | None = None
     checkpoint_every: int = 1000
     log_every: int = 20
@@ -113,6 +114,7 @@ class FitResult:
     resumed_from: int = 0
     history: list = field(default_factory=list)
     train_time_s: float = 0.0
+    precision: str = "fp32"  # what the training steps ran in (Runtime.precision)
 
 
 def epochs_to_steps(epochs, n_items, batch_size):
@@ -243,12 +245,14 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _load_checkpoint(path, model, optimizer, scaler, config):
-    """Restore a run's state; a checkpoint of another run (different schedule or model) is refused."""
+def _load_checkpoint(path, model, optimizer, scaler, config, precision="fp32"):
+    """Restore a run's state; a checkpoint of another run (different schedule, model or precision) is refused."""
     state = safe_torch_load(path, "run checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CebenchError(f"{path}: not a cebench fine-tuning checkpoint")
     changed = _config_changes(state["config"], config)
+    if state.get("precision", "fp32") != precision:  # checkpoints before --precision ran float32 on CPU
+        changed.append(f"precision {state.get('precision', 'fp32')} -> {precision}")
     if changed:
         raise CebenchError(f"{path}: was written with different settings ({', '.join(changed)}); "
                            "use another run folder or --overwrite to start again")
@@ -262,9 +266,9 @@ def _load_checkpoint(path, model, optimizer, scaler, config):
     return int(state["step"]), float(state.get("train_time_s", 0.0))
 
 
-def _save_checkpoint(path, model, optimizer, scaler, config, step, train_time_s=0.0):
+def _save_checkpoint(path, model, optimizer, scaler, config, step, train_time_s=0.0, precision="fp32"):
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": 1, "step": step, "config": asdict(config),
-                       "train_time_s": train_time_s,
+                       "train_time_s": train_time_s, "precision": precision,
                        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                        "scaler": scaler.state_dict() if scaler.is_enabled() else {}}, path)
 
@@ -307,11 +311,10 @@ def _optimizer_step(model, optimizer, scaler, config, step):
 
 def _micro_step(task, model, batch, scaler, runtime, config, last):
     """Forward and backward of one micro-batch; DDP syncs gradients only on the last one of a step."""
-    sync = last or not runtime.distributed
-    ctx = nullcontext() if sync else model.no_sync()
-    with ctx, torch.autocast(device_type=runtime.device.type, dtype=torch.float16,
-                             enabled=runtime.amp and config.amp):
-        loss = task.training_step(model, to_device(batch, runtime.device))
+    ctx = nullcontext() if last or not runtime.distributed else model.no_sync()
+    with ctx:
+        with runtime.autocast(config.amp):  # autocast runs the losses (cross-entropy, BCE, smooth L1) in float32;
+            loss = task.training_step(model, to_device(batch, runtime.device)).float()  # .float(): any other too
         if not torch.isfinite(loss):
             raise CebenchError(f"training diverged: loss is {loss.item()} (lower the learning rate?)")
         scaler.scale(loss / config.accum_steps).backward()
@@ -331,10 +334,10 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
     events = tensorboard_dir(tensorboard, run_dir / TENSORBOARD_NAME)
     model.to(runtime.device).train()
     optimizer = build_optimizer(task, model, config)
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.amp and config.amp)
+    scaler = runtime.grad_scaler(config.amp)  # float16 only; weights and optimiser state stay float32
     ckpt, start, before = checkpoint_path(run_dir), 0, 0.0
     if resume and ckpt.is_file():
-        start, before = _load_checkpoint(ckpt, model, optimizer, scaler, config)
+        start, before = _load_checkpoint(ckpt, model, optimizer, scaler, config, runtime.precision)
         logger.info("resumed from %s at step %d", ckpt, start)
     end = min(config.steps, config.max_steps or config.steps)
     if runtime.is_main and start:  # lines of replayed steps go (and a final evaluation that is redone)
@@ -353,7 +356,8 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
         result.train_time_s = before + result.wall_time_s
         if end > start or not ckpt.is_file():
             if runtime.is_main:
-                _save_checkpoint(ckpt, model, optimizer, scaler, config, max(start, end), result.train_time_s)
+                _save_checkpoint(ckpt, model, optimizer, scaler, config, max(start, end), result.train_time_s,
+                                 runtime.precision)
             barrier(runtime)
         result.metrics = evaluate_main(task, model, runtime)
         runlog.write({"step": max(start, end), "final": True, **result.metrics})
@@ -397,12 +401,12 @@ def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start,
         if step % config.checkpoint_every == 0 and step < end:
             if runtime.is_main:
                 _save_checkpoint(checkpoint_path(run_dir), model, optimizer, scaler, config, step,
-                                 before + time.time() - t0)
+                                 before + time.time() - t0, runtime.precision)
             barrier(runtime)
     bar.close()
     elapsed = time.time() - t0
     return FitResult(metrics={}, step=step, wall_time_s=elapsed, images_per_s=seen / max(1e-9, elapsed),
-                     history=history)
+                     precision=runtime.precision if config.amp else "fp32", history=history)
 
 
 __all__ = ["Task", "TrainConfig", "FitResult", "fit", "learning_rate", "epochs_to_steps", "derive_seed",

@@ -112,7 +112,8 @@ def main(argv=None):
     config, started = resolved_config(args), time.time()
     set_threads(args.threads)
     # distributed + seed
-    runtime = init_distributed(args.device)
+    runtime = init_distributed(args.device, args.precision)
+    config["precision"] = runtime.precision  # 'auto' resolved: the record says what ran
     seed_everything(args.seed)
     logger = get_logger("cebench.segment", runtime.is_main)
     try:
