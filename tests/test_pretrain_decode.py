@@ -39,7 +39,7 @@ def stream(images, mask="random-block"):
 def test_device_decoding_gives_the_cpu_paths_crops_and_masks(images):
     ds = stream(images)
     positions = list(range(14))  # two epochs: every image, several crops and flips
-    cpu = [ds[p] for p in positions]
+    cpu = [ds[p][:2] for p in positions]  # (crop, mask); the third item names a replaced image (-1: none)
     paths, datas, params, masks = collate_encoded([EncodedStream(ds)[p] for p in positions])
     crops = decode_batch(paths, datas, params, 40, torch.device("cpu"))  # the function CUDA runs, on the CPU
     assert crops.shape == (14, 3, 40, 40) and crops.dtype == torch.uint8
@@ -60,8 +60,8 @@ def test_decoding_loader_yields_the_training_batches(images):
     cpu = list(make_loader(ds, 0, 2, 4, workers=0))
     dev = list(make_decoding_loader(ds, 0, 2, 4, "cpu", workers=1))
     assert len(dev) == 2
-    for (a, ma), (b, mb) in zip(cpu, dev, strict=True):
-        assert b.shape == a.shape and torch.equal(ma, mb)
+    for (a, ma, ra), (b, mb, rb) in zip(cpu, dev, strict=True):
+        assert b.shape == a.shape and torch.equal(ma, mb) and torch.equal(ra, rb)  # no image replaced
         assert (a.float() - b.float()).abs().mean() < 3.0  # tolerance as above
 
 
