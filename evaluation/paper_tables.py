@@ -97,10 +97,13 @@ def pretrain_meta(record):
         if meta:
             return meta
     weights = (record.get("config") or {}).get("weights")
-    if record.get("init") == "ce" and weights and Path(weights).is_file():
+    if record.get("init") not in ("random", "supervised", "hog") and weights and Path(weights).is_file():
         from pretrain.weights import read_checkpoint  # only for records that carry no meta: loads the file
 
-        return read_checkpoint(weights)["meta"]
+        try:
+            return read_checkpoint(weights)["meta"]
+        except CebenchError:  # a labelled state_dict, not a ce.pt: no pretraining meta to show
+            return {}
     return {}
 
 

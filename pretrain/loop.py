@@ -15,7 +15,7 @@ from cebench.logs import append_jsonl, progress
 from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, check_images, list_images,
                            make_loader, normalize)
 from pretrain.losses import discriminator_loss, generator_adversarial_loss, masked_l2
-from pretrain.masks import apply_mask, load_region_shapes
+from pretrain.masks import AUTOENCODER, context_of, load_region_shapes
 from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
 
 # Settings that shape the trajectory: a resumed run must agree on all of them to replay the same steps.
@@ -42,6 +42,10 @@ def check_args(args):
     for name in ("steps", "batch_size", "ckpt_every", "log_every"):
         if getattr(args, name) < 1:
             raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise CebenchError("--max-steps must be 0 (write the untrained weights) or more")
+    if any(s < 0 for s in args.save_at or ()):
+        raise CebenchError("--save-at takes step numbers of 0 or more")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
 
@@ -53,6 +57,17 @@ def run_paths(out):
     return {"out": out, "last": Path(f"{stem}.last.pt"), "metrics": Path(f"{stem}.metrics.jsonl"),
             "loss_png": Path(f"{stem}.loss.png"), "samples_png": Path(f"{stem}.samples.png"),
             "config": Path(f"{stem}.config.json")}
+
+
+def snapshot_path(out, step):
+    """The ce.pt that --save-at writes at `step`, next to --out: <stem>.step<N>.pt."""
+    out = Path(out)
+    return Path(f"{out.with_suffix('') if out.suffix else out}.step{step}.pt")
+
+
+def stop_step(cfg):
+    """The last step of this run: --steps, or --max-steps when it is smaller (0 = the untrained weights)."""
+    return cfg["steps"] if cfg["max_steps"] is None else min(cfg["steps"], cfg["max_steps"])
 
 
 def build_model(cfg):
@@ -127,7 +142,7 @@ class Trainer:
         target = normalize(images, dev)  # (N, 3, H, W)
         masks = masks.to(dev, non_blocking=True)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=self.rt.amp):
-            pred = self.net(apply_mask(target, masks))
+            pred = self.net(context_of(target, masks, cfg["mask"]))
             loss = masked_l2(pred, target, masks, cfg["overlap"], cfg["overlap_weight"])
         if self.disc is not None:
             loss = self._with_adversarial(loss, pred, target, masks)
@@ -203,12 +218,16 @@ def ranks_identical(trainer):
     return all(torch.equal(g, gathered[0]) for g in gathered), [g.tolist() for g in gathered]
 
 
-def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
-    """Run steps counters['step'] .. stop-1, saving the run checkpoint every --ckpt-every steps."""
+def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, snapshot=None):
+    """Run steps counters['step'] .. stop-1, saving the run checkpoint every --ckpt-every steps.
+
+    `snapshot(counters)`, when given, is called before the first step and after every step (for --save-at)."""
     rt, per_step = trainer.rt, cfg["batch_size"] * trainer.rt.world_size
     trainer.model.train()
     bar = progress(total=stop, initial=counters["step"], enabled=rt.is_main, desc="pretrain", unit="step")
     tick, window = time.perf_counter(), []
+    if snapshot is not None:
+        snapshot(counters)
     for images, masks in _batches(loader):
         step = counters["step"]
         loss = float(trainer.step(images, masks, step))
@@ -228,6 +247,8 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop):
                                             "wall_time_s": round(counters["wall_time_s"], 3)})
         if rt.is_main and ((step + 1) % cfg["ckpt_every"] == 0 or step + 1 == stop):
             save_run(paths, trainer, counters, cfg, fingerprint)
+        if snapshot is not None:
+            snapshot(counters)
     bar.close()
     return counters
 
@@ -243,6 +264,8 @@ def _batches(loader):
 
 def mask_source(cfg):
     """Which random-region variant ran (PAPER.md: the paper's VOC shapes or the released code's noise)."""
+    if cfg["mask"] == AUTOENCODER:
+        return "none: autoencoder control (paper Table 2), the whole image in, every pixel reconstructed"
     if cfg["mask"] != "random-region":
         return cfg["mask"]
     if cfg.get("region_shapes"):
@@ -250,12 +273,20 @@ def mask_source(cfg):
     return "released code: thresholded bicubic noise (train_random.lua)"
 
 
+def init_label(mask, steps):
+    """The name of the weights in records and tables: ce, autoencoder (mask none) or ce-untrained (step 0)."""
+    if steps == 0:  # the initialisation the pretraining starts from, whatever its mask
+        return "ce-untrained"
+    return "autoencoder" if mask == AUTOENCODER else "ce"
+
+
 def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums):
     """The plain-dict `meta` of ce.pt."""
     from cebench.records import versions  # git calls: only when the run ends
 
     per_step = cfg["batch_size"] * trainer.rt.world_size
-    return {"images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
+    return {"init_label": init_label(cfg["mask"], counters["step"]),
+            "images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
             "wall_time_s": round(counters["wall_time_s"], 3), "device": str(trainer.rt.device),
             "world_size": trainer.rt.world_size, "mask": cfg["mask"],
             "mask_source": mask_source(cfg),
