@@ -23,7 +23,7 @@ import yaml
 
 from cebench.errors import CebenchError
 
-STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables")
+STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "probe", "curve", "tables")
 PROFILE_KEYS = {"description", "common", "run", *STAGES}
 PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_test_json", "coco_images",
              "proposals", "proposals_cache", "results", "weights", "out"}

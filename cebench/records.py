@@ -10,7 +10,7 @@ from pathlib import Path
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json
 
-TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting")
+TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting", "probe")
 REQUIRED = ("task", "init", "dataset", "split", "metric", "value", "ci95", "per_class", "n_images",
             "seed", "wall_time_s", "config", "protocol", "versions")
 _PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "faiss-cpu", "opencv-contrib-python-headless",
@@ -42,7 +42,8 @@ def git_info():
     return {"git_commit": sha, "git_dirty": bool(dirty)} if sha else {}
 
 
-def _pct(x):
+def percent(x):
+    """A fraction as percent, rounded to 4 decimals; None and NaN become None (null in JSON)."""
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else round(100.0 * float(x), 4)
 
 
@@ -53,8 +54,8 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         raise ValueError(f"unknown task {task!r}")
     record = {
         "task": task, "init": init, "dataset": dataset, "split": split, "metric": metric,
-        "value": _pct(value), "ci95": [_pct(ci95[0]), _pct(ci95[1])] if ci95 is not None else None,
-        "per_class": {str(k): _pct(v) for k, v in (per_class or {}).items()},
+        "value": percent(value), "ci95": [percent(ci95[0]), percent(ci95[1])] if ci95 is not None else None,
+        "per_class": {str(k): percent(v) for k, v in (per_class or {}).items()},
         "n_images": int(n_images), "seed": seed, "wall_time_s": round(float(wall_time_s), 2),
         "config": config, "protocol": protocol, "versions": versions(),
     }

@@ -1,4 +1,5 @@
-"""The paper's Table 1 and Table 2 as pandas DataFrames, built only from result records and published.csv.
+"""The paper's Table 1 and Table 2, and Table 3 (per-layer probes), as pandas DataFrames built only from result
+records and published.csv.
 
 Cells: our value (mean over runs of one initialisation, e.g. seeds), the 95% interval (mean of the runs'
 bootstrap bounds), the number of runs, and the paper's value beside it. A missing run is NaN: an empty cell in
@@ -18,7 +19,7 @@ from cebench.records import read_record
 PUBLISHED = Path(__file__).with_name("published.csv")
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
-               "ce": "Context encoder", "hog": "HOG"}
+               "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG"}
 TABLE2_TASKS = ("classification", "detection", "segmentation", "retrieval")
 TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
                "nn-inpainting:ce": "NN-inpainting (context-encoder features)",
@@ -141,7 +142,7 @@ def table2(records, published):
     pub = published[published["table"] == "table2"]
     cells, by_init = defaultdict(list), defaultdict(list)
     for r in records:
-        if r["task"] != "inpainting":
+        if r["task"] in TABLE2_TASKS:
             cells[(r["init"], column_of(r))].append(r)
             by_init[r["init"]].append(r)
     # The paper's three tasks always (its numbers stand beside empty cells), then retrieval and protocol variants.
@@ -194,6 +195,27 @@ def table1(records, published):
                         f"{title} paper": _number(paper.get(score))})
         rows.append(row)
     return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values())
+
+
+def table3(records):
+    """Rows per initialisation, a column per probed layer: mean probe mAP over runs with its interval."""
+    groups = defaultdict(list)
+    for r in records:
+        if r["task"] == "probe" and isinstance(r.get("layers"), dict):
+            groups[r["init"]].append(r)
+    layers = sorted({name for runs in groups.values() for r in runs for name in r["layers"]})  # conv1..conv5
+    rows = []
+    for key in _ordered(groups):
+        row = {"key": key, "row": INIT_LABELS.get(key, key)}
+        for layer in layers:
+            runs = [r for r in groups[key] if layer in r["layers"]]
+            value_of = lambda r, n=layer: (r["layers"][n]["value"], *r["layers"][n]["ci95"])  # noqa: E731
+            cell = aggregate(runs, value_of) if runs else {}
+            row.update({layer: cell.get("value", math.nan), f"{layer} low": cell.get("low", math.nan),
+                        f"{layer} high": cell.get("high", math.nan), f"{layer} runs": cell.get("runs", 0),
+                        f"{layer} paper": math.nan})  # the paper probes no layer on VOC
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("key"), layers
 
 
 def _fmt(value, low, high):

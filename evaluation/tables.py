@@ -1,7 +1,9 @@
 """Rebuild the paper's Table 1 (inpainting) and Table 2 (transfer) from result records, the paper's numbers beside.
 
 Reads every result record under --results (nothing else), writes table1.csv/.md, table2.csv/.md and a bar chart
-of Table 2 with 95% intervals (table2.png). Missing runs are empty cells, never zeros.
+of Table 2 with 95% intervals (table2.png); with probe records (python -m evaluation.probe) also Table 3, the
+per-layer linear probes (inits x layers, table3.csv/.md) and its figure (table3.png, mAP vs layer). Missing runs
+are empty cells, never zeros.
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -15,9 +17,9 @@ from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
-from evaluation.figures import table_bars
-from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1,
-                                     table2)
+from evaluation.figures import layer_lines, table_bars
+from evaluation.paper_tables import (PUBLISHED, TABLE2_TASKS, column_of, load_records, markdown, read_published,
+                                     table1, table2, table3)
 
 
 def get_args_parser():
@@ -91,7 +93,7 @@ def main(argv=None):
     t2, columns2, dropped = table2(records, published)
     for path in dropped:
         log.warning("%s reports another metric than the other runs of its cell; left out of Table 2", path)
-    notes2 = column_notes([r for r in records if r["task"] != "inpainting"], columns2, column_of)
+    notes2 = column_notes([r for r in records if r["task"] in TABLE2_TASKS], columns2, column_of)
     text2 = ["supervision (paper)", "pretraining time (ours)", "images seen (ours)", "pretraining time (paper)"]
     paths = write_table(out_dir, "table2", "Table 2: transfer of the features (%)", t2, columns2, text2, notes2,
                         footer)
@@ -104,10 +106,19 @@ def main(argv=None):
     notes1 = column_notes(inpainting, ["inpainting"], lambda r: r["task"])
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
                          "in %, PSNR in dB)", t1, columns1, (), notes1, footer)
-    for path in paths:
+    charts, t3 = [chart], None
+    # Table 3: per-layer linear probes, inits x layers
+    probes = [r for r in records if r["task"] == "probe"]
+    if probes:
+        t3, layers = table3(probes)
+        notes3 = column_notes(probes, ["probe"], lambda r: r["task"])
+        paths += write_table(out_dir, "table3", "Table 3: linear probes of frozen layers (mAP %, per layer)", t3,
+                             layers, (), notes3, footer)
+        charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
+                                  f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
+    for path in (*paths, *charts):
         log.info("wrote %s", path)
-    log.info("wrote %s", chart)
-    return {"table1": t1, "table2": t2, "files": [str(p) for p in (*paths, chart)]}
+    return {"table1": t1, "table2": t2, "table3": t3, "files": [str(p) for p in (*paths, *charts)]}
 
 
 if __name__ == "__main__":
