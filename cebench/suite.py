@@ -142,7 +142,8 @@ def plan(profile, opts):
                     jobs.append(Job(stage, init, argv, weights[init]))
             continue
         if stage in ("curve", "tables"):
-            out = results / "curve" / "curve.csv" if stage == "curve" else results / "table2.md"
+            curve = results.with_name(f"{results.name}-curve")  # apart: its checkpoints are no rows of the tables
+            out = curve / "curve.csv" if stage == "curve" else results / "table2.md"
             argv = ["-m", module, *common] + (["--out-dir", _shown(out.parent)] if stage == "curve" else
                                               ["--results", _shown(results)])
             jobs.append(Job(stage, None, argv, out, always=stage == "tables"))

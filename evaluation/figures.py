@@ -117,6 +117,34 @@ def layer_lines(path, table, layers, title="", ylabel="probe mAP (%)"):
     return path
 
 
+def curve_plot(path, table, layers, title=""):
+    """Two panels over images seen: probe mAP per layer (95% intervals) and the val inpainting loss.
+
+    table: one row per checkpoint with 'images_seen', 'val_inpainting_l2' and '<layer>', '<layer> low/high'.
+    """
+    seen = table["images_seen"].to_numpy(dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, layer in enumerate(layers):
+        values = table[layer].to_numpy(dtype=float)
+        err = _error_bars(values, table[f"{layer} low"].to_numpy(dtype=float),
+                          table[f"{layer} high"].to_numpy(dtype=float))
+        left.errorbar(seen, values, yerr=err, marker="o", capsize=3, label=layer, color=f"C{i}")
+    right.plot(seen, table["val_inpainting_l2"].to_numpy(dtype=float), marker="o", color="black")
+    positive = seen[seen > 0]
+    for ax, ylabel in ((left, "probe mAP (%)"), (right, "val inpainting loss (masked L2)")):
+        if len(positive):  # 0 images seen (the untrained weights) stays on the axis
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.set_xlabel("pretraining images seen")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def table_bars(path, table, tasks, title=""):
     """Grouped bars: one group per task, one bar per row of `table` (ours), 95% intervals as error bars.
 

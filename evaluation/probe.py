@@ -56,8 +56,8 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, default=0, help="torch and BLAS threads (0: their default; use 1 or 2 "
-                   "when other jobs share the cores)")
+    g.add_argument("--threads", type=int, default=0, help="torch threads, and classes fitted in parallel (each "
+                   "with one BLAS thread); 0: torch's and BLAS's defaults, one class at a time")
     g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per split (quick runs)")
     g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
@@ -114,7 +114,7 @@ def main(argv=None):
     train_y = train.labels[:len(train_x[cfg["layers"][0]])]
     test_y = test.labels[:len(test_x[cfg["layers"][0]])]
     layers = {}
-    with threadpool_limits(limits=cfg["threads"] or None):
+    with threadpool_limits(limits=1 if cfg["threads"] else None):  # --threads: one BLAS thread per class fitted
         for name in cfg["layers"]:
             layers[name] = run.probe_layer(train_x.pop(name), train_y, test_x.pop(name), test_y, cfg)
             log.info("%s %s: mAP %.2f [%.2f, %.2f] (C %g)", label, name, layers[name]["value"],

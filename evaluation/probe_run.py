@@ -8,7 +8,7 @@ from evaluation.metrics import classification_map, classification_map_ci
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.classification import ViewSpec, VocImages
 from transfer.classify_run import AP_DEFINITION, calibration_images
-from transfer.probe import fit_predict, select_c
+from transfer.probe import fit_predict, select_c, standardise_and_rotate
 from transfer.voc import VOC_CLASSES, dataset_name
 
 
@@ -34,12 +34,14 @@ def rescale(backbone, info, train, cfg, device, log):
 
 def probe_layer(train_x, train_y, test_x, test_y, cfg):
     """C chosen on held-out training images, refit on all of them, test mAP with its bootstrap interval (%)."""
-    cs = sorted(cfg["cs"])
+    cs, dims = sorted(cfg["cs"]), int(train_x.shape[1])
+    opts = {"max_iter": cfg["max_iter"], "n_jobs": max(1, cfg["threads"]), "standardize": False}
+    train_x, test_x = standardise_and_rotate(train_x, test_x)  # exact: the same probe, cheaper iterations
     if len(cs) > 1:
-        c, held = select_c(train_x, train_y, cs, cfg["held_out"], seed=cfg["seed"], max_iter=cfg["max_iter"])
+        c, held = select_c(train_x, train_y, cs, cfg["held_out"], seed=cfg["seed"], **opts)
     else:
         c, held = cs[0], {}
-    scores = fit_predict(train_x, train_y, test_x, c=c, max_iter=cfg["max_iter"])  # (N_test, 20) logits
+    scores = fit_predict(train_x, train_y, test_x, c=c, **opts)  # (N_test, 20) logits
     with warnings.catch_warnings():  # classes without positives (small splits) are left out of the mean, once
         warnings.simplefilter("ignore", UserWarning)
         value, per_class = classification_map(scores, test_y, mode="sklearn")
@@ -48,7 +50,7 @@ def probe_layer(train_x, train_y, test_x, test_y, cfg):
     return {"value": percent(value), "ci95": [percent(low), percent(high)],
             "per_class": {VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class)},
             "map_voc07": percent(voc07), "c": c, "held_out_map": {f"{k:g}": percent(v) for k, v in held.items()},
-            "dims": int(train_x.shape[1])}
+            "dims": dims}
 
 
 def _protocol(cfg, info, rescaling, shapes):
@@ -57,8 +59,9 @@ def _protocol(cfg, info, rescaling, shapes):
             "et al.'s grid (conv1 10x10, conv2 6x6, conv3/conv4 5x5, conv5 6x6: ~9,000 dims at 227 px)",
             "layers": {n: shapes[n] for n in cfg["layers"]},
             "views": f"one centre view: shorter side resized to {cfg['input_size']}, centre square, no hole",
-            "classifier": "sklearn LogisticRegression (L2, lbfgs) per class on standardised features; difficult "
-            "images left out of each class's fit",
+            "classifier": "sklearn LogisticRegression (L2, lbfgs) per class on standardised features (rotated "
+            "onto the span of the training features, an exact isometry for the L2 probe); difficult images left "
+            "out of each class's fit",
             "c_choice": (f"per layer among {sorted(cfg['cs'])} by mAP on a seeded held-out {cfg['held_out']:.0%} of "
                          "the training images, then refit on all" if len(cfg["cs"]) > 1 else f"fixed {cfg['cs'][0]}"),
             "init": info["init"], "architecture": info["arch"], "weights": info["source"], "fc_dim": cfg["fc_dim"],
