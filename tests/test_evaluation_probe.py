@@ -96,3 +96,40 @@ def test_probe_main_on_a_tiny_voc(voc, tmp_path):
         probe.main([*SMALL, "--voc-root", str(voc.root), "--weights", "random", "--out", str(out)])
     with pytest.raises(CebenchError, match="--cs"):
         probe.main([*SMALL, "--voc-root", str(voc.root), "--cs", "0", "--out", str(tmp_path / "x.json")])
+
+
+TINY_PROFILE = """
+default_profile: tiny
+profiles:
+  tiny:
+    description: A tiny curve on a tiny VOC.
+    common: {{voc_root: {root}, seed: 0, device: cpu}}
+    pretrain: {{images: {root}/VOC2007/JPEGImages, image_split: train, width: 0.25, input_size: 64, load_size: 72,
+               mask: random-block, batch_size: 4, steps: 8, lr: 1.0e-3, ckpt_every: 4, workers: 0, no_figures: true}}
+    probe: {{train_split: train, test_split: val, width: 0.25, input_size: 64, fc_dim: 32, base_size: 72,
+            rescale_images: 4, cs: [1.0e-2], n_boot: 20, batch_size: 8, workers: 0, threads: 1}}
+    curve: {{loss_split: val, batch_size: 8, fractions: [0.0, 0.5, 1.0]}}
+    run: {{stages: {{tables: {{}}}}}}
+"""
+
+
+def test_curve_end_to_end_on_a_tiny_profile(voc, tmp_path, monkeypatch):
+    from evaluation import curve
+
+    (tmp_path / "benchmarks.yaml").write_text(TINY_PROFILE.format(root=voc.root))
+    monkeypatch.setenv("CEBENCH_BENCHMARKS", str(tmp_path / "benchmarks.yaml"))
+    out = tmp_path / "curve"
+    result = curve.main(["--out-dir", str(out), "--threads", "1"])
+    table = result["table"]
+    assert list(table["step"]) == [0, 4, 8] and list(table["images_seen"]) == [0, 16, 32]
+    assert list(table["fraction"]) == [0.0, 0.5, 1.0] and (table["loss_images"] == 8).all()
+    assert np.isfinite(table["val_inpainting_l2"]).all() and (table["val_inpainting_l2"] > 0).all()
+    assert all(((table[n] >= 0) & (table[n] <= 100)).all() for n in LAYERS)
+    for step in (0, 4, 8):
+        assert (out / f"ce.step{step}.pt").is_file() and read_record(out / f"probe_step{step}.json")["init"] == \
+            f"ce-step{step}"
+    assert (out / "curve.png").stat().st_size > 0 and (out / "curve.csv").read_text().startswith("step,")
+    # a second run reuses the checkpoints and probe records: the same table, nothing retrained
+    mtime = (out / "ce.step8.pt").stat().st_mtime_ns
+    again = curve.main(["--out-dir", str(out), "--threads", "1"])
+    assert again["table"].equals(table) and (out / "ce.step8.pt").stat().st_mtime_ns == mtime
