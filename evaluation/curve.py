@@ -31,7 +31,7 @@ from pretrain.loop import snapshot_path
 from pretrain.losses import masked_l2
 from pretrain.masks import context_of
 from pretrain.weights import load_context_encoder
-from transfer.cli import set_threads
+from transfer.cli import add_voc_args, set_threads
 from transfer.voc import load_split
 
 FRACTIONS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -42,8 +42,7 @@ def get_args_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_profile_flag(p)
     g = p.add_argument_group("data")
-    g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit for the probes and the loss images")
-    g.add_argument("--year", default="2007", help="VOC year folder to read")
+    add_voc_args(g, "the probes and the loss images")
     g.add_argument("--loss-split", default="val", help="split whose images score the inpainting loss (never "
                    "pretrained on)")
     g = p.add_argument_group("curve")

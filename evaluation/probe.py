@@ -24,7 +24,7 @@ from cebench.records import write_record
 from cebench.runtime import default_num_workers, init_distributed, seed_everything
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
-from transfer.cli import add_init_args, set_threads
+from transfer.cli import add_init_args, add_voc_args, set_threads
 from transfer.probe import LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes, state_fingerprint
 from transfer.voc import load_split
 
@@ -34,8 +34,7 @@ def get_args_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_profile_flag(p)
     g = p.add_argument_group("data")
-    g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC<year>/")
-    g.add_argument("--year", default="2007", help="VOC year folder to read")
+    add_voc_args(g, "the training and test splits")
     g.add_argument("--train-split", default="trainval", help="split the probes are fitted on (paper: trainval)")
     g.add_argument("--test-split", default="test", help="split to score (voc-mini: val, a development split)")
     g = p.add_argument_group("model (as transfer.classify builds and rescales it)")
