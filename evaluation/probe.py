@@ -96,8 +96,10 @@ def main(argv=None):
     set_threads(cfg["threads"])
     seed_everything(cfg["seed"])
     log = get_logger("probe")
-    # data: the two splits with their VOC labels (1 / -1 / 0 difficult)
-    train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k]) for k in ("train_split", "test_split"))
+    # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are
+    # not decoded up front: a bad one stops the feature pass with one line naming it
+    train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
+                   for k in ("train_split", "test_split"))
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
     backbone, info = run.build(cfg)
     label = cfg["init_label"] or info["init"]
