@@ -214,7 +214,7 @@ def test_missing_profile_and_missing_data_are_clear_errors(fake):
 def test_repository_profiles_plan_the_whole_pipeline():
     smoke = plan(get_profile("smoke"), _args(REPO))[0]
     assert smoke[0].argv[:4] == ["-m", "transfer.synthetic", "--out", "data/smoke"]
-    assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] * 3 + ["transfer.classify"] * 4 \
+    assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] * 3 + ["transfer.classify"] * 2 \
         + ["transfer.detect"] * 2 + ["transfer.segment"] * 2 + ["evaluation.retrieval"] * 3 \
         + ["evaluation.inpainting"] * 2 + ["evaluation.probe"] * 4 + ["evaluation.tables"]
     # the paper's controls: the same pretraining command without a mask, and the weights at step 0
