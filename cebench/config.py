@@ -24,7 +24,8 @@ import yaml
 
 from cebench.errors import CebenchError
 
-STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables", "report")
+STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "probe", "curve", "tables",
+          "report")
 PROFILE_KEYS = {"description", "common", "run", *STAGES}
 # Keys a profile's `common:` section may set: flags that several stages take (tests/test_config.py checks each
 # against the entry points' parsers). Each stage takes the ones its parser has; any other key is a typo.

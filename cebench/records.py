@@ -17,7 +17,7 @@ from cebench.config import benchmarks_path
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, refuse_non_finite
 
-TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting")
+TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting", "probe")
 REQUIRED = ("task", "init", "dataset", "split", "metric", "value", "ci95", "per_class", "n_images",
             "seed", "wall_time_s", "config", "protocol", "versions")
 _PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "faiss-cpu", "opencv-contrib-python-headless",
@@ -49,7 +49,8 @@ def schedule_fields(steps_run, steps, unit="iterations", weights_meta=None):
     meta = weights_meta or {}
     if meta.get("total_steps") is not None and meta.get("steps") is not None:  # a ce.pt's own schedule
         schedule["pretraining"] = {"steps_run": int(meta["steps"]), "steps": int(meta["total_steps"])}
-        complete = complete and meta["steps"] >= meta["total_steps"]
+        if meta.get("init_label") != "ce-untrained":  # the untrained control stops at step 0 by design
+            complete = complete and meta["steps"] >= meta["total_steps"]
     return {"complete": bool(complete), "schedule": schedule}
 
 

@@ -32,10 +32,14 @@ from cebench.records import git_info, read_record, record_name, results_dir
 REPO = Path(__file__).resolve().parents[1]
 MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
            "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
-           "inpainting": "evaluation.inpainting", "tables": "evaluation.tables", "report": "evaluation.report"}
+           "inpainting": "evaluation.inpainting", "probe": "evaluation.probe", "curve": "evaluation.curve",
+           "tables": "evaluation.tables", "report": "evaluation.report"}
 TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation",
-         "retrieval": "retrieval", "inpainting": "inpainting"}
-INITS = ("ce", "random", "supervised", "hog")  # hog: hand-made features, for retrieval and inpainting only
+         "retrieval": "retrieval", "inpainting": "inpainting", "probe": "probe"}
+INITS = ("ce", "random", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval and inpainting only
+# The weights the pretrain stage writes (results/<init>.pt, ce.pt for ce) and the flags that make them: the paper's
+# autoencoder control (no mask, the whole image reconstructed) and the untrained context encoder (step 0).
+PRETRAINED = {"ce": [], "autoencoder": ["--mask", "none"], "ce-untrained": ["--max-steps", "0"]}
 RUN_KEYS = {"stages", "synthetic", "supervised"}
 STAGE_KEYS = {"inits", "module"}
 SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
@@ -89,9 +93,9 @@ def run_section(profile):
         spec = spec or {}
         if not isinstance(spec, dict) or set(spec) - STAGE_KEYS:
             raise CebenchError(f"{where}.stages.{stage}: expected a mapping with keys {sorted(STAGE_KEYS)}")
-        inits = spec.get("inits", [])
-        allowed = INITS if stage in ("retrieval", "inpainting") else INITS[:3]
-        if stage in TASKS and (not isinstance(inits, list) or not inits or set(inits) - set(allowed)):
+        inits = spec.get("inits", ["ce"] if stage == "pretrain" else [])
+        allowed = {"pretrain": tuple(PRETRAINED), "retrieval": INITS, "inpainting": INITS}.get(stage, INITS[:-1])
+        if stage in (*TASKS, "pretrain") and (not isinstance(inits, list) or not inits or set(inits) - set(allowed)):
             raise CebenchError(f"{where}.stages.{stage}.inits: expected a list of {list(allowed)}, got {inits!r}")
     synthetic = run.get("synthetic")
     if synthetic is not None and (not isinstance(synthetic, dict) or set(synthetic) - SYNTHETIC_KEYS
@@ -117,6 +121,8 @@ def plan(profile, opts):
     stages = run["stages"]
     supervised = opts.supervised or (run.get("supervised") and str(_profile_path(profile, run["supervised"])))
     ce = Path(opts.ce).resolve() if opts.ce else results / "ce.pt"
+    weights = {"ce": ce, "random": "random", "supervised": supervised,
+               **{init: results / f"{init}.pt" for init in PRETRAINED if init != "ce"}}
     jobs = []
     if run.get("synthetic") and not (opts.voc_root and opts.images):  # some stage still reads the synthetic data
         syn = dict(run["synthetic"])
@@ -130,26 +136,34 @@ def plan(profile, opts):
         spec, common = stages[stage] or {}, ["--profile", name]
         module = spec.get("module", MODULES[stage])
         if stage == "pretrain":
-            if not opts.ce:
-                argv = ["-m", module, *common, "--out", _shown(ce), *_pass_through(stage, opts)]
-                jobs.append(Job(stage, "ce", argv, ce))
+            for init in spec.get("inits", ["ce"]):
+                if not (init == "ce" and opts.ce):
+                    argv = ["-m", module, *common, "--out", _shown(weights[init]), *_pass_through(stage, opts),
+                            *PRETRAINED[init]]  # last: --max-steps 0 wins over a passed-through cap
+                    jobs.append(Job(stage, init, argv, weights[init]))
             continue
-        if stage in ("tables", "report"):  # cheap, from the records: rebuilt every time
-            out = results / ("table2.md" if stage == "tables" else "report.html")
-            jobs.append(Job(stage, None, ["-m", module, *common, "--results", _shown(results)], out, always=True))
+        if stage in ("curve", "tables", "report"):  # tables and report: cheap, from the records, rebuilt every time
+            curve = results.with_name(f"{results.name}-curve")  # apart: its checkpoints are no rows of the tables
+            out = {"curve": curve / "curve.csv", "tables": results / "table2.md",
+                   "report": results / "report.html"}[stage]
+            argv = ["-m", module, *common] + (["--out-dir", _shown(out.parent)] if stage == "curve" else
+                                              ["--results", _shown(results)])
+            jobs.append(Job(stage, None, argv, out, always=stage != "curve"))
             continue
         for init in spec["inits"]:
             if init == "supervised" and not supervised:
                 continue
-            weights = {"ce": ce, "random": "random", "supervised": supervised}.get(init)
-            source = ["--features", "hog"] if init == "hog" else ["--weights", _shown(weights)
-                                                                   if weights != "random" else "random"]
+            source = ["--features", "hog"] if init == "hog" else ["--weights", _shown(weights[init])
+                                                                   if init != "random" else "random"]
             out = results / record_name(stage, init)  # the name the stage gives its record by default
             argv = ["-m", module, *common, *source, "--out", _shown(out), *_pass_through(stage, opts)]
-            inputs = [Path(weights).resolve()] if init in ("ce", "supervised") else []
+            inputs = [Path(weights[init]).resolve()] if init not in ("random", "hog") else []
             jobs.append(Job(stage, init, argv, out, inputs))
-    if any(j.init == "ce" and j.stage != "pretrain" for j in jobs) and "pretrain" not in stages and not opts.ce:
-        raise CebenchError(f"profile {name!r} runs no pretraining: pass --ce PATH (a ce.pt) for the 'ce' runs")
+    made = {j.init for j in jobs if j.stage == "pretrain"} | ({"ce"} if opts.ce else set())
+    missing = sorted({j.init for j in jobs if j.init in PRETRAINED and j.stage != "pretrain"} - made)
+    if missing:
+        raise CebenchError(f"profile {name!r} does not pretrain {missing}: add them to run.stages.pretrain.inits "
+                           "(or pass --ce PATH, a ce.pt, for the 'ce' runs)")
     return jobs, results
 
 
@@ -330,9 +344,11 @@ def _profiles_help():
         for text in (" ".join(str(prof.get("description", "")).split()), f"runs: {runs}"):
             lines += textwrap.wrap(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines) + "\n\n" + textwrap.fill(
-        "inits: ce = the context encoder that the pretrain stage trains; random = the paper's Gaussian "
-        "initialisation; hog = HOG features (retrieval, inpainting); supervised = your ImageNet AlexNet, run only "
-        "when --supervised PATH is given. Each stage reads its other settings from its own section of the profile.",
+        "inits: ce = the context encoder that the pretrain stage trains; autoencoder = the same network trained "
+        "without a mask on the whole image (the paper's control); ce-untrained = the context encoder's weights at "
+        "step 0; random = the paper's Gaussian initialisation; hog = HOG features (retrieval, inpainting); "
+        "supervised = your ImageNet AlexNet, run only when --supervised PATH is given. Each stage reads its other "
+        "settings from its own section of the profile.",
         100)
 
 
@@ -346,8 +362,8 @@ def get_args_parser():
         allow_abbrev=False,  # a misspelt flag (--max-step) is an error, never taken for another
         description=textwrap.fill(
             "Run a profile of benchmarks.yaml end to end: (synthetic data,) pretraining, classification, detection, "
-            "segmentation, retrieval, inpainting, tables, report.html; then print Table 2. Outputs go to "
-            "results/<profile>/ with a run.log. Rerunning the same command resumes: a stage whose output exists "
+            "segmentation, retrieval, inpainting, per-layer probes, tables, report.html; then print Table 2. Outputs "
+            "go to results/<profile>/ with a run.log. Rerunning the same command resumes: a stage whose output exists "
             "with a matching stamp is skipped; a changed profile section, flag or input weights reruns it.", 100))
     parser.add_argument("profile", nargs="?", default=None, help="profile name (default: the file's default_profile)")
     parser.add_argument("--profile", dest="profile_flag", default=None, metavar="NAME",

@@ -1,4 +1,5 @@
-"""Figures of the evaluation: retrieval grids (paper Fig. 8 style), inpainting examples, Table 2 bar chart."""
+"""Figures of the evaluation: retrieval grids (paper Fig. 8 style), inpainting examples, Table 2 bar chart,
+Table 3 per-layer lines."""
 
 import matplotlib
 
@@ -85,6 +86,61 @@ def inpainting_grid(path, columns, mask, title=""):
     return save_figure(fig, path, dpi=110)
 
 
+def _error_bars(values, low, high):
+    """(2, n) distances to the interval ends, clipped at 0. BCa intervals contain their estimate unless nearly
+    every resample falls on one side of it (a handful of test images), and older records hold percentile ones:
+    matplotlib refuses negative error bars."""
+    return np.clip(np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)]), 0.0, None)
+
+
+def layer_lines(path, table, layers, title="", ylabel="probe mAP (%)"):
+    """One line per row of `table` over `layers` (x axis), 95% intervals as error bars; missing runs are gaps.
+
+    table: DataFrame indexed by row label with columns '<layer>', '<layer> low', '<layer> high'.
+    """
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(layers) + 2), 3.6))
+    x = np.arange(len(layers))
+    for i, label in enumerate(table.index):
+        values = np.array([table.at[label, n] for n in layers], dtype=float)
+        low = np.array([table.at[label, f"{n} low"] for n in layers], dtype=float)
+        high = np.array([table.at[label, f"{n} high"] for n in layers], dtype=float)
+        ax.errorbar(x + (i - (len(table) - 1) / 2) * 0.04, values, yerr=_error_bars(values, low, high), marker="o",
+                    capsize=3, label=label, color=f"C{i}")
+    ax.set_xticks(x, layers)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def curve_plot(path, table, layers, title=""):
+    """Two panels over images seen: probe mAP per layer (95% intervals) and the val inpainting loss.
+
+    table: one row per checkpoint with 'images_seen', 'val_inpainting_l2' and '<layer>', '<layer> low/high'.
+    """
+    seen = table["images_seen"].to_numpy(dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, layer in enumerate(layers):
+        values = table[layer].to_numpy(dtype=float)
+        err = _error_bars(values, table[f"{layer} low"].to_numpy(dtype=float),
+                          table[f"{layer} high"].to_numpy(dtype=float))
+        left.errorbar(seen, values, yerr=err, marker="o", capsize=3, label=layer, color=f"C{i}")
+    right.plot(seen, table["val_inpainting_l2"].to_numpy(dtype=float), marker="o", color="black")
+    positive = seen[seen > 0]
+    for ax, ylabel in ((left, "probe mAP (%)"), (right, "val inpainting loss (masked L2)")):
+        if len(positive):  # 0 images seen (the untrained weights) stays on the axis
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+        ax.set_xlabel("pretraining images seen")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
 def table_bars(path, table, tasks, title=""):
     """Grouped bars: one group per task, one bar per row of `table` (ours), 95% intervals as error bars.
 
@@ -99,9 +155,7 @@ def table_bars(path, table, tasks, title=""):
         values = np.array([table.at[label, t] for t in tasks], dtype=float)
         low = np.array([table.at[label, f"{t} low"] for t in tasks], dtype=float)
         high = np.array([table.at[label, f"{t} high"] for t in tasks], dtype=float)
-        # BCa intervals contain their estimate unless nearly every resample falls on one side of it (a handful of
-        # test images), and older records hold percentile ones: matplotlib refuses negative error bars, so clip
-        err = np.clip(np.vstack([np.nan_to_num(values - low), np.nan_to_num(high - values)]), 0.0, None)
+        err = _error_bars(values, low, high)
         ok = np.isfinite(values)  # a missing run draws no bar (never a bar of height zero)
         ax.bar(pos[ok], values[ok], width, yerr=err[:, ok], capsize=3, label=label, color=f"C{i}")
         paper = np.array([table.at[label, f"{t} paper"] if f"{t} paper" in table else np.nan for t in tasks],

@@ -58,9 +58,9 @@ def get_args_parser():
 
 def load_decoder(cfg, info):
     """The ContextEncoder to score, or None (HOG, random or supervised weights; or --decoder off)."""
-    if cfg["decoder"] == "off" or (cfg["decoder"] == "auto" and info["init"] != "ce"):
+    if cfg["decoder"] == "off" or (cfg["decoder"] == "auto" and not info.get("ce_pt")):
         return None
-    if info["init"] != "ce":
+    if not info.get("ce_pt"):
         raise CebenchError(f"--decoder on needs a ce.pt as --weights, got {cfg['weights']!r}")
     try:
         model, _ = load_context_encoder(cfg["weights"])

@@ -1,4 +1,5 @@
-"""The paper's Table 1 and Table 2 as pandas DataFrames, built only from result records and published.csv.
+"""The paper's Table 1 and Table 2, and Table 3 (per-layer probes), as pandas DataFrames built only from result
+records and published.csv.
 
 Cells: our value (mean over the runs of one configuration of an initialisation, i.e. its seeds; see
 evaluation.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
@@ -21,7 +22,7 @@ from evaluation.cells import is_complete, progress_note, select
 PUBLISHED = Path(__file__).with_name("published.csv")
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
-               "ce": "Context encoder", "hog": "HOG"}
+               "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG"}
 TABLE2_TASKS = ("classification", "detection", "segmentation", "retrieval")
 TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
                "nn-inpainting:ce": "NN-inpainting (context-encoder features)",
@@ -110,10 +111,13 @@ def pretrain_meta(record):
         if meta:
             return meta
     weights = (record.get("config") or {}).get("weights")
-    if record.get("init") == "ce" and weights and Path(weights).is_file():
+    if record.get("init") not in ("random", "supervised", "hog") and weights and Path(weights).is_file():
         from pretrain.weights import read_checkpoint  # only for records that carry no meta: loads the file
 
-        return read_checkpoint(weights)["meta"]
+        try:
+            return read_checkpoint(weights)["meta"]
+        except CebenchError:  # a labelled state_dict, not a ce.pt: no pretraining meta to show
+            return {}
     return {}
 
 
@@ -162,7 +166,7 @@ def table2(records, published):
     pub = published[published["table"] == "table2"]
     found, cells, by_init = defaultdict(list), {}, defaultdict(list)
     for r in records:
-        if r["task"] != "inpainting":
+        if r["task"] in TABLE2_TASKS:
             found[(r["init"], column_of(r))].append(r)
     report = {"shown": [], "left_out": [], "partial": []}
     for (init, col), runs in sorted(found.items()):
@@ -222,6 +226,32 @@ def table1(records, published):
                         f"{title} paper": _number(paper.get(score))})
         rows.append(row)
     return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values()), report
+
+
+def table3(records):
+    """Rows per initialisation, a column per probed layer: mean probe mAP over the runs of one configuration
+    (evaluation.cells), with its interval. Returns (table, layers, report of the records left out)."""
+    found = defaultdict(list)
+    for r in records:
+        if r["task"] == "probe" and isinstance(r.get("layers"), dict):
+            found[r["init"]].append(r)
+    report = {"shown": [], "left_out": [], "partial": []}
+    groups = {init: select_cell(f"{INIT_LABELS.get(init, init)}, probe", runs, report)
+              for init, runs in sorted(found.items())}
+    layers = sorted({name for runs in groups.values() for r in runs for name in r["layers"]})  # conv1..conv5
+    rows = []
+    for key in _ordered(groups):
+        row = {"key": key, "row": INIT_LABELS.get(key, key)}
+        for layer in layers:
+            runs = [r for r in groups[key] if layer in r["layers"]]
+            value_of = lambda r, n=layer: (r["layers"][n]["value"], *r["layers"][n]["ci95"])  # noqa: E731
+            cell = aggregate(runs, value_of) if runs else {}
+            row.update({layer: cell.get("value", math.nan), f"{layer} low": cell.get("low", math.nan),
+                        f"{layer} high": cell.get("high", math.nan), f"{layer} runs": cell.get("runs", 0),
+                        f"{layer} complete": is_complete(runs[0]) if runs else None,
+                        f"{layer} paper": math.nan})  # the paper probes no layer on VOC
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("key"), layers, report
 
 
 def _fmt(value, low, high):

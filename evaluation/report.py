@@ -29,7 +29,7 @@ MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many i
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m evaluation.report", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     add_profile_flag(p)
     p.add_argument("--results", default=None, help="results folder (default results/<profile>)")
     p.add_argument("--out", default=None, help="HTML file to write (default: <results>/report.html)")

@@ -1,9 +1,10 @@
 """Rebuild the paper's Table 1 (inpainting) and Table 2 (transfer) from result records, the paper's numbers beside.
 
 Reads every result record under --results (nothing else), writes table1.csv/.md, table2.csv/.md and a bar chart
-of Table 2 with 95% intervals (table2.png). Missing runs are empty cells, never zeros. A cell averages the seeds of
-one configuration only (complete runs before partial ones, see evaluation.cells); each table's footer names the
-records it left out and why, and the unreadable files.
+of Table 2 with 95% intervals (table2.png); with probe records (python -m evaluation.probe) also Table 3, the
+per-layer linear probes (inits x layers, table3.csv/.md) and its figure (table3.png, mAP vs layer). Missing runs
+are empty cells, never zeros. A cell averages the seeds of one configuration only (complete runs before partial
+ones, see evaluation.cells); each table's footer names the records it left out and why, and the unreadable files.
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -18,9 +19,9 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from cebench.records import results_dir
-from evaluation.figures import table_bars
-from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1,
-                                     table2)
+from evaluation.figures import layer_lines, table_bars
+from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1, table2,
+                                     table3)
 
 
 def get_args_parser():
@@ -133,15 +134,24 @@ def main(argv=None):
     notes1 = column_notes(report1["shown"], ["inpainting"], lambda r: r["task"])
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
                          "in %, PSNR in dB)", t1, columns1, (), notes1, footer(report1))
-    for cell, path, reason in report2["left_out"] + report1["left_out"]:
+    charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
+    # Table 3: per-layer linear probes, inits x layers
+    if any(r["task"] == "probe" for r in records):
+        t3, layers, report3 = table3(records)
+        notes3 = column_notes(report3["shown"], ["probe"], lambda r: r["task"])
+        paths += write_table(out_dir, "table3", "Table 3: linear probes of frozen layers (mAP %, per layer)", t3,
+                             layers, (), notes3, footer(report3))
+        charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
+                                  f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
+        left_out += report3["left_out"]
+    for cell, path, reason in left_out:
         log.warning("left out of %s: %s (%s)", cell, display_path(path, repo), reason)
     for path, reason in unreadable:
         log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
-    for path in paths:
+    for path in (*paths, *charts):
         log.info("wrote %s", path)
-    log.info("wrote %s", chart)
-    return {"table1": t1, "table2": t2, "files": [str(p) for p in (*paths, chart)],
-            "left_out": [(cell, str(path), reason) for cell, path, reason in report2["left_out"] + report1["left_out"]],
+    return {"table1": t1, "table2": t2, "table3": t3, "files": [str(p) for p in (*paths, *charts)],
+            "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
             "unreadable": [(str(path), reason) for path, reason in unreadable]}
 
 

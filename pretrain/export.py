@@ -21,7 +21,7 @@ CAFFENET_SHAPE = "96-channel conv1, grouped conv2/4/5, LRN"
 
 def get_args_parser():
     p = argparse.ArgumentParser("python -m pretrain.export", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
     p.add_argument("ce", help="ce.pt written by python -m pretrain.train")
     p.add_argument("--format", required=True, choices=["timm", "torchvision"], help="timm: keys of "
                    "timm.create_model('cebench_caffenet'/'cebench_alexnet'); torchvision: keys of "

@@ -40,17 +40,18 @@ def save_sample_grid(masked_inputs, outputs, originals, path):
 def preview_batch(model, dataset, device, n=8):
     """The first `n` samples of the stream inpainted by `model`: (masked inputs, outputs, originals) in [0, 1]."""
     from pretrain.data import denormalize, normalize
-    from pretrain.masks import apply_mask
+    from pretrain.masks import context_of
 
     images, masks, _ = zip(*(dataset[i] for i in range(min(n, len(dataset)))), strict=True)
     target = normalize(torch.stack(images), device)
     masks = torch.stack(masks).to(device)
     was_training = model.training
     model.eval()
-    pred = model(apply_mask(target, masks)).float()
+    seen = context_of(target, masks, dataset.mask_kind)  # the autoencoder (mask none) sees the whole image
+    pred = model(seen).float()
     model.train(was_training)
     original = denormalize(target)
-    return denormalize(apply_mask(target, masks)), torch.where(masks, denormalize(pred), original), original
+    return denormalize(seen), torch.where(masks, denormalize(pred), original), original
 
 
 def write_figures(model, dataset, history, paths, device):

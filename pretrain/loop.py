@@ -19,7 +19,7 @@ from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, 
                            make_loader, normalize)
 from pretrain.health import feature_health
 from pretrain.losses import discriminator_loss, generator_adversarial_loss, masked_l2
-from pretrain.masks import apply_mask, load_region_shapes
+from pretrain.masks import AUTOENCODER, context_of, load_region_shapes
 from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
 
 # Settings that shape the trajectory: a resumed run must agree on all of them to replay the same steps.
@@ -63,6 +63,10 @@ def check_args(args, given=()):
             raise CebenchError(f"--{name.replace('_', '-')} must be positive")
     if args.health_images < 0:
         raise CebenchError("--health-images must be 0 (off) or positive")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise CebenchError("--max-steps must be 0 (write the untrained weights) or more")
+    if any(s < 0 for s in args.save_at or ()):
+        raise CebenchError("--save-at takes step numbers of 0 or more")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
     tensorboard_dir(args.tensorboard, ".")  # an explicit --tensorboard DIR without the package: refused now
@@ -76,6 +80,17 @@ def run_paths(out):
     return {"out": out, "last": Path(f"{stem}.last.pt"), "metrics": Path(f"{stem}.metrics.jsonl"),
             "loss_png": Path(f"{stem}.loss.png"), "samples_png": Path(f"{stem}.samples.png"),
             "config": Path(f"{stem}.config.json"), "tensorboard": Path(f"{stem}.tensorboard")}
+
+
+def snapshot_path(out, step):
+    """The ce.pt that --save-at writes at `step`, next to --out: <stem>.step<N>.pt."""
+    out = Path(out)
+    return Path(f"{out.with_suffix('') if out.suffix else out}.step{step}.pt")
+
+
+def stop_step(cfg):
+    """The last step of this run: --steps, or --max-steps when it is smaller (0 = the untrained weights)."""
+    return cfg["steps"] if cfg["max_steps"] is None else min(cfg["steps"], cfg["max_steps"])
 
 
 def build_model(cfg):
@@ -159,7 +174,7 @@ class Trainer:
         target = normalize(images, dev)  # (N, 3, H, W)
         masks = masks.to(dev, non_blocking=True)
         with self.rt.autocast():
-            pred = self.net(apply_mask(target, masks))
+            pred = self.net(context_of(target, masks, cfg["mask"]))
         # the loss outside autocast, in float32: a bf16/fp16 squared error would round away small residuals
         pred = pred.float()
         loss = masked_l2(pred, target, masks, cfg["overlap"], cfg["overlap_weight"])
@@ -258,15 +273,19 @@ def log_feature_health(trainer, views, counters, paths):
     return health
 
 
-def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health_views=None):
+def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health_views=None, snapshot=None):
     """Run steps counters['step'] .. stop-1, saving the run checkpoint (and logging feature health on
-    `health_views`, uint8 images, when given) every --ckpt-every steps."""
+    `health_views`, uint8 images, when given) every --ckpt-every steps.
+
+    `snapshot(counters)`, when given, is called before the first step and after every step (for --save-at)."""
     rt, per_step = trainer.rt, cfg["batch_size"] * trainer.rt.world_size
     trainer.model.train()
     bar = progress(total=stop, initial=counters["step"], enabled=rt.is_main, desc="pretrain", unit="step")
     tick, window = time.perf_counter(), []
     runlog = RunLog(paths["metrics"], tensorboard_dir(cfg["tensorboard"], paths["tensorboard"]),
                     enabled=rt.is_main, start_step=counters["step"])
+    if snapshot is not None:
+        snapshot(counters)
     with closing(runlog):  # metrics.jsonl and TensorBoard (main rank)
         for images, masks, replaced in _batches(loader):
             step = counters["step"]
@@ -293,6 +312,8 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health
                         trainer.model.train()
                         tick = time.perf_counter()  # wall_time_s counts training, not this measurement
                     save_run(paths, trainer, counters, cfg, fingerprint)
+            if snapshot is not None:
+                snapshot(counters)
     bar.close()
     return counters
 
@@ -328,11 +349,20 @@ def _batches(loader):
 
 def mask_source(cfg):
     """Which random-region variant ran (PAPER.md: the paper's VOC shapes or the released code's noise)."""
+    if cfg["mask"] == AUTOENCODER:
+        return "none: autoencoder control (paper Table 2), the whole image in, every pixel reconstructed"
     if cfg["mask"] != "random-region":
         return cfg["mask"]
     if cfg.get("region_shapes"):
         return f"paper: VOC segmentation shapes from {cfg['region_shapes']}"
     return "released code: thresholded bicubic noise (train_random.lua)"
+
+
+def init_label(mask, steps):
+    """The name of the weights in records and tables: ce, autoencoder (mask none) or ce-untrained (step 0)."""
+    if steps == 0:  # the initialisation the pretraining starts from, whatever its mask
+        return "ce-untrained"
+    return "autoencoder" if mask == AUTOENCODER else "ce"
 
 
 def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, health=None):
@@ -341,7 +371,8 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, 
 
     skipped = sorted(set(skipped) | set(counters["skipped"]))  # and those that failed to decode mid-run
     per_step = cfg["batch_size"] * trainer.rt.world_size
-    return {"images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
+    return {"init_label": init_label(cfg["mask"], counters["step"]),
+            "images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
             "wall_time_s": round(counters["wall_time_s"], 3), "device": str(trainer.rt.device),
             "precision": trainer.rt.precision,
             "world_size": trainer.rt.world_size, "mask": cfg["mask"],

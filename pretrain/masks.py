@@ -1,13 +1,15 @@
 """Region masks (paper §3.3): pure functions of a shape and a torch.Generator; True marks a dropped pixel.
 
-Every mask kind covers about a quarter of the image. Masks are (N, 1, H, W) bool tensors on the CPU.
+Every mask kind covers about a quarter of the image, except `none`: the paper's autoencoder control (Table 2),
+whose input is the whole image and whose loss covers every pixel. Masks are (N, 1, H, W) bool tensors on the CPU.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-MASK_KINDS = ("central", "random-block", "random-region")
+MASK_KINDS = ("central", "random-block", "random-region", "none")
+AUTOENCODER = "none"  # no hole: reconstruct the whole, unmasked image
 TARGET_FRACTION = 0.25  # "each covers up to 1/4 of the image" (paper §3.3)
 
 # Released code (train_random.lua): a 600² uniform noise field scaled bicubically to 10000² and thresholded at
@@ -128,6 +130,8 @@ def voc_region_mask(n, height, width, generator, shapes, accept=REGION_ACCEPT):
 
 def make_masks(kind, n, height, width, generator, shapes=None):
     """Dispatch on the mask kind; `generator` makes the result reproducible; `shapes` = VOC silhouettes."""
+    if kind == AUTOENCODER:  # the loss region is the whole image (and context_of leaves the input whole)
+        return torch.ones(n, 1, height, width, dtype=torch.bool)
     if kind == "central":
         return central_mask(n, height, width)
     if kind == "random-block":
@@ -142,6 +146,11 @@ def make_masks(kind, n, height, width, generator, shapes=None):
 def apply_mask(images, mask):
     """Set masked pixels to zero, the dataset mean after normalisation: (N, 3, H, W) x (N, 1, H, W)."""
     return images.masked_fill(mask.to(images.device), 0.0)
+
+
+def context_of(images, mask, kind):
+    """What the network sees: the image with its hole at the mean, or for the autoencoder the whole image."""
+    return images if kind == AUTOENCODER else apply_mask(images, mask)
 
 
 def overlap_band(mask, overlap):

@@ -76,7 +76,8 @@ def get_args_parser():
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=100_000, help="total steps of the schedule (paper: ~100K)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total "
-                   "(a cap for quick runs; the schedule still follows --steps)")
+                   "(a cap for quick runs; the schedule still follows --steps); 0 writes the untrained weights, "
+                   "labelled ce-untrained (the paper's init scheme without what pretraining learns)")
     g.add_argument("--batch-size", type=int, default=64, help="images per step per process")
     g.add_argument("--lr", type=float, default=1.0e-4, help="Adam learning rate (paper: 1e-4 random region, "
                    "1e-3 central)")
@@ -98,6 +99,9 @@ def get_args_parser():
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
     g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
     add_tensorboard_flag(g, "<stem>.tensorboard/ next to --out")
+    g.add_argument("--save-at", type=int, nargs="*", default=[], metavar="STEP", help="also write the encoder "
+                   "and decoder after these steps as <stem>.step<STEP>.pt (0 = before the first step), e.g. for "
+                   "a pretraining curve (python -m evaluation.curve does this itself)")
     g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
     g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                    "training images on which dead units and pool5's effective rank are measured at every checkpoint "
@@ -145,7 +149,7 @@ def _run(cfg, rt, paths, log):
         log.info("resumed from %s at step %d", paths["last"], counters["step"])
         if rt.is_main:  # steps logged after the checkpoint are replayed: their lines go
             truncate_jsonl(paths["metrics"], lambda row: row.get("step", 0) <= counters["step"])
-    stop = min(cfg["steps"], cfg["max_steps"] or cfg["steps"])
+    stop = loop.stop_step(cfg)
     if rt.is_main:
         atomic_write_json(paths["config"], cfg)
         log.info("steps %d..%d of %d, batch %d x %d processes, mask %s, device %s, precision %s", counters["step"],
@@ -155,7 +159,14 @@ def _run(cfg, rt, paths, log):
     loader = loop.make_train_loader(dataset, cfg, rt, counters["step"], stop)
     views = health_views(dataset.paths, cfg["health_images"], cfg["input_size"], cfg["seed"]) if (
         rt.is_main and cfg["health_images"] > 0) else None
-    counters = loop.train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, views)
+    save_at = set(cfg["save_at"] or ())
+
+    def snapshot(counters):  # --save-at: a ce.pt of the weights after this many steps, written atomically
+        if rt.is_main and counters["step"] in save_at:
+            meta = loop.final_meta(cfg, trainer, counters, len(dataset), skipped, None, None)
+            save_checkpoint(loop.snapshot_path(paths["out"], counters["step"]), trainer.model, meta)
+
+    counters = loop.train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, views, snapshot)
     identical, checksums = loop.ranks_identical(trainer)
     # feature health of the final weights (measured at the last checkpoint, or now after a resume with no steps)
     health = counters.get("feature_health")
@@ -168,13 +179,14 @@ def _run(cfg, rt, paths, log):
         if not cfg["no_figures"]:
             from pretrain.figures import write_figures  # matplotlib only when figures are wanted
             write_figures(trainer.model, dataset, counters["history"], paths, rt.device)
-        log.info("wrote %s (%d steps, %d images seen, %.1f s)", paths["out"], meta["steps"], meta["images_seen"],
-                 meta["wall_time_s"])
+        log.info("wrote %s (%s: %d steps, %d images seen, %.1f s)", paths["out"], meta["init_label"], meta["steps"],
+                 meta["images_seen"], meta["wall_time_s"])
     barrier(rt)
     elapsed, steps_run = time.perf_counter() - start, len(loader)
     return {"out": str(paths["out"]), "steps": counters["step"], "images_seen": meta["images_seen"],
+            "snapshots": [str(loop.snapshot_path(paths["out"], s)) for s in sorted(save_at) if s <= stop],
             "final_loss": counters["history"][-1][1] if counters["history"] else None,
-            "images_per_s": steps_run * cfg["batch_size"] * rt.world_size / elapsed,
+            "images_per_s": steps_run * cfg["batch_size"] * rt.world_size / elapsed if steps_run else None,
             "wall_time_s": meta["wall_time_s"], "ddp_ranks_identical": identical,
             "skipped_images": meta["skipped_image_files"]}
 

@@ -122,8 +122,17 @@ def _encoder_from_state_dict(path, state, arch):
     return encoder, (fc if len(fc) == 4 else None)
 
 
+def ce_label(ckpt):
+    """The init label a ce.pt gives its records: meta's init_label (ce, autoencoder, ce-untrained), else ce."""
+    label = ckpt["meta"].get("init_label")
+    return label if isinstance(label, str) and label else "ce"
+
+
 def load_encoder(spec, *, arch=None, seed=0):
-    """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc."""
+    """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc (and ce_pt for a ce.pt).
+
+    info['init'] is the label of the weights: random, supervised, or for a ce.pt the label its pretraining
+    wrote (ce; autoencoder for --mask none; ce-untrained for the weights at step 0)."""
     spec = str(spec)
     if spec == "random":
         encoder = gaussian_init_(AlexNetEncoder(**(arch or {"arch": "caffenet"})),
@@ -135,7 +144,7 @@ def load_encoder(spec, *, arch=None, seed=0):
         if isinstance(obj, dict) and "format" in obj:
             ckpt = read_checkpoint(path)
             encoder = _encoder_from_ce(path, ckpt)
-            info = {"init": "ce", "source": str(path), "meta": ckpt["meta"], "fc": None}
+            info = {"init": ce_label(ckpt), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True}
         else:
             encoder, fc = _encoder_from_state_dict(path, _unwrap_state_dict(obj, path), arch)
             info = {"init": "supervised", "source": str(path), "meta": {}, "fc": fc}
@@ -154,6 +163,6 @@ def load_context_encoder(path):
     model = ContextEncoder(_encoder_from_ce(path, ckpt), **ckpt["decoder_arch"])
     state = {f"encoder.{k}": v for k, v in ckpt["encoder"].items()} | ckpt["decoder"]
     _load_strict(model, state, path, "context encoder")
-    info = {"init": "ce", "source": str(path), "meta": ckpt["meta"], "fc": None,
+    info = {"init": ce_label(ckpt), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True,
             "arch": model.encoder.constructor_args(), "decoder_arch": ckpt["decoder_arch"]}
     return model.eval(), info

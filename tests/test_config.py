@@ -76,8 +76,10 @@ def test_command_line_dests_are_the_flags_given(tmp_path, monkeypatch):
 
 ENTRY_POINTS = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
                 "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
-                "inpainting": "evaluation.inpainting", "tables": "evaluation.tables"}
-OTHER_COMMANDS = ("cebench.suite", "evaluation.speed", "pretrain.speed", "transfer.synthetic")
+                "inpainting": "evaluation.inpainting", "probe": "evaluation.probe", "curve": "evaluation.curve",
+                "tables": "evaluation.tables", "report": "evaluation.report"}
+OTHER_COMMANDS = ("cebench.suite", "evaluation.speed", "pretrain.speed", "transfer.speed", "transfer.synthetic",
+                  "pretrain.export")
 
 
 def _parsers():

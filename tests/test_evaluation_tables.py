@@ -191,3 +191,35 @@ def test_schedule_fields_mark_runs_and_weights_cut_short():
     partial_ce = schedule_fields(2500, 2500, weights_meta={"steps": 20, "total_steps": 1500})
     assert not partial_ce["complete"] and partial_ce["schedule"]["pretraining"] == {"steps_run": 20, "steps": 1500}
     assert schedule_fields(2500, 2500, weights_meta={"gaussian_std": 0.01})["complete"]  # random init: no schedule
+
+
+def _probe(init, values, seed=0):
+    """A probe record (one per initialisation) with a cell per layer, as evaluation.probe writes it."""
+    layers = {f"conv{i + 1}": {"value": v, "ci95": [v - 2.0, v + 2.0], "per_class": {}, "c": 0.01}
+              for i, v in enumerate(values)}
+    last = values[-1] / 100
+    return _record("probe", init, last, (last - 0.02, last + 0.02), seed=seed, layers=layers, layer="conv5",
+                   protocol={"mode": "linear probe per layer"})
+
+
+def test_table3_inits_by_layers_from_probe_records(results):
+    write_record(results / "probe_random.json", _probe("random", [17.0, 23.0, 24.5, 22.8, 22.2]))
+    write_record(results / "probe_random_s1.json", _probe("random", [19.0, 25.0, 24.5, 22.8, 22.2], seed=1))
+    write_record(results / "probe_ce.json", _probe("ce", [16.4, 14.3, 14.7, 14.8, 13.4]))
+    write_record(results / "probe_autoencoder.json", _probe("autoencoder", [15.0, 15.5, 16.0, 16.5, 17.0]))
+    write_record(results / "probe_ce-untrained.json", _probe("ce-untrained", [16.0, 18.0, 17.0, 16.0, 15.0]))
+    out = tables.main(["--results", str(results)])
+    t3 = out["table3"]
+    assert list(t3.index) == ["random", "autoencoder", "ce", "ce-untrained"]  # the paper's row order, then ours
+    assert t3.at["random", "conv1"] == pytest.approx(18.0) and t3.at["random", "conv1 runs"] == 2  # seeds averaged
+    assert t3.at["ce", "conv5"] == pytest.approx(13.4) and t3.at["ce", "conv5 low"] == pytest.approx(11.4)
+    assert t3.at["autoencoder", "row"] == "Autoencoder"
+    assert t3.at["ce-untrained", "row"].startswith("Context encoder, untrained")
+    md = (results / "table3.md").read_text()
+    assert "| conv1 (ours)" in md and "14.3 [12.3, 16.3]" in md and "(paper)" not in md
+    csv = pd.read_csv(results / "table3.csv", index_col="key")
+    assert csv.at["autoencoder", "conv3"] == pytest.approx(16.0)
+    assert (results / "table3.png").stat().st_size > 0
+    # probe records stay out of Table 2, whose rows are the paper's and whose columns are the transfer tasks
+    assert not any(c.startswith("probe") for c in out["table2"].columns)
+    assert pd.isna(out["table2"].at["autoencoder", "classification"])

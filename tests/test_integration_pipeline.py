@@ -60,9 +60,11 @@ def reduced_profile(voc_root, path):
                 section[key] = str((benchmarks_path().parent / value).resolve())
     prof["common"].update(voc_root=str(voc_root), device="cpu")
     # Every stage and every kind of input once (ce, random weights, HOG); each process costs ~10 s of start-up.
-    prof["run"]["stages"].update(classify={"inits": ["ce", "random"]}, detect={"inits": ["ce"]},
-                                 segment={"inits": ["ce"]}, retrieval={"inits": ["ce", "hog"]},
-                                 inpainting={"inits": ["ce", "hog"]})
+    # One of the paper's controls (autoencoder) goes through pretraining, the probes and the tables.
+    prof["run"]["stages"].update(pretrain={"inits": ["ce", "autoencoder"]}, classify={"inits": ["ce", "random"]},
+                                 detect={"inits": ["ce"]}, segment={"inits": ["ce"]},
+                                 retrieval={"inits": ["ce", "hog"]}, inpainting={"inits": ["ce", "hog"]},
+                                 probe={"inits": ["ce", "autoencoder"]})
     prof.setdefault("pretrain", {})["images"] = str(voc_root / "VOC2007" / "JPEGImages")
     for stage, section in prof.items():  # shrink what costs time, only where the stage already has the setting
         if stage in ("description", "common", "run") or not isinstance(section, dict):
@@ -82,7 +84,8 @@ def test_reduced_voc_mini_through_every_stage(voc_mini_root, tmp_path, monkeypat
     out = main(["ci", "--results-dir", str(results), "--max-steps", "2", "--device", "cpu"])
 
     stages = {j["stage"] for j in out["jobs"]}
-    assert stages == {"pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "tables", "report"}
+    assert stages == {"pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "probe", "tables",
+                      "report"}
     assert all(j["status"] == "ran" for j in out["jobs"]) and not out["synthetic"]
     assert (results / "ce.pt").is_file()
     page = (results / "report.html").read_text()  # written after the tables, with every run's curves
@@ -95,7 +98,8 @@ def test_reduced_voc_mini_through_every_stage(voc_mini_root, tmp_path, monkeypat
         assert record["n_images"] > 0 and isinstance(record["config"], dict) and record["protocol"]
         assert isinstance(record["value"], (int, float)) and math.isfinite(record["value"])
         assert len(record["ci95"]) == 2
-    for table in ("table1.md", "table2.md"):
+    assert read_record(results / "probe_autoencoder.json")["init"] == "autoencoder"  # the label survives
+    for table in ("table1.md", "table2.md", "table3.md"):
         text = (results / table).read_text()
         assert text.count("\n|") >= 2, f"{table} has no table rows"
     log = (results / "run.log").read_text()

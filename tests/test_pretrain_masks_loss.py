@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from pretrain.losses import discriminator_loss, loss_weights, masked_l2
-from pretrain.masks import MASK_KINDS, apply_mask, central_mask, make_masks, overlap_band, random_region_mask
+from pretrain.masks import (AUTOENCODER, MASK_KINDS, apply_mask, central_mask, context_of, make_masks, overlap_band,
+                            random_region_mask)
 
 
-@pytest.mark.parametrize("kind", MASK_KINDS)
+@pytest.mark.parametrize("kind", [k for k in MASK_KINDS if k != AUTOENCODER])
 @pytest.mark.parametrize("size", [64, 128])
 def test_masks_cover_about_a_quarter(kind, size):
     mask = make_masks(kind, 16, size, size, torch.Generator().manual_seed(0))
@@ -107,3 +108,18 @@ def test_voc_shape_region_masks(tmp_path):
     b = make_masks("random-region", 6, 64, 64, torch.Generator().manual_seed(0), shapes)
     frac = a.float().mean(dim=(1, 2, 3))
     assert torch.equal(a, b) and ((frac > 0.2) & (frac < 0.3)).all()
+
+
+def test_autoencoder_sees_the_whole_image_and_its_loss_covers_every_pixel():
+    gen = torch.Generator().manual_seed(0)
+    x, pred = torch.randn(2, 3, 16, 16, generator=gen), torch.randn(2, 3, 16, 16, generator=gen)
+    mask = make_masks(AUTOENCODER, 2, 16, 16, gen)
+    assert mask.all() and torch.equal(context_of(x, mask, AUTOENCODER), x)  # no hole in the input
+    # the loss is the plain mean squared error over every pixel and channel
+    assert float(masked_l2(pred, x, mask)) == pytest.approx(float((pred - x).pow(2).mean()), rel=1e-6)
+    for i, j in ((0, 0), (15, 15), (7, 3)):  # a change anywhere in the image changes the loss
+        moved = pred.clone()
+        moved[0, 1, i, j] += 1.0
+        assert masked_l2(moved, x, mask) != masked_l2(pred, x, mask)
+    block = make_masks("random-block", 2, 16, 16, gen)
+    assert torch.equal(context_of(x, block, "random-block"), apply_mask(x, block))  # other kinds: hole at the mean

@@ -91,6 +91,37 @@ def test_resume_replays_exactly_and_schedule_ignores_max_steps(images, tmp_path)
     assert not torch.equal(*(weights(tmp_path / d / "ce.pt")["e.features.0.weight"] for d in ("full", "short")))
 
 
+def test_save_at_snapshots_and_step_zero_load_with_their_labels(images, tmp_path):
+    out = tmp_path / "curve" / "ce.pt"
+    result = main(tiny_args(images, out, "--max-steps", "3", "--no-figures", "--save-at", "0", "2", "3", "9"))
+    assert result["snapshots"] == [str(out.parent / f"ce.step{s}.pt") for s in (0, 2, 3)]  # 9 is past the stop
+    assert not (out.parent / "ce.step9.pt").exists() and not list(out.parent.glob("*.tmp*"))
+    assert_same_weights(out.parent / "ce.step3.pt", out)  # the last snapshot is the final ce.pt
+    _, info0 = load_encoder(out.parent / "ce.step0.pt")
+    _, info2 = load_encoder(out.parent / "ce.step2.pt")
+    assert (info0["init"], info0["meta"]["steps"], info0["meta"]["images_seen"]) == ("ce-untrained", 0, 0)
+    assert (info2["init"], info2["meta"]["steps"], info2["meta"]["images_seen"]) == ("ce", 2, 8)
+    # --max-steps 0: a valid ce.pt of the untrained weights, equal to the step-0 snapshot of the same seed
+    zero = tmp_path / "untrained" / "ce.pt"
+    result = main(tiny_args(images, zero, "--max-steps", "0"))
+    assert result["steps"] == 0 and result["final_loss"] is None and result["images_per_s"] is None
+    assert_same_weights(zero, out.parent / "ce.step0.pt")
+    encoder, info = load_encoder(zero)
+    assert info["init"] == "ce-untrained" and info["meta"]["steps"] == 0
+    assert encoder.feature_shape(64) == (encoder.out_channels, 1, 1)
+    with pytest.raises(CebenchError, match="--max-steps"):
+        main(tiny_args(images, tmp_path / "neg" / "ce.pt", "--max-steps", "-1"))
+
+
+def test_autoencoder_control_is_labelled_and_learns_the_whole_image(images, tmp_path):
+    out = tmp_path / "ae" / "ce.pt"
+    result = main(tiny_args(images, out, "--max-steps", "2", "--no-figures", "--mask", "none"))
+    assert np.isfinite(result["final_loss"])
+    _, info = load_encoder(out)
+    assert info["init"] == "autoencoder" and info["meta"]["mask"] == "none"
+    assert info["meta"]["mask_source"].startswith("none: autoencoder")
+
+
 def test_adversarial_flag_trains_a_discriminator(images, tmp_path):
     out = tmp_path / "adv" / "ce.pt"
     result = main(tiny_args(images, out, "--max-steps", "2", "--no-figures", "--adv-weight", "0.001",

@@ -216,13 +216,38 @@ def test_missing_profile_and_missing_data_are_clear_errors(fake):
 def test_repository_profiles_plan_the_whole_pipeline():
     smoke = plan(get_profile("smoke"), _args(REPO))[0]
     assert smoke[0].argv[:4] == ["-m", "transfer.synthetic", "--out", "data/smoke"]
-    assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] + ["transfer.classify"] * 2 \
+    assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] * 3 + ["transfer.classify"] * 2 \
         + ["transfer.detect"] * 2 + ["transfer.segment"] * 2 + ["evaluation.retrieval"] * 3 \
-        + ["evaluation.inpainting"] * 2 + ["evaluation.tables", "evaluation.report"]
+        + ["evaluation.inpainting"] * 2 + ["evaluation.probe"] * 4 + ["evaluation.tables", "evaluation.report"]
+    # the paper's controls: the same pretraining command without a mask, and the weights at step 0
+    pretrain = {j.init: j for j in smoke if j.stage == "pretrain"}
+    assert pretrain["autoencoder"].argv[-2:] == ["--mask", "none"] and pretrain["autoencoder"].out.name == \
+        "autoencoder.pt"
+    assert pretrain["ce-untrained"].argv[-2:] == ["--max-steps", "0"]
+    probe_ae = next(j for j in smoke if j.stage == "probe" and j.init == "autoencoder")
+    assert probe_ae.inputs == [pretrain["autoencoder"].out] and probe_ae.out.name == "probe_autoencoder.json"
     for name in ("voc-mini", "paper"):
         jobs = plan(get_profile(name), _args(REPO))[0]
         assert jobs[0].stage == "pretrain" and [j.stage for j in jobs[-2:]] == ["tables", "report"]
         assert jobs[-1].argv[1] == "evaluation.report" and jobs[-1].out == jobs[-2].out.with_name("report.html")
+        inits = {(j.stage, j.init) for j in jobs}
+        assert {(s, i) for s in ("classify", "detect", "segment", "retrieval", "probe")
+                for i in ("ce", "random", "autoencoder", "ce-untrained")} <= inits
+
+
+def test_controls_need_their_pretraining_and_a_passed_max_steps_keeps_step_zero(fake, tmp_path, monkeypatch):
+    yaml_path = fake / "benchmarks.yaml"
+    yaml_path.write_text(YAML.replace("inits: [ce, random, supervised]", "inits: [ce, autoencoder, ce-untrained]"))
+    with pytest.raises(CebenchError, match=r"does not pretrain \['autoencoder', 'ce-untrained'\]"):
+        plan(get_profile("t"), _args(fake))
+    yaml_path.write_text(yaml_path.read_text().replace("pretrain: {module: fake_stage}",
+                                                       "pretrain: {module: fake_stage, inits: [ce, ce-untrained, "
+                                                       "autoencoder]}"))
+    args = get_args_parser().parse_args(["--results-dir", str(fake / "res"), "--max-steps", "7"])
+    jobs = plan(get_profile("t"), args)[0]
+    untrained = next(j for j in jobs if j.init == "ce-untrained" and j.stage == "pretrain")
+    assert untrained.argv[-4:] == ["--max-steps", "7", "--max-steps", "0"]  # the last flag wins: step 0
+    assert [j.init for j in jobs if j.stage == "classify"] == ["ce", "autoencoder", "ce-untrained"]
 
 
 def test_tee_keeps_the_last_state_of_progress_bars(tmp_path, capsys):

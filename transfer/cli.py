@@ -6,6 +6,12 @@ from pretrain.health import HEALTH_IMAGES
 from cebench.runtime import add_precision_flag
 
 
+def add_voc_args(group, what="the splits"):
+    """--voc-root and --year: the VOCdevkit that holds `what`."""
+    group.add_argument("--voc-root", default="data/VOCdevkit", help=f"VOCdevkit folder (holding VOC<year>/) of {what}")
+    group.add_argument("--year", default="2007", help="VOC year folder to read")
+
+
 def add_init_args(group, *, rescale_images, rescale_what):
     """--weights and the trunk of 'random', then Krähenbühl et al.'s rescaling (on by default)."""
     group.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "

@@ -1,0 +1,134 @@
+"""Per-layer linear probes (Zhang et al. 2016; Goyal et al. 2019): VOC classification mAP of frozen conv1..conv5.
+
+Table 3 of `python -m evaluation.tables` (inits x layers). The backbone comes from --weights through the path of
+the classification transfer, Krähenbühl et al.'s rescaling included; each layer (after ReLU) is average-pooled
+to Zhang et al.'s ~9,000-d grid and a logistic regression per class is fitted on the training split's centre
+views (C chosen on a held-out part of them), then scored on the test split with bootstrap intervals.
+
+    python -m evaluation.probe --profile voc-mini --weights results/voc-mini/ce.pt
+    python -m evaluation.probe --profile voc-mini --weights random --threads 2
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from threadpoolctl import threadpool_limits
+
+from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.errors import CebenchError, run_cli
+from cebench.files import refuse_overwrite
+from cebench.logs import get_logger
+from cebench.records import write_record
+from cebench.runtime import default_num_workers, init_distributed, seed_everything
+from evaluation import probe_run as run
+from evaluation.features import ContextImages
+from transfer.cli import add_init_args, add_voc_args, set_threads
+from transfer.probe import LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes, state_fingerprint
+from transfer.voc import load_split
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("python -m evaluation.probe", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+    add_profile_flag(p)
+    g = p.add_argument_group("data")
+    add_voc_args(g, "the training and test splits")
+    g.add_argument("--train-split", default="trainval", help="split the probes are fitted on (paper: trainval)")
+    g.add_argument("--test-split", default="test", help="split to score (voc-mini: val, a development split)")
+    g = p.add_argument_group("model (as transfer.classify builds and rescales it)")
+    add_init_args(g, rescale_images=160, rescale_what="training views (as transfer.classify draws them)")
+    g.add_argument("--input-size", type=int, default=227, help="square centre view fed to the network (Zhang et "
+                   "al.: 227; voc-mini: 128, the size its encoder was pretrained at)")
+    g.add_argument("--fc-dim", type=int, default=4096, help="fc6/fc7 width of the rescaled backbone (match "
+                   "transfer.classify: rescaling equalises every layer up to fc7)")
+    g.add_argument("--base-size", type=int, default=500, help="longer image side at scale 1 of the rescaling views "
+                   "(match transfer.classify)")
+    g = p.add_argument_group("probe")
+    g.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS, help="layers to probe")
+    g.add_argument("--cs", type=float, nargs="+", default=[1.0e-3, 1.0e-2, 1.0e-1], help="inverse L2 strengths "
+                   "tried per layer on the held-out part of the training split; one value fixes C")
+    g.add_argument("--held-out", type=float, default=0.2, help="share of the training images that picks C")
+    g.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per logistic regression")
+    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images per layer")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--threads", type=int, default=0, help="torch threads, and classes fitted in parallel (each "
+                   "with one BLAS thread); 0: torch's and BLAS's defaults, one class at a time")
+    g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per split (quick runs)")
+    g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--out", default=None, help="result record (default results/<profile>/probe_<init>.json)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing record")
+    return p
+
+
+def check_args(args):
+    for name in ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if any(c <= 0 for c in args.cs):
+        raise CebenchError("--cs must be positive")
+    if len(args.cs) > 1 and not 0 < args.held_out < 1:
+        raise CebenchError("--held-out must be in (0, 1) when --cs offers a choice")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise CebenchError("--max-steps must be positive")
+
+
+def features(encoder, split, cfg, device, desc):
+    """{layer: (N, D)} of the centre views of a split (no hole: the probe sees whole images)."""
+    workers = default_num_workers() if cfg["workers"] is None else cfg["workers"]
+    loader = torch.utils.data.DataLoader(ContextImages(split.image_paths, cfg["input_size"]),
+                                         batch_size=cfg["batch_size"], num_workers=workers)
+    grids = {n: ZHANG_GRIDS[n] for n in cfg["layers"]}
+    return conv_features(encoder, loader, device, grids, max_batches=cfg["max_steps"], desc=desc)
+
+
+def main(argv=None):
+    # config: parser defaults < benchmarks.yaml profile < command line
+    args = parse_with_profile(get_args_parser(), argv, "probe")
+    check_args(args)
+    cfg = resolved_config(args)
+    started = time.time()
+    rt = init_distributed(cfg["device"])
+    set_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    log = get_logger("probe")
+    # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are
+    # not decoded up front: a bad one stops the feature pass with one line naming it
+    train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
+                   for k in ("train_split", "test_split"))
+    # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
+    backbone, info = run.build(cfg)
+    label = cfg["init_label"] or info["init"]
+    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"probe_{label}.json")
+    refuse_overwrite(out, cfg["overwrite"])
+    rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
+    # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change
+    before = state_fingerprint(backbone)
+    train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
+    test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
+    assert_unchanged(backbone, before)
+    # probes: per layer a logistic regression per class, C chosen on held-out training images, scored on test
+    train_y = train.labels[:len(train_x[cfg["layers"][0]])]
+    test_y = test.labels[:len(test_x[cfg["layers"][0]])]
+    layers = {}
+    with threadpool_limits(limits=1 if cfg["threads"] else None):  # --threads: one BLAS thread per class fitted
+        for name in cfg["layers"]:
+            layers[name] = run.probe_layer(train_x.pop(name), train_y, test_x.pop(name), test_y, cfg)
+            log.info("%s %s: mAP %.2f [%.2f, %.2f] (C %g)", label, name, layers[name]["value"],
+                     *layers[name]["ci95"], layers[name]["c"])
+    # result record: one per initialisation, every layer in it; value = the deepest layer probed
+    shapes = layer_shapes(backbone.encoder, cfg["input_size"])
+    record = run.make_probe_record(cfg, info, label, rescaling, layers, shapes, len(train_y), len(test_y),
+                                   time.time() - started)
+    write_record(out, record)
+    log.info("%s: wrote %s (%.0f s)", label, out, record["wall_time_s"])
+    return {"out": str(out), "init": label, "layers": {n: (v["value"], v["ci95"]) for n, v in layers.items()},
+            "wall_time_s": record["wall_time_s"]}
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,84 @@
+"""The stages of `python -m evaluation.probe`: backbone and rescaling as the classification transfer, one layer's
+probe, and the result record."""
+
+import warnings
+
+from cebench.records import make_record, percent
+from evaluation.metrics import classification_map, classification_map_ci
+from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.classification import ViewSpec, VocImages
+from transfer.classify_run import AP_DEFINITION, calibration_images
+from transfer.probe import fit_predict, select_c, standardise_and_rotate
+from transfer.voc import VOC_CLASSES, dataset_name
+
+
+def build(cfg):
+    """Backbone from --weights as transfer.classify builds it (the trunk flags apply to `random` only)."""
+    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
+    return build_backbone(cfg["weights"], arch=arch, input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
+                          seed=cfg["seed"])
+
+
+def rescale(backbone, info, train, cfg, device, log):
+    """Krähenbühl's rescaling on the training views transfer.classify draws (same seed: the same weights)."""
+    if not cfg["rescale"]:
+        return {"applied": False}
+    views = VocImages(train, ViewSpec(cfg["input_size"], cfg["base_size"]))
+    backbone.to(device)
+    images = calibration_images(views, cfg["rescale_images"], cfg["seed"], device)
+    summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
+             summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
+    return dict(summary, applied=True)
+
+
+def probe_layer(train_x, train_y, test_x, test_y, cfg):
+    """C chosen on held-out training images, refit on all of them, test mAP with its bootstrap interval (%)."""
+    cs, dims = sorted(cfg["cs"]), int(train_x.shape[1])
+    opts = {"max_iter": cfg["max_iter"], "n_jobs": max(1, cfg["threads"]), "standardize": False}
+    train_x, test_x = standardise_and_rotate(train_x, test_x)  # exact: the same probe, cheaper iterations
+    if len(cs) > 1:
+        c, held = select_c(train_x, train_y, cs, cfg["held_out"], seed=cfg["seed"], **opts)
+    else:
+        c, held = cs[0], {}
+    scores = fit_predict(train_x, train_y, test_x, c=c, **opts)  # (N_test, 20) logits
+    with warnings.catch_warnings():  # classes without positives (small splits) are left out of the mean, once
+        warnings.simplefilter("ignore", UserWarning)
+        value, per_class = classification_map(scores, test_y, mode="sklearn")
+        voc07, _ = classification_map(scores, test_y, mode="voc07")
+        low, high = classification_map_ci(scores, test_y, mode="sklearn", n_boot=cfg["n_boot"], seed=cfg["seed"])
+    return {"value": percent(value), "ci95": [percent(low), percent(high)],
+            "per_class": {VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class)},
+            "map_voc07": percent(voc07), "c": c, "held_out_map": {f"{k:g}": percent(v) for k, v in held.items()},
+            "dims": dims}
+
+
+def _protocol(cfg, info, rescaling, shapes):
+    return {"mode": "linear probe per layer", "ap": AP_DEFINITION, "also_reported": "map_voc07: the devkit's "
+            "11-point AP", "features": "conv1..conv5 after ReLU, frozen, each average-pooled (adaptive) to Zhang "
+            "et al.'s grid (conv1 10x10, conv2 6x6, conv3/conv4 5x5, conv5 6x6: ~9,000 dims at 227 px)",
+            "layers": {n: shapes[n] for n in cfg["layers"]},
+            "views": f"one centre view: shorter side resized to {cfg['input_size']}, centre square, no hole",
+            "classifier": "sklearn LogisticRegression (L2, lbfgs) per class on standardised features (rotated "
+            "onto the span of the training features, an exact isometry for the L2 probe); difficult images left "
+            "out of each class's fit",
+            "c_choice": (f"per layer among {sorted(cfg['cs'])} by mAP on a seeded held-out {cfg['held_out']:.0%} of "
+                         "the training images, then refit on all" if len(cfg["cs"]) > 1 else f"fixed {cfg['cs'][0]}"),
+            "init": info["init"], "architecture": info["arch"], "weights": info["source"], "fc_dim": cfg["fc_dim"],
+            "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
+            "test_split": f"VOC{cfg['year']} {cfg['test_split']}"}
+
+
+def make_probe_record(cfg, info, label, rescaling, layers, shapes, n_train, n_test, wall_time_s):
+    """One record per initialisation: every layer in `layers`; value/ci95/per_class are the deepest layer's."""
+    top = layers[cfg["layers"][-1]]
+
+    def fraction(v):  # make_record takes fractions and stores percent
+        return None if v is None else v / 100.0
+
+    return make_record(
+        task="probe", init=label, dataset=dataset_name(cfg["voc_root"], cfg["year"]), split=cfg["test_split"],
+        metric="mAP", value=fraction(top["value"]), ci95=[fraction(v) for v in top["ci95"]],
+        per_class={k: fraction(v) for k, v in top["per_class"].items()}, n_images=n_test, seed=cfg["seed"],
+        wall_time_s=wall_time_s, config=cfg, protocol=_protocol(cfg, info, rescaling, shapes),
+        layer=cfg["layers"][-1], layers=layers, n_train_images=n_train, weights_meta=info["meta"])
