@@ -96,7 +96,7 @@ def inpainting_loss(weights, image_paths, cfg, load_size, device):
     stream = InpaintingStream(image_paths, model.input_size, load_size, kind, cfg["seed"])  # crops as in training
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg["batch_size"], shuffle=False)
     losses = []
-    for images, masks in loader:
+    for images, masks, _ in loader:  # _: replaced images (none: --skip-bad-images is a training option)
         target = normalize(images, device)
         pred = model(context_of(target, masks.to(device), kind))
         losses += [float(masked_l2(p[None], t[None], m[None])) for p, t, m in zip(pred, target, masks, strict=True)]

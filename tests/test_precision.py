@@ -65,7 +65,7 @@ def test_autocast_and_scaler_per_precision():
 def tiny_pretrain_cfg():
     return {"arch": "caffenet", "pool_free": False, "width": 0.25, "input_size": 64, "dropout": 0.5,
             "decoder_width": 0.25, "lr": 1.0e-3, "beta1": 0.5, "weight_decay": 0.0, "adv_weight": 0.0, "seed": 0,
-            "overlap": 0, "overlap_weight": 10.0, "lr_schedule": "constant", "steps": 10}
+            "overlap": 0, "overlap_weight": 10.0, "lr_schedule": "constant", "steps": 10, "mask": "central"}
 
 
 def test_bf16_pretraining_step_keeps_float32_weights_loss_and_adam_state():
