@@ -4,7 +4,7 @@ probe, and the result record."""
 import warnings
 
 from cebench.records import make_record, percent
-from evaluation.metrics import classification_map, classification_map_ci
+from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.classification import ViewSpec, VocImages
 from transfer.classify_run import AP_DEFINITION, calibration_images
@@ -66,7 +66,7 @@ def _protocol(cfg, info, rescaling, shapes):
                          "the training images, then refit on all" if len(cfg["cs"]) > 1 else f"fixed {cfg['cs'][0]}"),
             "init": info["init"], "architecture": info["arch"], "weights": info["source"], "fc_dim": cfg["fc_dim"],
             "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
-            "test_split": f"VOC{cfg['year']} {cfg['test_split']}"}
+            "test_split": f"VOC{cfg['year']} {cfg['test_split']}", "interval": interval_description(cfg["n_boot"])}
 
 
 def make_probe_record(cfg, info, label, rescaling, layers, shapes, n_train, n_test, wall_time_s):
