@@ -79,7 +79,7 @@ def test_probe_main_on_a_tiny_voc(voc, tmp_path):
     record = read_record(out)
     assert record["task"] == "probe" and record["init"] == "random" and record["metric"] == "mAP"
     assert list(record["layers"]) == list(LAYERS) and record["layer"] == "conv5"
-    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 50 resamples")  # --n-boot 50, as every record says
+    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 50 resamples")  # --n-boot 50
     for cell in record["layers"].values():
         assert 0 <= cell["value"] <= 100 and cell["c"] in (1e-3, 1e-1) and len(cell["held_out_map"]) == 2
         assert set(cell["per_class"]) >= {"aeroplane", "person"}
