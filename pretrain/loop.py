@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from cebench.curves import RunLog, tensorboard_dir
-from cebench.errors import CebenchError
+from cebench.errors import CebenchError, one_line
 from cebench.files import atomic_torch_save, safe_torch_load
 from cebench.logs import append_jsonl, get_logger, progress
 from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, check_images, list_images,
@@ -343,8 +343,7 @@ def _batches(loader):
     try:
         yield from loader
     except CebenchError as err:
-        lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
-        raise CebenchError(lines[-1].split("CebenchError: ", 1)[-1]) from None
+        raise CebenchError(one_line(err)) from None
 
 
 def mask_source(cfg):
