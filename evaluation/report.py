@@ -19,6 +19,7 @@ from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from evaluation import report_html as h
+from evaluation.cells import is_complete
 from evaluation.paper_tables import PUBLISHED, load_records, variant_of
 from evaluation.tables import provenance
 
@@ -69,6 +70,8 @@ def per_class_html(records):
         labels = [" · ".join(str(x) for x in (r["init"], r.get("method"), variant_of(r)) if x) for r in runs]
         labels = [f"{lab} (seed {r['seed']})" if labels.count(lab) > 1 else lab
                   for lab, r in zip(labels, runs, strict=True)]
+        # a run cut short stands beside the others here (the tables leave it out): say so in its column
+        labels = [lab if is_complete(r) else f"{lab} (partial run)" for lab, r in zip(labels, runs, strict=True)]
         table = pd.DataFrame({lab: {**r["per_class"], f"mean ({metric})": r["value"]} for lab, r in
                               zip(labels, runs, strict=True)}).dropna(how="all")  # classes absent from the data
         shown = table.map(lambda v: "" if v is None or pd.isna(v) else f"{v:.1f}")

@@ -100,3 +100,14 @@ def test_chromium_renders_the_page_at_laptop_width(results, tmp_path):
         pixels = np.asarray(image.convert("L"), dtype=float)
     assert pixels.shape == (900, 1366)
     assert (pixels < 100).mean() > 0.005 and pixels.std() > 20  # text and tables drawn, not a blank page
+
+
+def test_per_class_marks_a_run_cut_short():
+    from evaluation.report import per_class_html
+
+    def run(init, complete):
+        return {"task": "classification", "metric": "mAP", "init": init, "seed": 0, "value": 30.0,
+                "per_class": {"cat": 30.0}, "complete": complete}
+
+    page = per_class_html([run("ce", True), run("random", False)])
+    assert "random (partial run)" in page and "ce (partial run)" not in page
