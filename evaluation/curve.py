@@ -31,8 +31,8 @@ from pretrain.loop import snapshot_path
 from pretrain.losses import masked_l2
 from pretrain.masks import context_of
 from pretrain.weights import load_context_encoder
-from transfer.cli import add_voc_args, set_threads
-from transfer.voc import load_split
+from transfer.flags import add_voc_args, set_threads
+from voc.devkit import load_split
 
 FRACTIONS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 

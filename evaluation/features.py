@@ -20,7 +20,7 @@ from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
 from pretrain.weights import load_encoder
-from transfer.cli import add_health_arg
+from transfer.flags import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,
 # 8x8-pixel cells, 2x2-cell blocks with L2-Hys normalisation, on colour (per pixel the channel of largest gradient).

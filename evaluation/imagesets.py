@@ -1,6 +1,6 @@
 """Gallery and query (held-out) images for retrieval and inpainting: VOC splits with labels, or any folder.
 
-Every image a run will read is decoded once up front, as the transfers check their splits (transfer.voc), so a
+Every image a run will read is decoded once up front, as the transfers check their splits (voc.devkit), so a
 damaged file stops the run at once with one line naming it, not inside a DataLoader worker halfway through.
 """
 
@@ -12,8 +12,7 @@ import numpy as np
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from pretrain.data import list_images
-from transfer.voc import VOC_CLASSES, load_image, load_split
-from transfer.voc import dataset_name as voc_dataset_name
+from voc.devkit import VOC_CLASSES, load_image, load_split, dataset_name as voc_dataset_name
 
 
 @dataclass
@@ -87,7 +86,7 @@ def gallery_and_queries(cfg):
 
 
 def check_images(images, name="image"):
-    """Decode every image of a set as the transfers' up-front check does (transfer.voc.load_image with draft: a
+    """Decode every image of a set as the transfers' up-front check does (voc.devkit.load_image with draft: a
     JPEG at 1/8 scale, every byte still read): an unreadable file is a CebenchError naming it, before any work."""
     for path in progress(images.paths, desc=f"checking {name} images", unit="img", leave=False):
         load_image(path, draft=True)

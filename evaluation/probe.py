@@ -24,9 +24,10 @@ from cebench.records import write_record
 from cebench.runtime import default_num_workers, init_distributed, seed_everything
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
-from transfer.cli import add_init_args, add_voc_args, set_threads
-from transfer.probe import LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes, state_fingerprint
-from transfer.voc import load_split
+from transfer.flags import add_init_args, add_voc_args, set_threads
+from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
+                                           state_fingerprint)
+from voc.devkit import load_split
 
 
 def get_args_parser():

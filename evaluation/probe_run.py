@@ -6,10 +6,10 @@ import warnings
 from cebench.records import make_record, percent
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from transfer.backbone import build_backbone, rescale_backbone_
-from transfer.classification import ViewSpec, VocImages
-from transfer.classify_run import AP_DEFINITION, calibration_images
-from transfer.probe import fit_predict, select_c, standardise_and_rotate
-from transfer.voc import VOC_CLASSES, dataset_name
+from transfer.classification.data import ViewSpec, VocImages
+from transfer.classification.stages import AP_DEFINITION, calibration_images
+from transfer.classification.probe import fit_predict, select_c, standardise_and_rotate
+from voc.devkit import VOC_CLASSES, dataset_name
 
 
 def build(cfg):

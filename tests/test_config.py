@@ -78,7 +78,7 @@ ENTRY_POINTS = {"pretrain": "pretrain.train", "classify": "transfer.classify", "
                 "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
                 "inpainting": "evaluation.inpainting", "probe": "evaluation.probe", "curve": "evaluation.curve",
                 "tables": "evaluation.tables", "report": "evaluation.report"}
-OTHER_COMMANDS = ("cebench.suite", "evaluation.speed", "pretrain.speed", "transfer.speed", "transfer.synthetic",
+OTHER_COMMANDS = ("cebench.suite", "evaluation.speed", "pretrain.speed", "transfer.speed", "voc.synthetic",
                   "pretrain.export")
 
 

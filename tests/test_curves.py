@@ -6,8 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 from PIL import Image
-from test_pretrain_train import make_images
-from test_pretrain_train import tiny_args as pretrain_args
+from test_pretrain_train import make_images, tiny_args as pretrain_args
 from test_transfer_engine import CONFIG, ToyTask, toy_model
 from vocfactory import make_vocdevkit
 

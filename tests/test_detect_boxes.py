@@ -8,10 +8,10 @@ import pytest
 from vocfactory import make_vocdevkit, set_box
 
 from cebench.errors import CebenchError
-from transfer.coco import load_coco_split
+from transfer.detection.coco import load_coco_split
 from transfer.detect import main
-from transfer.detection_data import from_voc, ground_truth
-from transfer.voc import load_split
+from transfer.detection.data import from_voc, ground_truth
+from voc.devkit import load_split
 
 FAST = ["--train-split", "train", "--test-split", "val", "--scale", "96", "--max-size", "128", "--steps", "1",
         "--fc-dim", "32", "--width", "0.25", "--rescale-images", "2", "--ss-workers", "1", "--max-proposals", "100",

@@ -12,7 +12,7 @@ from cebench.errors import CebenchError
 from evaluation.metrics import detection_map
 from test_metrics import reference_detection_ap
 from transfer.detect import main
-from transfer.voc import VOC_CLASSES
+from voc.devkit import VOC_CLASSES
 from vocfactory import make_vocdevkit
 
 FAST = ["--train-split", "train", "--test-split", "val", "--scale", "96", "--max-size", "128", "--steps", "2",

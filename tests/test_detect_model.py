@@ -9,9 +9,9 @@ from PIL import Image
 
 from cebench.errors import CebenchError
 from transfer.backbone import build_backbone
-from transfer.coco import coco_ap, coco_from_split, load_coco_split
-from transfer.detection_data import DetectionSplit, collate_rois, flip_boxes, image_scale
-from transfer.detector import FastRCNN, trunk_stride
+from transfer.detection.coco import coco_ap, coco_from_split, load_coco_split
+from transfer.detection.data import DetectionSplit, collate_rois, flip_boxes, image_scale
+from transfer.detection.model import FastRCNN, trunk_stride
 
 
 @pytest.mark.parametrize("arch", [{"arch": "caffenet", "width": 0.25}, {"arch": "torchvision", "width": 0.25}])

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cebench.errors import CebenchError
-from transfer.proposals import (cached_proposals, load_proposal_file, selective_search_settings, settings_key,
-                                unique_boxes)
+from transfer.detection.proposals import (cached_proposals, load_proposal_file, selective_search_settings, settings_key,
+                                          unique_boxes)
 
 
 @pytest.fixture

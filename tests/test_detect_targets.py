@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from transfer.detection_targets import (BBOX_STDS, decode_boxes, encode_boxes, fast_rcnn_loss, postprocess_detections,
+from transfer.detection.targets import (BBOX_STDS, decode_boxes, encode_boxes, fast_rcnn_loss, postprocess_detections,
                                         sample_rois)
 
 

@@ -10,8 +10,8 @@ from cebench.errors import CebenchError
 from cebench.records import read_record
 from evaluation import probe
 from pretrain.model import AlexNetEncoder
-from transfer.probe import (LAYERS, ZHANG_GRIDS, conv_features, fit_predict, layer_shapes, select_c,
-                            standardise_and_rotate)
+from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, conv_features, fit_predict, layer_shapes, select_c,
+                                           standardise_and_rotate)
 
 SMALL = ["--profile", "smoke", "--input-size", "64", "--width", "0.25", "--fc-dim", "32", "--base-size", "72",
          "--rescale-images", "4", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--n-boot", "50",

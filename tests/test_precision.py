@@ -142,8 +142,7 @@ def test_speed_measure_reports_each_precision_side_by_side():
 def test_transfer_record_and_speed_per_precision(tmp_path):
     from vocfactory import make_vocdevkit
 
-    from transfer import classify
-    from transfer import speed as transfer_speed
+    from transfer import classify, speed as transfer_speed
 
     voc = make_vocdevkit(tmp_path / "VOCdevkit", splits={"train": 8, "val": 4}, seed=2)
     args = ["--voc-root", str(voc.root), "--train-split", "train", "--test-split", "val", "--input-size", "64",

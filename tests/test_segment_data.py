@@ -8,9 +8,8 @@ from torchvision import tv_tensors
 from vocfactory import make_vocdevkit
 
 from cebench.errors import CebenchError
-from transfer.segdata import (IGNORE_INDEX, SegTransform, VOCSegmentation, find_year, pad_collate, save_mask,
-                              voc_palette)
-from transfer.voc import load_mask
+from transfer.segmentation.data import IGNORE_INDEX, SegTransform, VOCSegmentation, find_year, pad_collate
+from voc.devkit import save_mask, voc_palette, load_mask
 
 VALID = set(range(21)) | {IGNORE_INDEX}
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.model import AlexNetEncoder
-from transfer.fcn import FCN, bilinear_kernel
+from transfer.segmentation.model import FCN, bilinear_kernel
 
 
 def _fcn(arch="caffenet", variant="32s", **kwargs):
@@ -83,7 +83,7 @@ def test_pretrained_fc_layers_become_convolutions():
 
 
 def test_fixed_upsampling_fast_path_equals_the_transposed_convolution():
-    from transfer.fcn import _crop, bilinear_upsample_crop
+    from transfer.segmentation.model import _crop, bilinear_upsample_crop
 
     model = _fcn(learn_upsampling=False)
     up = model.upsample[-1]

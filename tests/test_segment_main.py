@@ -12,8 +12,8 @@ from vocfactory import make_vocdevkit
 from cebench.errors import CebenchError
 from cebench.records import read_record
 from transfer.segment import main
-from transfer.segtask import SEG_CLASSES, segmentation_loss
-from transfer.voc import load_mask
+from transfer.segmentation.task import SEG_CLASSES, segmentation_loss
+from voc.devkit import load_mask
 
 TINY = ["--weights", "random", "--width", "0.25", "--fc-dim", "16", "--backbone-size", "96", "--steps", "2",
         "--batch-size", "2", "--accum-steps", "2", "--crop-size", "40", "--min-scale", "0.7", "--max-scale", "1.3",
@@ -121,8 +121,8 @@ def test_short_run_on_real_voc_masks(voc_mini_root, tmp_path):
 
 def test_score_biases_learn_at_twice_the_rate_without_decay():
     from pretrain.model import AlexNetEncoder
-    from transfer.fcn import FCN
-    from transfer.segtask import SegmentationTask
+    from transfer.segmentation.model import FCN
+    from transfer.segmentation.task import SegmentationTask
 
     model = FCN(AlexNetEncoder(width=0.125), variant="16s", fc_channels=8, learn_upsampling=False)
     rest, score_bias = SegmentationTask([], [], n_examples=0).param_groups(model)

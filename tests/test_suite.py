@@ -13,7 +13,8 @@ import pytest
 
 from cebench import CebenchError
 from cebench.config import get_profile
-from cebench.suite import REPO, Tee, get_args_parser, main, plan
+from cebench.suite import REPO, Tee, main, plan
+from cebench.suite_args import get_args_parser
 
 FAKE_STAGE = r'''
 import argparse, json, os, sys
@@ -215,7 +216,7 @@ def test_missing_profile_and_missing_data_are_clear_errors(fake):
 
 def test_repository_profiles_plan_the_whole_pipeline():
     smoke = plan(get_profile("smoke"), _args(REPO))[0]
-    assert smoke[0].argv[:4] == ["-m", "transfer.synthetic", "--out", "data/smoke"]
+    assert smoke[0].argv[:4] == ["-m", "voc.synthetic", "--out", "data/smoke"]
     assert [j.argv[1] for j in smoke[1:]] == ["pretrain.train"] * 3 + ["transfer.classify"] * 2 \
         + ["transfer.detect"] * 2 + ["transfer.segment"] * 2 + ["evaluation.retrieval"] * 3 \
         + ["evaluation.inpainting"] * 2 + ["evaluation.probe"] * 4 + ["evaluation.tables", "evaluation.report"]

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cebench import CebenchError
-from transfer.synthetic import CLASSES, main, synthetic_info, voc_palette
-from transfer.voc import VOC_CLASSES, dataset_name, load_split, segmentation_files
+from voc.synthetic import CLASSES, main, voc_palette
+from voc.devkit import synthetic_info, VOC_CLASSES, dataset_name, load_split, segmentation_files
 
 SMALL = ["--n-train", "24", "--n-val", "12", "--size", "64"]
 

@@ -10,7 +10,8 @@ from torch import nn
 from cebench import CebenchError
 from cebench.runtime import Runtime
 from transfer import engine
-from transfer.engine import StepBatchSampler, TrainConfig, fit, learning_rate
+from transfer.sampling import StepBatchSampler
+from transfer.engine import TrainConfig, fit, learning_rate
 
 CPU = Runtime(device=torch.device("cpu"))
 

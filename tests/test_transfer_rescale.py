@@ -105,7 +105,7 @@ def test_fc8_is_initialised_from_data_and_rescaled_for_every_init(tmp_path):
     # voc-classification's magic_init covers the whole classifier: fc8 is fresh for every init, even when the
     # weights bring fc6/fc7, and it is the top layer whose gradient ratio the others are equalised to.
     from transfer.backbone import rescale_layers
-    from transfer.classification import Classifier
+    from transfer.classification.model import Classifier
 
     path = tmp_path / "alexnet.pth"
     torch.save(alexnet_state_dict(), path)

@@ -5,8 +5,8 @@ import pytest
 from vocfactory import CLASSES, make_vocdevkit, truncate_file
 
 from cebench import CebenchError
-from transfer.voc import (VOC_CLASSES, VocObject, image_labels, load_mask, load_split, parse_annotation,
-                          read_class_list, read_image_set, segmentation_files)
+from voc.devkit import (VOC_CLASSES, VocObject, image_labels, load_mask, load_split, parse_annotation, read_class_list,
+                        read_image_set, segmentation_files)
 
 
 @pytest.fixture()

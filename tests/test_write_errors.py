@@ -55,7 +55,7 @@ def _entry_points(data, out):
         "evaluation.tables": ["--results", data["records"], "--out", str(out)],
         "evaluation.speed": ["--gallery", "300", "--queries", "10", "--dim", "16", "--approx-gallery", "600",
                              "--repeats", "1", "--out", f"{out}/speed.json"],
-        "transfer.synthetic": ["--out", f"{out}/synth", "--n-train", "4", "--n-val", "2", "--size", "48"],
+        "voc.synthetic": ["--out", f"{out}/synth", "--n-train", "4", "--n-val", "2", "--size", "48"],
     }
 
 

@@ -19,9 +19,9 @@ from cebench.files import make_dirs, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
-from transfer import detect_run as run
+from transfer.detection import stages as run
 from transfer.backbone import health_of_init
-from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
+from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

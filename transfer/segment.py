@@ -19,14 +19,16 @@ from cebench.logs import get_logger
 from cebench.records import default_record_path, schedule_fields, write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
-from transfer.backbone import build_backbone, measure_health, rescale_backbone_
-from transfer.cli import add_init_args, add_run_args, add_sgd_args, set_threads
+from transfer.backbone import build_backbone
+from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 from transfer.engine import TrainConfig, checkpoint_path, fit
-from transfer.fcn import VARIANTS, fcn_from_backbone
-from transfer.segdata import SegTransform, VOCSegmentation, sample_batch
-from transfer.voc import dataset_name
-from transfer.segtask import (LOSS_NORMALIZATIONS, SegmentationTask, check_outputs, run_outputs, run_paths,
-                              save_examples, segmentation_protocol, segmentation_record)
+from transfer.segmentation.model import VARIANTS
+from transfer.segmentation.data import SegTransform, VOCSegmentation
+from voc.devkit import dataset_name
+from transfer.segmentation.task import LOSS_NORMALIZATIONS, SegmentationTask
+from transfer.segmentation.stages import (check_outputs, run_outputs, run_paths, save_examples, segmentation_protocol,
+                                          segmentation_record)
+from transfer.segmentation.stages import build_model
 
 
 def get_args_parser():
@@ -79,22 +81,6 @@ def get_args_parser():
     g.add_argument("--n-examples", type=int, default=4, help="test images shown in <record>.examples.png")
     g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images for ci95")
     return p
-
-
-def build_model(args, backbone, info, train_ds):
-    """Rescale the backbone as the paper (on training crops at its input size), then make it an FCN."""
-    if args.rescale:
-        crops = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.backbone_size,
-                             flip_prob=args.flip_prob)
-        images = sample_batch(train_ds, crops, args.rescale_images, seed=args.seed)
-        info["rescale"] = rescale_backbone_(backbone, info, images, iterations=args.rescale_iterations,
-                                            seed=args.seed)
-    # the init's feature health as fine-tuning starts (a resumed run rescales again, so this holds on resume too)
-    info["feature_health"] = measure_health(backbone, train_ds.image_paths, args.backbone_size, vars(args),
-                                            next(backbone.parameters()).device, rescaled=args.rescale,
-                                            source=f"VOC{train_ds.year} {train_ds.split} (segmentation)")
-    return fcn_from_backbone(backbone, variant=args.variant, pad=args.pad, dropout=args.dropout,
-                             learn_upsampling=args.upsampling == "learned")
 
 
 def _train_config(args, workers):

@@ -17,7 +17,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from cebench.errors import CebenchError
-from transfer.detection_data import DetectionSplit, clip_boxes_to_images
+from transfer.detection.data import DetectionSplit, clip_boxes_to_images
 
 
 def _quiet():

@@ -14,6 +14,7 @@ class name, a missing image or a truncated JPEG is a CebenchError naming the fil
 the image is left out and listed in ``VocSplit.skipped``.
 """
 
+import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 from torchvision.datasets import VOCDetection
 
 from cebench.errors import CebenchError
+from cebench.files import atomic_write
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -86,7 +88,6 @@ def year_dir(voc_root, year):
 
 def dataset_name(voc_root, year):
     """Name of a VOC dataset in result records: VOC<year>, marked synthetic for the smoke generator's data."""
-    from transfer.synthetic import synthetic_info  # late import: synthetic.py imports this module
 
     return f"VOC{year} (synthetic)" if synthetic_info(voc_root) else f"VOC{year}"
 
@@ -282,3 +283,40 @@ def segmentation_files(voc_root, year, split, *, skip_bad=False):
     if not ids:
         raise CebenchError(f"no usable images in {base}/ImageSets/Segmentation/{split}.txt")
     return ids, images, masks, skipped
+
+
+def voc_palette():
+    """The VOC colour map (256 RGB triples, the devkit's bit-interleaving rule; 255 void is cream)."""
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for label in range(256):
+        c, r, g, b = label, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[label] = (r, g, b)
+    return palette
+
+
+def save_mask(path, labels):
+    """Write a (H, W) label map as a palette PNG that load_mask (and the VOC devkit) read back unchanged."""
+    im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode 'L'
+    im.putpalette(voc_palette().reshape(-1).tolist())  # turns it into mode 'P' with the indices unchanged
+    return atomic_write(path, lambda f: im.save(f, format="PNG"))
+
+
+STAMP_NAME = "synthetic.json"
+
+
+def synthetic_info(voc_root):
+    """The generator stamp of a synthetic dataset given its VOCdevkit (or VOC2007 or out) folder, else None."""
+    path = Path(voc_root).resolve()
+    for folder in (path, path.parent, path.parent.parent):
+        stamp = folder / STAMP_NAME
+        if stamp.is_file():
+            try:
+                return json.loads(stamp.read_text())
+            except (OSError, json.JSONDecodeError):
+                return None
+    return None

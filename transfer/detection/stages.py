@@ -16,14 +16,14 @@ from evaluation.metrics import detection_map_ci, interval_description
 from pretrain.data import normalize
 from transfer import engine
 from transfer.backbone import build_backbone, measure_health, rescale_layers
-from transfer.coco import coco_ap, load_coco_split
-from transfer.detection_data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
+from transfer.detection.coco import coco_ap, load_coco_split
+from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
-from transfer.detection_task import DetectionTask, detection_scores, voc_detections
-from transfer.detector import FastRCNN
-from transfer.proposals import cached_proposals, load_proposal_file, selective_search_settings
+from transfer.detection.task import DetectionTask, detection_scores, voc_detections
+from transfer.detection.model import FastRCNN
+from transfer.detection.proposals import cached_proposals, load_proposal_file, selective_search_settings
 from transfer.rescale import krahenbuhl_rescale_
-from transfer.voc import dataset_name, load_split
+from voc.devkit import dataset_name, load_split
 
 N_BOOT = 1000  # bootstrap resamples of the test images for ci95
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"

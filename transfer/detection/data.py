@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 
 from cebench.errors import CebenchError
 from pretrain.data import IMAGE_MEAN
-from transfer.detection_targets import sample_rois
-from transfer.proposals import clip_and_filter
-from transfer.voc import VOC_CLASSES, load_image, year_dir
+from transfer.detection.targets import sample_rois
+from transfer.detection.proposals import clip_and_filter
+from voc.devkit import VOC_CLASSES, load_image, year_dir
 
 MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGE_MEAN)  # padding colour: 0 after normalisation
 
@@ -41,7 +41,7 @@ class DetectionSplit:
 
 
 def from_voc(split, skip_bad=False):
-    """A transfer.voc.VocSplit as a DetectionSplit (VOC's 1-based inclusive boxes -> continuous pixels), its
+    """A voc.devkit.VocSplit as a DetectionSplit (VOC's 1-based inclusive boxes -> continuous pixels), its
     boxes fitted to their images (`clip_boxes_to_images`)."""
     boxes, labels, difficult = [], [], []
     for ann in split.annotations:

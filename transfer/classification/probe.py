@@ -22,7 +22,7 @@ from cebench.errors import CebenchError
 from cebench.logs import progress
 from evaluation.metrics import classification_map
 from pretrain.data import normalize
-from transfer.classification import TestViews
+from transfer.classification.data import TestViews
 
 
 @torch.no_grad()

@@ -1,5 +1,5 @@
 """The six object classes of the synthetic smoke data: each a family of shapes, colours and textures drawn
-with PIL, with a pixel-exact mask (imported by transfer.synthetic)."""
+with PIL, with a pixel-exact mask (imported by voc.synthetic)."""
 
 import colorsys
 

@@ -4,21 +4,15 @@ Evaluation follows FCN's `score.py`: every test image at its original size, one 
 (void 255 ignored), mean IU over classes; per-image matrices are kept for the bootstrap interval over images.
 """
 
-from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from cebench.files import atomic_write, refuse_overwrite
 from cebench.logs import progress
-from cebench.records import make_record
-from evaluation.metrics import ConfusionMatrix, interval_description, segmentation_miou_ci
-from transfer.engine import checkpoint_path
-from transfer.segdata import IGNORE_INDEX, NUM_CLASSES, pad_collate, save_mask, voc_palette
-from transfer.voc import VOC_CLASSES
+from evaluation.metrics import ConfusionMatrix
+from transfer.segmentation.data import IGNORE_INDEX, NUM_CLASSES, pad_collate
+from voc.devkit import save_mask, VOC_CLASSES
 
 SEG_CLASSES = ("background", *VOC_CLASSES)
 LOSS_NORMALIZATIONS = ("valid", "batch")
@@ -80,62 +74,3 @@ class SegmentationTask:
         scores = metric.compute()
         self.last = {"scores": scores, "per_image": metric.per_update, "examples": examples}
         return {"miou": scores["miou"], "pixel_acc": scores["pixel_acc"], "mean_acc": scores["mean_acc"]}
-
-
-def segmentation_record(last, *, n_boot=1000, seed=0, **fields):
-    """A result record (DESIGN.md) of SegmentationTask.last: mIoU, bootstrap ci95 over images, per-class IU."""
-    scores = last["scores"]
-    ci95 = segmentation_miou_ci(last["per_image"], n_boot=n_boot, seed=seed)
-    fields["protocol"] = dict(fields.get("protocol") or {}, interval=interval_description(n_boot))
-    return make_record(task="segmentation", metric="mIoU", value=scores["miou"], ci95=ci95,
-                       per_class=dict(zip(SEG_CLASSES, scores["iou"], strict=True)),
-                       n_images=len(last["per_image"]), seed=seed, pixel_acc=round(100 * scores["pixel_acc"], 4),
-                       mean_acc=round(100 * scores["mean_acc"], 4), **fields)
-
-
-def save_examples(path, dataset, predictions):
-    """One PNG, a row per example: image | ground truth | prediction, masks in the VOC colours."""
-    palette = voc_palette()
-    rows = []
-    for index, pred in sorted(predictions.items()):
-        image, mask = dataset.load(index)  # uint8 (H, W, 3), (H, W)
-        gap = np.full((image.shape[0], 4, 3), 255, dtype=np.uint8)
-        rows.append(np.concatenate([image, gap, palette[mask], gap, palette[pred]], axis=1))
-    if not rows:
-        return None
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    grid = Image.fromarray(np.concatenate(rows, axis=0))
-    return atomic_write(path, lambda f: grid.save(f, format="PNG"))
-
-
-def run_paths(out, save_predictions=None):
-    """Run folder (checkpoint, metrics.jsonl), predictions folder and examples PNG beside the record `out`."""
-    out = Path(out)
-    preds = Path(save_predictions) if save_predictions else out.parent / f"{out.stem}.predictions"
-    return out.parent / f"{out.stem}.run", preds, out.parent / f"{out.stem}.examples.png"
-
-
-def check_outputs(out, run_dir, *, resume=False, overwrite=False):
-    """Refuse to replace a record or run unless asked (a replaced run is kept aside until the new one succeeds)."""
-    if not (resume or overwrite):
-        refuse_overwrite(out)
-        refuse_overwrite(checkpoint_path(run_dir))
-
-
-def run_outputs(out, run_dir, pred_dir, examples_png, own_predictions):
-    """Everything a run writes: record, run folder, examples PNG and the predictions (their folder when it is the
-    run's own; else only the PNGs in it, as the folder may be the user's)."""
-    predictions = [Path(pred_dir)] if own_predictions else sorted(Path(pred_dir).glob("*.png"))
-    return [Path(out), Path(run_dir), Path(examples_png), *predictions]
-
-
-def segmentation_protocol(model, info, train_ds, transform, train_config, loss_normalization):
-    """What a reader needs to compare this number with the paper's (PAPER.md, "Segmentation")."""
-    return {"metric": "mean IU over 21 classes from one dataset-wide confusion matrix (FCN score.py); void 255 "
-                      "ignored; every test image whole, at its original resolution",
-            "model": model.describe(), "architecture": info["arch"], "fc_init": info["fc_init"],
-            "rescaling": info.get("rescale", "none"), "weights": info["source"],
-            "train": {"dataset": f"VOC{train_ds.year}", "split": train_ds.split, "n_images": len(train_ds),
-                      "augmentation": transform.describe(), "sbd_extra_annotations": False},
-            "optimiser": dict(asdict(train_config), loss_normalization=loss_normalization)}

@@ -13,14 +13,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
+from torchvision.transforms.v2 import InterpolationMode, functional as TF
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write
 from pretrain.data import IMAGE_MEAN, IMAGE_STD
-from transfer.voc import IGNORE_LABEL as IGNORE_INDEX
-from transfer.voc import load_image, load_mask, segmentation_files
+from voc.devkit import IGNORE_LABEL as IGNORE_INDEX, load_image, load_mask, segmentation_files
 
 NUM_CLASSES = 21  # background + the 20 VOC classes
 CACHE_LIMIT_BYTES = 1024**3  # --cache auto keeps a split in memory below this
@@ -140,24 +137,3 @@ def pad_collate(batch):
         images[i, :, :image.shape[-2], :image.shape[-1]] = image
         masks[i, :mask.shape[-2], :mask.shape[-1]] = mask
     return images, masks  # (N, 3, H, W), (N, H, W)
-
-
-def voc_palette():
-    """The VOC colour map (256 RGB triples, the devkit's bit-interleaving rule; 255 void is cream)."""
-    palette = np.zeros((256, 3), dtype=np.uint8)
-    for label in range(256):
-        c, r, g, b = label, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= (c & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        palette[label] = (r, g, b)
-    return palette
-
-
-def save_mask(path, labels):
-    """Write a (H, W) label map as a palette PNG that load_mask (and the VOC devkit) read back unchanged."""
-    im = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))  # mode 'L'
-    im.putpalette(voc_palette().reshape(-1).tolist())  # turns it into mode 'P' with the indices unchanged
-    return atomic_write(path, lambda f: im.save(f, format="PNG"))
