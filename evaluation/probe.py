@@ -24,9 +24,9 @@ from cebench.records import write_record
 from cebench.runtime import default_num_workers, init_distributed, seed_everything
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
-from transfer.flags import add_init_args, add_voc_args, set_threads
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
+from transfer.flags import add_init_args, add_voc_args, set_threads
 from voc.devkit import load_split
 
 

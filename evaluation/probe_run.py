@@ -7,8 +7,8 @@ from cebench.records import make_record, percent
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from transfer.backbone import build_backbone, rescale_backbone_
 from transfer.classification.data import ViewSpec, VocImages
-from transfer.classification.stages import AP_DEFINITION, calibration_images
 from transfer.classification.probe import fit_predict, select_c, standardise_and_rotate
+from transfer.classification.stages import AP_DEFINITION, calibration_images
 from voc.devkit import VOC_CLASSES, dataset_name
 
 

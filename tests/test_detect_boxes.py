@@ -8,8 +8,8 @@ import pytest
 from vocfactory import make_vocdevkit, set_box
 
 from cebench.errors import CebenchError
-from transfer.detection.coco import load_coco_split
 from transfer.detect import main
+from transfer.detection.coco import load_coco_split
 from transfer.detection.data import from_voc, ground_truth
 from voc.devkit import load_split
 

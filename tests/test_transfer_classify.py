@@ -15,8 +15,8 @@ from pretrain.model import AlexNetEncoder, ContextEncoder
 from pretrain.weights import save_checkpoint
 from transfer import classify
 from transfer.classification.data import MEAN_RGB, ViewSpec, random_view
-from transfer.classification.task import voc_bce
 from transfer.classification.probe import assert_unchanged, state_fingerprint
+from transfer.classification.task import voc_bce
 
 # The tiny devkits lack some classes; their AP is nan and the metric warns, as it should.
 pytestmark = pytest.mark.filterwarnings("ignore:class\\(es\\).*no positive:UserWarning")

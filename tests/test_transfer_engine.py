@@ -10,8 +10,8 @@ from torch import nn
 from cebench import CebenchError
 from cebench.runtime import Runtime
 from transfer import engine
-from transfer.sampling import StepBatchSampler
 from transfer.engine import TrainConfig, fit, learning_rate
+from transfer.sampling import StepBatchSampler
 
 CPU = Runtime(device=torch.device("cpu"))
 

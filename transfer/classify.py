@@ -15,8 +15,8 @@ from cebench.logs import get_logger
 from cebench.records import write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
-from transfer.classification import stages as run
 from transfer.backbone import health_of_init
+from transfer.classification import stages as run
 from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 
 

@@ -12,15 +12,14 @@ engine; the record also holds per-class AP, a bootstrap interval over test image
 import argparse
 import time
 
-
 from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.files import make_dirs, refuse_overwrite
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, init_distributed, seed_everything
-from transfer.detection import stages as run
 from transfer.backbone import health_of_init
+from transfer.detection import stages as run
 from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 
 

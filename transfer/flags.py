@@ -2,8 +2,8 @@
 described, rescaled, optimised and run the same way whatever the task."""
 
 from cebench.curves import add_tensorboard_flag
-from pretrain.health import HEALTH_IMAGES
 from cebench.runtime import add_precision_flag
+from pretrain.health import HEALTH_IMAGES
 
 
 def add_voc_args(group, what="the splits"):

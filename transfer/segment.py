@@ -12,7 +12,6 @@ import argparse
 import time
 from pathlib import Path
 
-
 from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.logs import get_logger
@@ -20,15 +19,15 @@ from cebench.records import default_record_path, schedule_fields, write_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything
 from transfer.backbone import build_backbone
-from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 from transfer.engine import TrainConfig, checkpoint_path, fit
-from transfer.segmentation.model import VARIANTS
+from transfer.flags import add_init_args, add_run_args, add_sgd_args, set_threads
 from transfer.segmentation.data import SegTransform, VOCSegmentation
-from voc.devkit import dataset_name
-from transfer.segmentation.task import LOSS_NORMALIZATIONS, SegmentationTask
+from transfer.segmentation.model import VARIANTS
 from transfer.segmentation.stages import (check_outputs, run_outputs, run_paths, save_examples, segmentation_protocol,
                                           segmentation_record)
 from transfer.segmentation.stages import build_model
+from transfer.segmentation.task import LOSS_NORMALIZATIONS, SegmentationTask
+from voc.devkit import dataset_name
 
 
 def get_args_parser():

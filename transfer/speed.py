@@ -15,10 +15,10 @@ from cebench.errors import run_cli
 from cebench.logs import get_logger
 from cebench.runtime import Runtime, resolve_device
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
-from transfer.classification import stages as run
 from transfer import engine
-from transfer.classification.task import ClassificationTask
+from transfer.classification import stages as run
 from transfer.classification.model import Classifier
+from transfer.classification.task import ClassificationTask
 from transfer.classify import get_args_parser
 from transfer.flags import set_threads
 

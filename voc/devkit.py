@@ -88,7 +88,6 @@ def year_dir(voc_root, year):
 
 def dataset_name(voc_root, year):
     """Name of a VOC dataset in result records: VOC<year>, marked synthetic for the smoke generator's data."""
-
     return f"VOC{year} (synthetic)" if synthetic_info(voc_root) else f"VOC{year}"
 
 

@@ -20,9 +20,12 @@ from PIL import Image
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, check_writable, write_error
 from cebench.logs import progress
+from voc.devkit import STAMP_NAME, VOC_CLASSES, save_mask
 from voc.shapes import CLASSES, draw_object
-from voc.devkit import VOC_CLASSES, STAMP_NAME
 
+# written into every stamp and XML since v1 (when the generator lived in transfer/): kept so existing
+# datasets stay valid and their bytes identical
+GENERATOR = "transfer.synthetic"
 GENERATOR_VERSION = 1  # bump when the drawing changes: a stamp with another version is not reused
 DIFFICULT_RATE = 0.12  # share of objects drawn small and faint, flagged difficult (VOC2007 trainval: ~11%)
 JPEG_QUALITY = 90  # as voc-mini
@@ -119,24 +122,11 @@ def class_mask(owner, objects):
     return labels
 
 
-def voc_palette():
-    """The devkit's 256-colour palette (bit-interleaved colour map; 255 -> (224, 224, 192))."""
-    palette = []
-    for index in range(256):
-        rgb, c = [0, 0, 0], index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((c >> channel) & 1) << (7 - bit)
-            c >>= 3
-        palette += rgb
-    return palette
-
-
 def annotation_xml(image_id, width, height, objects, segmented):
     """The VOC2007 annotation of one image, laid out like the devkit's files."""
     parts = [f"<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>{image_id}.jpg</filename>\n"
              "\t<source>\n\t\t<database>cebench synthetic VOC (not PASCAL VOC)</database>\n"
-             "\t\t<annotation>transfer.synthetic</annotation>\n\t\t<image>generated</image>\n\t</source>\n"
+             f"\t\t<annotation>{GENERATOR}</annotation>\n\t\t<image>generated</image>\n\t</source>\n"
              f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
              f"\t<segmented>{int(segmented)}</segmented>\n"]
     for obj in objects:
@@ -204,7 +194,7 @@ def generate(out, *, n_train, n_val, size, seed, seg_fraction):
     for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Main", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     ids, splits, segmented = _split_ids(n_train, n_val, seg_fraction, seed)
-    palette, objects_of = voc_palette(), {}
+    objects_of = {}
     for index, image_id in enumerate(progress(ids, desc="synthetic VOC", unit="img")):
         rng = np.random.default_rng([seed, 1, index])  # one stream per image: images do not depend on counts
         w, h = _image_size(size, rng)
@@ -212,9 +202,7 @@ def generate(out, *, n_train, n_val, size, seed, seg_fraction):
         Image.fromarray(np.round(img * 255).astype(np.uint8)).save(root / "JPEGImages" / f"{image_id}.jpg",
                                                                    quality=JPEG_QUALITY)
         if image_id in segmented:
-            mask = Image.fromarray(class_mask(owner, objects))
-            mask.putpalette(palette)  # mode 'L' -> 'P': the palette indices are the class indices
-            mask.save(root / "SegmentationClass" / f"{image_id}.png")
+            save_mask(root / "SegmentationClass" / f"{image_id}.png", class_mask(owner, objects))
         xml = annotation_xml(image_id, w, h, objects, image_id in segmented)
         (root / "Annotations" / f"{image_id}.xml").write_text(xml)
         objects_of[image_id] = objects
@@ -238,6 +226,7 @@ def _existing_state(out, settings):
 
 def get_args_parser():
     parser = argparse.ArgumentParser(
+        prog="python -m voc.synthetic",
         description="Generate the synthetic VOCdevkit of the smoke profile (deterministic: same seed, same bytes). "
                     "An existing folder with the same settings is reused; anything else is refused unless "
                     "--overwrite.", formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
@@ -257,7 +246,7 @@ def main(argv=None):
     out = Path(args.out).resolve()
     if args.n_train < 1 or args.n_val < 1 or args.size < 32 or not 0 < args.seg_fraction <= 1:
         raise CebenchError("need --n-train >= 1, --n-val >= 1, --size >= 32 and 0 < --seg-fraction <= 1")
-    settings = {"generator": "transfer.synthetic", "version": GENERATOR_VERSION, "seed": args.seed,
+    settings = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": args.seed,
                 "n_train": args.n_train, "n_val": args.n_val, "size": args.size, "seg_fraction": args.seg_fraction}
     state = _existing_state(out, settings)
     if state == "reuse":

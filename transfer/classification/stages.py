@@ -15,10 +15,10 @@ from evaluation.metrics import classification_map, classification_map_ci, interv
 from pretrain.data import normalize
 from transfer import engine
 from transfer.backbone import build_backbone, measure_health, rescale_backbone_
-from transfer.classification.task import ClassificationTask
-from transfer.classification.model import Classifier
 from transfer.classification.data import ViewSpec, VocImages
+from transfer.classification.model import Classifier
 from transfer.classification.probe import linear_probe
+from transfer.classification.task import ClassificationTask
 from voc.devkit import VOC_CLASSES, dataset_name, load_split
 
 CACHE_LIMIT_BYTES = 2 * 1024**3

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from cebench.errors import CebenchError
 from pretrain.data import IMAGE_MEAN
-from transfer.detection.targets import sample_rois
 from transfer.detection.proposals import clip_and_filter
+from transfer.detection.targets import sample_rois
 from voc.devkit import VOC_CLASSES, load_image, year_dir
 
 MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGE_MEAN)  # padding colour: 0 after normalisation

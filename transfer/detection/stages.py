@@ -19,9 +19,9 @@ from transfer.backbone import build_backbone, measure_health, rescale_layers
 from transfer.detection.coco import coco_ap, load_coco_split
 from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
-from transfer.detection.task import DetectionTask, detection_scores, voc_detections
 from transfer.detection.model import FastRCNN
 from transfer.detection.proposals import cached_proposals, load_proposal_file, selective_search_settings
+from transfer.detection.task import DetectionTask, detection_scores, voc_detections
 from transfer.rescale import krahenbuhl_rescale_
 from voc.devkit import dataset_name, load_split
 

@@ -11,10 +11,10 @@ from cebench.records import make_record
 from evaluation.metrics import interval_description, segmentation_miou_ci
 from transfer.backbone import measure_health, rescale_backbone_
 from transfer.engine import checkpoint_path
-from transfer.segmentation.model import fcn_from_backbone
-from voc.devkit import voc_palette
 from transfer.segmentation.data import SegTransform, sample_batch
+from transfer.segmentation.model import fcn_from_backbone
 from transfer.segmentation.task import SEG_CLASSES
+from voc.devkit import voc_palette
 
 
 def segmentation_record(last, *, n_boot=1000, seed=0, **fields):
