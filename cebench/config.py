@@ -119,8 +119,10 @@ def _check_type(action, key, value, where):
         raise CebenchError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
 
 
-def _resolve_path(key, value, base):
-    if key in PATH_KEYS and isinstance(value, str) and value != "random" and not os.path.isabs(value):
+def _resolve_path(key, value, base, action):
+    """A relative path of PATH_KEYS against `base`; a keyword of the flag's type (its `keywords`) stays a word."""
+    keyword = value in getattr(action.type, "keywords", ())
+    if key in PATH_KEYS and isinstance(value, str) and not keyword and not os.path.isabs(value):
         return str((base / value).resolve())
     return value
 
@@ -141,7 +143,7 @@ def profile_defaults(parser, stage, profile):
     values.update(section)
     for key, value in values.items():
         _check_type(actions[key], key, value, f"{where}, {stage}")
-    return {k: _resolve_path(k, v, profile["_dir"]) for k, v in values.items()}
+    return {k: _resolve_path(k, v, profile["_dir"], actions[k]) for k, v in values.items()}
 
 
 def add_profile_flag(parser):

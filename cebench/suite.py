@@ -120,8 +120,8 @@ def plan(profile, opts):
     stages = run["stages"]
     supervised = opts.supervised or (run.get("supervised") and str(_profile_path(profile, run["supervised"])))
     ce = Path(opts.ce).resolve() if opts.ce else results / "ce.pt"
-    weights = {"ce": ce, "random": "random", "supervised": supervised,
-               **{init: results / f"{init}.pt" for init in PRETRAINED if init != "ce"}}
+    weights = {"ce": ce, "supervised": supervised and Path(supervised),  # a file per init; others (random) are
+               **{init: results / f"{init}.pt" for init in PRETRAINED if init != "ce"}}  # a spec by their name
     jobs = []
     if run.get("synthetic") and not (opts.voc_root and opts.images):  # some stage still reads the synthetic data
         syn = dict(run["synthetic"])
@@ -152,11 +152,12 @@ def plan(profile, opts):
         for init in spec["inits"]:
             if init == "supervised" and not supervised:
                 continue
-            source = ["--features", "hog"] if init == "hog" else ["--weights", _shown(weights[init])
-                                                                   if init != "random" else "random"]
+            path = weights.get(init)
+            source = (["--features", "hog"] if init == "hog" else
+                      ["--weights", _shown(path) if path else init])
             out = results / record_name(stage, init)  # the name the stage gives its record by default
             argv = ["-m", module, *common, *source, "--out", _shown(out), *_pass_through(stage, opts)]
-            inputs = [Path(weights[init]).resolve()] if init not in ("random", "hog") else []
+            inputs = [path.resolve()] if path else []
             jobs.append(Job(stage, init, argv, out, inputs))
     made = {j.init for j in jobs if j.stage == "pretrain"} | ({"ce"} if opts.ce else set())
     missing = sorted({j.init for j in jobs if j.init in PRETRAINED and j.stage != "pretrain"} - made)

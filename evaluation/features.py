@@ -19,7 +19,7 @@ from cebench.runtime import add_precision_flag, autocast, default_num_workers, w
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from pretrain.weights import load_encoder
+from pretrain.weights import RANDOM, load_encoder, weights_spec
 from transfer.flags import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,
@@ -133,8 +133,8 @@ def add_feature_args(parser):
     g = parser.add_argument_group("features")
     g.add_argument("--features", default="pool5", choices=["pool5", "hog"],
                    help="pool5 of --weights, or HOG (the paper's hand-made baseline; --weights is then ignored)")
-    g.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict "
-                   "(the ImageNet row), or 'random' (the paper's Gaussian initialisation, seeded)")
+    g.add_argument("--weights", default=RANDOM, type=weights_spec, help="ce.pt from pretrain, a torchvision "
+                   "AlexNet state_dict (the ImageNet row), or 'random' (the paper's Gaussian initialisation, seeded)")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="trunk for --weights random; weight files bring their own")
     g.add_argument("--width", type=float, default=1.0, help="channel multiplier for --weights random (match the "
@@ -157,7 +157,7 @@ def build_extractor(cfg, device, precision="fp32"):
         info = {"init": "hog", "source": "skimage.feature.hog", "arch": None, "meta": {},
                 "hog_params": {k: list(v) if isinstance(v, tuple) else v for k, v in HOG_PARAMS.items()}}
         return Extractor("hog"), info
-    arch = {"arch": cfg["arch"], "width": cfg["width"]} if cfg["weights"] == "random" else None
+    arch = {"arch": cfg["arch"], "width": cfg["width"]}
     encoder, info = load_encoder(cfg["weights"], arch=arch, seed=cfg["seed"])
     info = {k: v for k, v in info.items() if k != "fc"}
     info["pool5_shape"] = list(encoder.feature_shape(cfg["input_size"]))

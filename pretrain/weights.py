@@ -1,6 +1,9 @@
 """ce.pt writing/reading (DESIGN.md contract) and turning any weights spec into an AlexNet encoder.
 
-A weights spec is a path to a ce.pt, a path to a torchvision AlexNet state_dict, or "random".
+A weights spec (`--weights` of every stage that loads an encoder) is a path to a ce.pt, a path to a torchvision
+AlexNet state_dict, or the keyword `random` (the paper's Gaussian initialisation, seeded). This module is the only
+one that tells them apart: a command-line value goes through `weights_spec` (its argparse type, whose `keywords`
+the profile loader leaves as they are instead of resolving them as paths) to `load_encoder`.
 """
 
 from pathlib import Path
@@ -16,6 +19,7 @@ VERSION = 1
 ENCODER_KEYS = {"arch", "pool_free", "width", "lrn"}
 LEGACY_LRN = "unscaled"  # what a ce.pt without arch["lrn"] was trained with (LRN has no weights: it loads as is)
 DECODER_KEYS = {"input_size", "dropout", "decoder_width"}
+RANDOM = "random"  # the weights spec of the Gaussian initialisation (the paper's "Random Gaussian" row)
 _TV_FC = {"classifier.1.weight": "fc6.weight", "classifier.1.bias": "fc6.bias",
           "classifier.4.weight": "fc7.weight", "classifier.4.bias": "fc7.bias"}
 
@@ -128,16 +132,26 @@ def ce_label(ckpt):
     return label if isinstance(label, str) and label else "ce"
 
 
+def weights_spec(value):
+    """The argparse type of every --weights: the value as given (a path, or one of `weights_spec.keywords`)."""
+    return value
+
+
+weights_spec.keywords = (RANDOM,)  # not paths: a profile's value is not resolved against its folder
+
+
 def load_encoder(spec, *, arch=None, seed=0):
     """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc (and ce_pt for a ce.pt).
 
     info['init'] is the label of the weights: random, supervised, or for a ce.pt the label its pretraining
-    wrote (ce; autoencoder for --mask none; ce-untrained for the weights at step 0)."""
+    wrote (ce; autoencoder for --mask none; ce-untrained for the weights at step 0). `arch` (AlexNetEncoder
+    kwargs) is the trunk of `random`; a weights file brings its own, and when that differs from `arch`,
+    info['arch_requested'] = arch (the weights decide; the record says what ran)."""
     spec = str(spec)
-    if spec == "random":
+    if spec == RANDOM:
         encoder = gaussian_init_(AlexNetEncoder(**(arch or {"arch": "caffenet"})),
                                  generator=torch.Generator().manual_seed(seed))
-        info = {"init": "random", "source": "random", "meta": {"gaussian_std": 0.01, "seed": seed}, "fc": None}
+        info = {"init": RANDOM, "source": RANDOM, "meta": {"gaussian_std": 0.01, "seed": seed}, "fc": None}
     else:
         path = Path(spec)
         obj = safe_torch_load(path, "weights file")
@@ -146,9 +160,11 @@ def load_encoder(spec, *, arch=None, seed=0):
             encoder = _encoder_from_ce(path, ckpt)
             info = {"init": ce_label(ckpt), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True}
         else:
-            encoder, fc = _encoder_from_state_dict(path, _unwrap_state_dict(obj, path), arch)
+            encoder, fc = _encoder_from_state_dict(path, _unwrap_state_dict(obj, path), None)
             info = {"init": "supervised", "source": str(path), "meta": {}, "fc": fc}
     info["arch"] = encoder.constructor_args()
+    if arch and spec != RANDOM and any(info["arch"].get(k) != v for k, v in arch.items()):
+        info["arch_requested"] = dict(arch)
     return encoder, info
 
 

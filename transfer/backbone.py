@@ -18,7 +18,7 @@ from torch import nn
 
 from cebench.errors import CebenchError
 from pretrain.health import health_record
-from pretrain.weights import load_encoder
+from pretrain.weights import RANDOM, load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
 FC_STD, FC_BIAS = 0.01, 0.1  # voc-classification's fill for layers initialised at random
@@ -63,8 +63,8 @@ def gaussian_fill_(layer, std=FC_STD, bias=FC_BIAS, generator=None):
 
 
 def build_backbone(spec, *, arch=None, input_size=227, fc_dim=4096, dropout=0.5, seed=0):
-    """Weights spec -> (Backbone, info); `arch` (AlexNetEncoder kwargs) applies to `random` only."""
-    encoder, info = load_encoder(spec, arch=arch if str(spec) == "random" else None, seed=seed)
+    """Weights spec -> (Backbone, info); `arch` (AlexNetEncoder kwargs) as `pretrain.weights.load_encoder` reads it."""
+    encoder, info = load_encoder(spec, arch=arch, seed=seed)
     pool_shape = encoder.feature_shape(input_size)
     if min(pool_shape[1:]) < 1:
         raise CebenchError(f"input size {input_size} is too small for the {info['arch']} encoder")
@@ -83,14 +83,12 @@ def build_backbone(spec, *, arch=None, input_size=227, fc_dim=4096, dropout=0.5,
         gaussian_fill_(backbone.fc7, generator=gen)
     info = dict(info, fc=None, fc_init="pretrained" if fits else "gaussian", pool5_shape=list(pool_shape),
                 fc_dim=fc_dim, input_size=input_size)
-    if arch and str(spec) != "random" and any(info["arch"].get(k) != v for k, v in arch.items()):
-        info["arch_requested"] = dict(arch)  # the weights decide; the record says what ran
     return backbone, info
 
 
 def fresh_layers(backbone, info):
     """Layers without pretrained weights: every layer for `random`, else fc6/fc7 unless they were loaded."""
-    if info["init"] == "random":
+    if info["init"] == RANDOM:
         return backbone.parameter_layers()
     return [] if info["fc_init"] == "pretrained" else [backbone.fc6, backbone.fc7]
 

@@ -4,6 +4,7 @@ described, rescaled, optimised and run the same way whatever the task."""
 from cebench.curves import add_tensorboard_flag
 from cebench.runtime import add_precision_flag
 from pretrain.health import HEALTH_IMAGES
+from pretrain.weights import RANDOM, weights_spec
 
 
 def add_voc_args(group, what="the splits"):
@@ -14,8 +15,8 @@ def add_voc_args(group, what="the splits"):
 
 def add_init_args(group, *, rescale_images, rescale_what):
     """--weights and the trunk of 'random', then Krähenbühl et al.'s rescaling (on by default)."""
-    group.add_argument("--weights", default="random", help="ce.pt from pretrain, a torchvision AlexNet state_dict, "
-                       "or 'random' (the paper's Gaussian baseline)")
+    group.add_argument("--weights", default=RANDOM, type=weights_spec, help="ce.pt from pretrain, a torchvision "
+                       "AlexNet state_dict, or 'random' (the paper's Gaussian baseline)")
     group.add_argument("--init-label", default=None, help="name of this initialisation in the record and file "
                        "names (default: ce, random or supervised, from the weights)")
     group.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
