@@ -153,6 +153,11 @@ def add_profile_flag(parser):
                              "flags given on the command line override it")
 
 
+def add_skip_bad_flag(group, what):
+    """--skip-bad, one name wherever bad input files can be left out (`what`: how, and where they are listed)."""
+    group.add_argument("--skip-bad", action="store_true", help=what)
+
+
 def parse_with_profile(parser, argv, stage):
     """Two-stage parse (timm): find --profile, load its defaults for `stage`, parse again with them."""
     if not any(a.dest == "profile" for a in parser._actions):

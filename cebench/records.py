@@ -32,7 +32,7 @@ def record_name(stage, init, variant=""):
 
 
 def results_dir(profile):
-    """results/<profile>/ beside benchmarks.yaml: where records go when no --out or --results-dir says otherwise."""
+    """results/<profile>/ beside benchmarks.yaml: where records go when no --out or --results says otherwise."""
     return benchmarks_path().parent / "results" / profile
 
 

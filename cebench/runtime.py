@@ -153,3 +153,15 @@ def worker_seed_init(worker_id):
 def default_num_workers():
     """Leave one core for the model step; 0 workers on a 1-core machine."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def add_threads_flag(group, what="torch CPU threads"):
+    """--threads, shared by every entry point where torch computes (0 = torch's default)."""
+    group.add_argument("--threads", type=int, default=0, help=f"{what} (0: torch's default; use 1 when other jobs "
+                       "share the cores, as over-subscribed threads stall each other)")
+
+
+def set_threads(threads):
+    """Apply --threads (0 or None: leave torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)

@@ -116,7 +116,7 @@ def _pass_through(stage, opts):
 def plan(profile, opts):
     """The jobs of a run in order: synthetic data (smoke), pretraining, transfers, evaluations, tables, report."""
     run, name = run_section(profile), profile["_name"]
-    results = Path(opts.results_dir or results_dir(name)).resolve()
+    results = Path(opts.results or results_dir(name)).resolve()
     stages = run["stages"]
     supervised = opts.supervised or (run.get("supervised") and str(_profile_path(profile, run["supervised"])))
     ce = Path(opts.ce).resolve() if opts.ce else results / "ce.pt"

@@ -64,7 +64,7 @@ def get_args_parser():
                    "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
                    "commands (--dry-run prints them) under torchrun --nnodes")
     g = parser.add_argument_group("run")
-    g.add_argument("--results-dir", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
+    g.add_argument("--results", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
     g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")
     g.add_argument("--force", action="store_true", help="rerun every stage, ignoring stamps")
     return parser

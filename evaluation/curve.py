@@ -22,7 +22,7 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text
 from cebench.logs import get_logger
 from cebench.records import read_record
-from cebench.runtime import resolve_device
+from cebench.runtime import add_threads_flag, resolve_device, set_threads
 from evaluation import probe
 from evaluation.figures import curve_plot
 from pretrain import train
@@ -31,7 +31,7 @@ from pretrain.loop import snapshot_path
 from pretrain.losses import masked_l2
 from pretrain.masks import context_of
 from pretrain.weights import load_context_encoder
-from transfer.flags import add_voc_args, set_threads
+from transfer.flags import add_voc_args
 from voc.devkit import load_split
 
 FRACTIONS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -55,7 +55,7 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="pretraining, probes, loss crops and masks")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, default=0, help="torch and BLAS threads (0: their default)")
+    add_threads_flag(g, "torch and BLAS threads of the pretraining and the probes")
     g.add_argument("--out-dir", default=None, help="folder of the run, its checkpoints, probe records, curve.csv and "
                    "curve.png (default results/<profile>-curve: apart from results/<profile>, so that its "
                    "checkpoints are not rows of Tables 2 and 3)")
@@ -96,7 +96,7 @@ def inpainting_loss(weights, image_paths, cfg, load_size, device):
     stream = InpaintingStream(image_paths, model.input_size, load_size, kind, cfg["seed"])  # crops as in training
     loader = torch.utils.data.DataLoader(stream, batch_size=cfg["batch_size"], shuffle=False)
     losses = []
-    for images, masks, _ in loader:  # _: replaced images (none: --skip-bad-images is a training option)
+    for images, masks, _ in loader:  # _: replaced images (none: --skip-bad is a training option)
         target = normalize(images, device)
         pred = model(context_of(target, masks.to(device), kind))
         losses += [float(masked_l2(p[None], t[None], m[None])) for p, t, m in zip(pred, target, masks, strict=True)]

@@ -13,9 +13,11 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
+from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import CebenchError
-from cebench.logs import progress
-from cebench.runtime import add_precision_flag, autocast, default_num_workers, worker_seed_init
+from cebench.logs import get_logger, progress
+from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, init_distributed,
+                             seed_everything, set_threads, worker_seed_init)
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
@@ -149,6 +151,30 @@ def add_feature_args(parser):
                    "square; the hole is its central half (paper: 227 for features; voc-mini: 128)")
     add_precision_flag(g)
     return g
+
+
+def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replace an existing record"):
+    """The run group of retrieval and inpainting: seed, device, threads, batches, workers, the record's path."""
+    g = parser.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=0, help=seed_help)
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_threads_flag(g)
+    g.add_argument("--max-steps", type=int, default=None, help=f"cap on {batches} per image set (quick runs)")
+    g.add_argument("--batch-size", type=int, default=64, help=f"images per {batches[:-2]}")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--out", default=None, help=out_help)
+    g.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    return g
+
+
+def start_run(parser, argv, stage):
+    """Config (defaults < profile < command line), distributed runtime with its precision, threads, seed, logger."""
+    cfg = resolved_config(parse_with_profile(parser, argv, stage))
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
+    set_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    return cfg, rt, get_logger(stage)
 
 
 def build_extractor(cfg, device, precision="fp32"):

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
-from cebench.logs import get_logger
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
-from cebench.runtime import init_distributed, seed_everything
-from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
-                                 extract_features, hole_mask)
+from evaluation.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery, encoder_health,
+                                 extract_features, hole_mask, start_run)
 from evaluation.figures import inpainting_grid
 from evaluation.fills import evaluate_fills
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
@@ -44,15 +42,9 @@ def get_args_parser():
     g.add_argument("--decoder", default="auto", choices=["auto", "on", "off"], help="also score the context "
                    "encoder's decoder (auto: when --weights is a ce.pt that holds one)")
     g.add_argument("--examples", type=int, default=8, help="held-out images drawn in the examples PNG")
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="random init, subsets, examples and bootstrap")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--max-steps", type=int, default=None, help="cap on batches per image set (quick runs)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per batch")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
-    g.add_argument("--out", default=None, help="record of NN-inpainting (default results/<profile>/"
-                   "inpainting_<init>.json); the decoder's record and the examples PNG go next to it")
-    g.add_argument("--overwrite", action="store_true", help="replace existing records")
+    add_run_args(p, seed_help="random init, subsets, examples and bootstrap", batches="batches",
+                 out_help="record of NN-inpainting (default results/<profile>/inpainting_<init>.json); the "
+                 "decoder's record and the examples PNG go next to it", overwrite_help="replace existing records")
     return p
 
 
@@ -95,13 +87,8 @@ def method_record(cfg, info, method, errors, queries, started, extra, schedule, 
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "inpainting")
-    cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"], cfg["precision"])
-    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
-    seed_everything(cfg["seed"])
-    log = get_logger("inpainting")
+    cfg, rt, log = start_run(get_args_parser(), argv, "inpainting")
     # data: gallery to borrow regions from, held-out images to fill
     gallery, queries = gallery_and_queries(cfg)
     # model: the feature extractor, and the decoder when there is one

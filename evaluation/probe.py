@@ -21,12 +21,12 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import write_record
-from cebench.runtime import default_num_workers, init_distributed, seed_everything
+from cebench.runtime import add_threads_flag, default_num_workers, init_distributed, seed_everything, set_threads
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
-from transfer.flags import add_init_args, add_voc_args, set_threads
+from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
 from voc.devkit import load_split
 
 
@@ -52,12 +52,12 @@ def get_args_parser():
                    "tried per layer on the held-out part of the training split; one value fixes C")
     g.add_argument("--held-out", type=float, default=0.2, help="share of the training images that picks C")
     g.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per logistic regression")
-    g.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the test images per layer")
+    add_n_boot_flag(g, "the test images per layer")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--threads", type=int, default=0, help="torch threads, and classes fitted in parallel (each "
-                   "with one BLAS thread); 0: torch's and BLAS's defaults, one class at a time")
+    add_threads_flag(g, "torch threads, and classes fitted in parallel (each with one BLAS thread; 0: one class "
+                     "at a time)")
     g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per split (quick runs)")
     g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")

@@ -14,14 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
-from cebench.logs import get_logger
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
-from cebench.runtime import init_distributed, seed_everything
-from evaluation.features import (add_feature_args, build_extractor, center_on_gallery, encoder_health,
-                                 extract_features, hole_mask, load_square)
+from evaluation.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery, encoder_health,
+                                 extract_features, hole_mask, load_square, start_run)
 from evaluation.figures import retrieval_grid
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
@@ -41,15 +39,9 @@ def get_args_parser():
                    "faiss index + exact re-ranking), for galleries of ~100K images and more")
     g.add_argument("--grid-queries", type=int, default=8, help="queries drawn in the grid PNG (seeded choice)")
     g.add_argument("--grid-neighbours", type=int, default=6, help="neighbours per query in the grid")
-    g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="random init, query/gallery subsets, grid and bootstrap")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per image set (quick runs)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
-    g.add_argument("--out", default=None, help="result record (default results/<profile>/retrieval_<init>.json); "
-                   "the grid PNG goes next to it")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing record")
+    add_run_args(p, seed_help="random init, query/gallery subsets, grid and bootstrap", batches="feature batches",
+                 out_help="result record (default results/<profile>/retrieval_<init>.json); the grid PNG goes next "
+                 "to it")
     return p
 
 
@@ -66,13 +58,8 @@ def draw_grid(path, cfg, gallery, queries, neighbours, relevant, title):
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "retrieval")
-    cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"], cfg["precision"])
-    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
-    seed_everything(cfg["seed"])
-    log = get_logger("retrieval")
+    cfg, rt, log = start_run(get_args_parser(), argv, "retrieval")
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be

@@ -19,13 +19,13 @@ import time
 
 import faiss
 import numpy as np
-import torch
 from sklearn.neighbors import NearestNeighbors
 
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.records import versions
+from cebench.runtime import add_threads_flag, set_threads
 from evaluation.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
                             search)  # search = evaluation.retrieval.search
 
@@ -157,7 +157,7 @@ def get_args_parser():
     p.add_argument("--target-recall", type=float, default=0.96, help="recall@10 the index is calibrated to on "
                    "gallery rows (held-out queries score ~0.01 lower)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best time counts")
-    p.add_argument("--threads", type=int, default=0, help="BLAS/faiss threads (0 = all cores)")
+    add_threads_flag(p, "faiss and torch threads")
     g = p.add_argument_group("synthetic data (see pool5_like; larger spread/noise, more clusters = harder for ANN)")
     g.add_argument("--clusters", type=int, default=1000)
     g.add_argument("--spread", type=float, default=0.7, help="within-cluster spread (centres have unit spread)")
@@ -175,7 +175,7 @@ def main(argv=None):
     log = get_logger("speed")
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     report = {"config": vars(args), "machine": {"cpu": platform.processor() or platform.machine(),
                                                 "faiss_threads": faiss.omp_get_max_threads()},
               "versions": versions()}

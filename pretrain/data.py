@@ -143,7 +143,7 @@ class InpaintingStream(torch.utils.data.Dataset):
             return read_image(self.paths[index], self.load_size), -1
         except CebenchError as err:
             if not self.skip_bad:
-                raise CebenchError(f"{err}; pass --skip-bad-images (and --resume) to skip such files") from None
+                raise CebenchError(f"{err}; pass --skip-bad (and --resume) to skip such files") from None
         for k in range(1, len(self.paths)):
             try:
                 return read_image(self.paths[(index + k) % len(self.paths)], self.load_size), index

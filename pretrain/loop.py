@@ -104,9 +104,9 @@ def build_model(cfg):
 def build_dataset(cfg, logger=None):
     """The replayable sample stream over --images (cached in memory when small enough or asked to), and the
     names of the files skipped as unreadable so far (header check; full decode when cached)."""
-    paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad_images"])
+    paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad"])
     use_cache = cfg["cache"] == "on" or (cfg["cache"] == "auto" and ImageCache.fits(len(paths), cfg["load_size"]))
-    cache = ImageCache(paths, cfg["load_size"], skip_bad=cfg["skip_bad_images"]) if use_cache else None
+    cache = ImageCache(paths, cfg["load_size"], skip_bad=cfg["skip_bad"]) if use_cache else None
     skipped = [image_name(p, cfg) for p in skipped + (cache.skipped if cache is not None else [])]
     shapes = None
     if cfg["mask"] == "random-region" and cfg.get("region_shapes"):
@@ -114,7 +114,7 @@ def build_dataset(cfg, logger=None):
         if not shapes:
             raise CebenchError(f"{cfg['region_shapes']}: no segmentation PNGs with object shapes found")
     dataset = InpaintingStream(paths, cfg["input_size"], cfg["load_size"], cfg["mask"], cfg["seed"], cache, shapes,
-                               skip_bad=cfg["skip_bad_images"])
+                               skip_bad=cfg["skip_bad"])
     if logger:
         logger.info("%d images from %s (%d skipped as unreadable), %s", len(dataset), cfg["images"], len(skipped),
                     "cached in memory" if use_cache else "decoded on the fly")
@@ -319,7 +319,7 @@ def train_steps(trainer, loader, counters, cfg, paths, fingerprint, stop, health
 
 
 def note_skipped(replaced, dataset, counters, cfg, step):
-    """Log and remember the images of a batch that failed to decode (replaced in the stream, --skip-bad-images)."""
+    """Log and remember the images of a batch that failed to decode (replaced in the stream, --skip-bad)."""
     for index in sorted(set(replaced.tolist()) - {-1}):
         name = image_name(dataset.paths[index], cfg)
         if name not in counters["skipped"]:

@@ -7,18 +7,17 @@ Data loading keeps up when the end-to-end images/s is at least 95% of the model-
 
 import time
 
-import torch
 
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.runtime import Runtime, resolve_device
+from cebench.runtime import Runtime, resolve_device, set_threads
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from pretrain import loop
 from pretrain.train import get_args_parser
 
 
 def get_speed_parser():
-    p = get_args_parser()
+    p = get_args_parser(run_files=False)
     p.prog = "python -m pretrain.speed"
     add_benchmark_args(p)
     return p
@@ -48,8 +47,7 @@ def main(argv=None):
     parser = get_speed_parser()
     args = parse_with_profile(parser, argv, "pretrain")
     loop.check_args(args, given=command_line_dests(parser, argv))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     cfg = resolved_config(args)
     device = resolve_device(args.device)
     precisions = args.precisions or benchmark_precisions(device)

@@ -7,15 +7,15 @@
 import argparse
 import time
 
-import torch
 
-from cebench.config import add_profile_flag, command_line_dests, parse_with_profile, resolved_config
+from cebench.config import add_profile_flag, add_skip_bad_flag, command_line_dests, parse_with_profile, resolved_config
 from cebench.curves import add_tensorboard_flag
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
-from cebench.runtime import add_precision_flag, barrier, cleanup_distributed, init_distributed
+from cebench.runtime import (add_precision_flag, add_threads_flag, barrier, cleanup_distributed, init_distributed,
+                             set_threads)
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
@@ -29,7 +29,9 @@ equals an uninterrupted run weight for weight. Outputs: --out (ce.pt) plus <stem
 <stem>.samples.png, <stem>.metrics.jsonl, <stem>.config.json (and <stem>.tensorboard/) next to it."""
 
 
-def get_args_parser():
+def get_args_parser(run_files=True):
+    """The parser of pretraining; `run_files=False` leaves out what only a training run's files need (--resume,
+    --no-figures), for pretrain.speed."""
     p = argparse.ArgumentParser("python -m pretrain.train", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG,
                                 allow_abbrev=False)
@@ -42,9 +44,9 @@ def get_args_parser():
     g.add_argument("--image-split", default=None, help="shorthand for --image-list when --images is a VOC "
                    "JPEGImages folder: use <images>/../ImageSets/Main/<SPLIT>.txt (e.g. train; 'all' = every image). "
                    "A profile's split is not applied to a plain folder given with --images")
-    g.add_argument("--skip-bad-images", action="store_true", help="skip unreadable files instead of stopping at "
-                   "the first one: a bad header is left out up front; a file that fails to decode mid-run (cache "
-                   "off) gives its place to the next readable image. Each is named in the log and in ce.pt's meta")
+    add_skip_bad_flag(g, "skip unreadable files instead of stopping at the first one: a bad header is left out up "
+                      "front; a file that fails to decode mid-run (cache off) gives its place to the next readable "
+                      "image. Each is named in the log and in ce.pt's meta")
     g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
@@ -89,11 +91,11 @@ def get_args_parser():
     g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
     add_precision_flag(g)
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice; "
-                   "use 1 when other jobs share the cores, as over-subscribed threads stall each other)")
+    add_threads_flag(g)
     g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
                    "loss curve, sample grid) go next to it")
-    g.add_argument("--resume", action="store_true", help="continue from <stem>.last.pt if present")
+    if run_files:
+        g.add_argument("--resume", action="store_true", help="continue from <stem>.last.pt if present")
     g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists; the previous run's "
                    "files stay aside (hidden .NAME.previous) and come back if the new run fails, until it succeeds")
     g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
@@ -102,7 +104,8 @@ def get_args_parser():
     g.add_argument("--save-at", type=int, nargs="*", default=[], metavar="STEP", help="also write the encoder "
                    "and decoder after these steps as <stem>.step<STEP>.pt (0 = before the first step), e.g. for "
                    "a pretraining curve (python -m evaluation.curve does this itself)")
-    g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
+    if run_files:
+        g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
     g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                    "training images on which dead units and pool5's effective rank are measured at every checkpoint "
                    "(metrics.jsonl, ce.pt meta); 0 = off")
@@ -120,8 +123,7 @@ def main(argv=None):
         refuse_overwrite(paths["out"])
         refuse_overwrite(paths["last"])
     # distributed + seed (every random choice of a step is a function of (seed, step), see pretrain.data)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     rt = init_distributed(args.device, args.precision)
     cfg["precision"] = rt.precision  # 'auto' resolved: the config, replay check and ce.pt meta say what ran
     log = get_logger("pretrain", rt.is_main)

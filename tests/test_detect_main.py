@@ -47,7 +47,7 @@ def test_help_lists_the_main_flags(capsys):
 def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     info = make_vocdevkit(tmp_path / "voc", splits={"train": 6, "val": 4}, size=(96, 72))
     argv = ["--voc-root", str(info.root), *FAST, "--proposals-cache", str(tmp_path / "cache"),
-            "--out", str(tmp_path / "out" / "det.json"), "--write-devkit", str(tmp_path / "devkit"), "--draw", "2"]
+            "--out", str(tmp_path / "out" / "det.json"), "--write-devkit", str(tmp_path / "devkit"), "--examples", "2"]
     first = main(argv)
     assert first["steps"] == 2 and first["proposals"] == {"hits": 0, "computed": 10}
     record = json.loads((tmp_path / "out" / "det.json").read_text())

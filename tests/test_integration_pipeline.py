@@ -81,7 +81,7 @@ def test_reduced_voc_mini_through_every_stage(voc_mini_root, tmp_path, monkeypat
     voc_root = reduced_devkit(voc_mini_root, tmp_path / "data")
     monkeypatch.setenv("CEBENCH_BENCHMARKS", str(reduced_profile(voc_root, tmp_path / "benchmarks.yaml")))
     results = tmp_path / "results"
-    out = main(["ci", "--results-dir", str(results), "--max-steps", "2", "--device", "cpu"])
+    out = main(["ci", "--results", str(results), "--max-steps", "2", "--device", "cpu"])
 
     stages = {j["stage"] for j in out["jobs"]}
     assert stages == {"pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "probe", "tables",
@@ -105,6 +105,6 @@ def test_reduced_voc_mini_through_every_stage(voc_mini_root, tmp_path, monkeypat
     log = (results / "run.log").read_text()
     assert "Table 2" in log and "FAILED" not in log
 
-    again = main(["ci", "--results-dir", str(results), "--max-steps", "2", "--device", "cpu"])
+    again = main(["ci", "--results", str(results), "--max-steps", "2", "--device", "cpu"])
     rebuilt = ("tables", "report")  # cheap, from the records: rebuilt every time
     assert [j["status"] for j in again["jobs"] if j["stage"] not in rebuilt] == ["skipped"] * (len(out["jobs"]) - 2)

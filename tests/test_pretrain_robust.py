@@ -50,7 +50,7 @@ def _fail_at(monkeypatch, at_step, error=Killed):
 
 
 def test_truncated_jpeg_is_skipped_named_counted_and_identical_after_resume(truncated, tmp_path, monkeypatch, capsys):
-    full = main(_args(truncated, tmp_path / "full" / "ce.pt", "--skip-bad-images"))
+    full = main(_args(truncated, tmp_path / "full" / "ce.pt", "--skip-bad"))
     assert full["skipped_images"] == ["sub/cut.jpg"]
     assert _meta(tmp_path / "full" / "ce.pt")["skipped_images"] == 1
     assert _meta(tmp_path / "full" / "ce.pt")["skipped_image_files"] == ["sub/cut.jpg"]
@@ -60,9 +60,9 @@ def test_truncated_jpeg_is_skipped_named_counted_and_identical_after_resume(trun
     with monkeypatch.context() as m:
         _fail_at(m, 5)
         with pytest.raises(Killed):
-            main(_args(truncated, killed, "--skip-bad-images", "--ckpt-every", "4"))
+            main(_args(truncated, killed, "--skip-bad", "--ckpt-every", "4"))
     assert torch.load(killed.with_name("ce.last.pt"), weights_only=True)["skipped"] == ["sub/cut.jpg"]
-    resumed = main(_args(truncated, killed, "--skip-bad-images", "--ckpt-every", "4", "--resume"))
+    resumed = main(_args(truncated, killed, "--skip-bad", "--ckpt-every", "4", "--resume"))
     assert resumed["skipped_images"] == full["skipped_images"]
     assert _meta(killed)["skipped_image_files"] == ["sub/cut.jpg"]
     assert_same_weights(killed, tmp_path / "full" / "ce.pt")
@@ -79,7 +79,7 @@ def test_without_the_flag_a_decode_failure_is_one_line_and_the_checkpoint_stays(
     bad = next(i for i, p in enumerate(paths) if p.name == "cut.jpg")
     seed = next(s for s in range(20) if InpaintingStream(paths, 64, 72, "random-block", s).image_index(0) != bad)
     out = tmp_path / "ce.pt"
-    with pytest.raises(CebenchError, match=r"cut\.jpg: unreadable image .*truncated.*--skip-bad-images") as err:
+    with pytest.raises(CebenchError, match=r"cut\.jpg: unreadable image .*truncated.*--skip-bad") as err:
         main(_args(truncated, out, "--ckpt-every", "1", "--batch-size", "1", "--seed", str(seed)))
     assert "\n" not in str(err.value)
     assert torch.load(out.with_name("ce.last.pt"), weights_only=True)["step"] >= 1 and not out.exists()

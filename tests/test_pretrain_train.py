@@ -152,7 +152,7 @@ def test_bad_image_is_named_or_skipped(tmp_path):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     with pytest.raises(CebenchError, match="broken.jpg"):
         main(tiny_args(folder, tmp_path / "x.pt", "--max-steps", "1", "--no-figures"))
-    result = main(tiny_args(folder, tmp_path / "y.pt", "--max-steps", "1", "--no-figures", "--skip-bad-images"))
+    result = main(tiny_args(folder, tmp_path / "y.pt", "--max-steps", "1", "--no-figures", "--skip-bad"))
     assert load_encoder(result["out"])[1]["meta"]["skipped_images"] == 1
 
 

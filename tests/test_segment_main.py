@@ -15,10 +15,10 @@ from transfer.segment import main
 from transfer.segmentation.task import SEG_CLASSES, segmentation_loss
 from voc.devkit import load_mask
 
-TINY = ["--weights", "random", "--width", "0.25", "--fc-dim", "16", "--backbone-size", "96", "--steps", "2",
+TINY = ["--weights", "random", "--width", "0.25", "--fc-dim", "16", "--input-size", "96", "--steps", "2",
         "--batch-size", "2", "--accum-steps", "2", "--crop-size", "40", "--min-scale", "0.7", "--max-scale", "1.3",
         "--flip-prob", "0.5", "--rescale-images", "4", "--lr", "0.01", "--loss-normalization", "valid",
-        "--n-boot", "50", "--device", "cpu", "--n-examples", "2"]
+        "--n-boot", "50", "--device", "cpu", "--examples", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_help_explains_the_flags(capsys):
 def test_short_run_on_real_voc_masks(voc_mini_root, tmp_path):
     out = tmp_path / "seg.json"
     main(["--voc-root", str(voc_mini_root), "--out", str(out), *TINY, "--test-split", "val", "--steps", "1",
-          "--crop-size", "96", "--batch-size", "2", "--accum-steps", "1", "--n-examples", "1"])
+          "--crop-size", "96", "--batch-size", "2", "--accum-steps", "1", "--examples", "1"])
     record = read_record(out)
     assert record["n_images"] == 114 and record["dataset"] == "VOC2007"
     preds = sorted(Path(record["predictions"]).glob("*.png"))

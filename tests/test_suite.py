@@ -93,13 +93,13 @@ def _targets(calls):
 
 
 def _run(tmp_path, *extra):
-    return main(["t", "--results-dir", str(tmp_path / "res"), *extra])
+    return main(["t", "--results", str(tmp_path / "res"), *extra])
 
 
 def test_dry_run_builds_commands_and_runs_nothing(fake, capsys):
     weights = fake / "alexnet.pth"
     weights.write_bytes(b"x")
-    out = main(["t", "--dry-run", "--results-dir", str(fake / "res"), "--max-steps", "7", "--voc-root",
+    out = main(["t", "--dry-run", "--results", str(fake / "res"), "--max-steps", "7", "--voc-root",
                 str(fake / "voc"), "--supervised", str(weights)])
     text = capsys.readouterr().out
     lines = [line for line in text.splitlines() if line.startswith("$ python -m fake_stage")]
@@ -117,7 +117,7 @@ def test_dry_run_builds_commands_and_runs_nothing(fake, capsys):
 
 
 def test_nproc_per_node_puts_torchrun_in_front_of_the_training_stages_only(fake, capsys):
-    main(["t", "--dry-run", "--results-dir", str(fake / "res"), "--nproc-per-node", "2"])
+    main(["t", "--dry-run", "--results", str(fake / "res"), "--nproc-per-node", "2"])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ python")]
     torchrun = "$ python -m torch.distributed.run --standalone --nproc_per_node=2 -m fake_stage"
     assert [line.startswith(torchrun) for line in lines] == [True, True, True, False, False]  # pretrain, classify x2
@@ -126,7 +126,7 @@ def test_nproc_per_node_puts_torchrun_in_front_of_the_training_stages_only(fake,
 
 
 def _args(tmp_path):
-    return get_args_parser().parse_args(["--results-dir", str(tmp_path / "res")])
+    return get_args_parser().parse_args(["--results", str(tmp_path / "res")])
 
 
 def test_supervised_runs_only_when_given(fake):
@@ -204,7 +204,7 @@ def test_bad_run_sections_are_clear_errors(tmp_path, monkeypatch, run, message):
     (tmp_path / "benchmarks.yaml").write_text(f"profiles:\n  u:\n    common: {{voc_root: .}}\n    {run}\n")
     monkeypatch.setenv("CEBENCH_BENCHMARKS", str(tmp_path / "benchmarks.yaml"))
     with pytest.raises(CebenchError, match=message):
-        main(["u", "--dry-run", "--results-dir", str(tmp_path / "res")])
+        main(["u", "--dry-run", "--results", str(tmp_path / "res")])
 
 
 def test_missing_profile_and_missing_data_are_clear_errors(fake):
@@ -244,7 +244,7 @@ def test_controls_need_their_pretraining_and_a_passed_max_steps_keeps_step_zero(
     yaml_path.write_text(yaml_path.read_text().replace("pretrain: {module: fake_stage}",
                                                        "pretrain: {module: fake_stage, inits: [ce, ce-untrained, "
                                                        "autoencoder]}"))
-    args = get_args_parser().parse_args(["--results-dir", str(fake / "res"), "--max-steps", "7"])
+    args = get_args_parser().parse_args(["--results", str(fake / "res"), "--max-steps", "7"])
     jobs = plan(get_profile("t"), args)[0]
     untrained = next(j for j in jobs if j.init == "ce-untrained" and j.stage == "pretrain")
     assert untrained.argv[-4:] == ["--max-steps", "7", "--max-steps", "0"]  # the last flag wins: step 0
@@ -261,9 +261,9 @@ def test_tee_keeps_the_last_state_of_progress_bars(tmp_path, capsys):
 
 
 def test_profile_flag_like_every_entry_point_and_no_abbreviations(fake, capsys):
-    out = main(["--profile", "t", "--dry-run", "--results-dir", str(fake / "res")])
+    out = main(["--profile", "t", "--dry-run", "--results", str(fake / "res")])
     assert out["profile"] == "t" and [j["status"] for j in out["jobs"]] == ["dry-run"] * 5
-    assert main(["t", "--profile", "t", "--dry-run", "--results-dir", str(fake / "res")])["profile"] == "t"
+    assert main(["t", "--profile", "t", "--dry-run", "--results", str(fake / "res")])["profile"] == "t"
     with pytest.raises(CebenchError, match="two profiles given: 't' and --profile 'smoke'"):
         main(["t", "--profile", "smoke", "--dry-run"])
     capsys.readouterr()
@@ -276,10 +276,10 @@ def test_run_all_sh_refuses_an_abbreviated_flag_and_takes_profile(fake):
     """The README's wrapper itself (bash run_all.sh), as a user types it."""
     env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=f"{REPO}{os.pathsep}{fake / 'mods'}")
-    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "t", "--max-step", "2", "--dry-run", "--results-dir",
+    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "t", "--max-step", "2", "--dry-run", "--results",
                           str(fake / "res")], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and "unrecognized arguments: --max-step" in run.stderr
-    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "--profile", "t", "--dry-run", "--results-dir",
+    run = subprocess.run(["bash", str(REPO / "run_all.sh"), "--profile", "t", "--dry-run", "--results",
                           str(fake / "res")], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "run_all t ->" in run.stdout

@@ -151,11 +151,11 @@ def test_views_are_scaled_cropped_padded_and_mirrored():
     from PIL import Image
 
     image = Image.fromarray(np.tile(np.arange(100, dtype=np.uint8)[None, :, None], (50, 1, 3)))  # a ramp
-    spec = ViewSpec(input_size=32, base_size=100, min_scale=0.2, max_scale=0.2, mirror=False)
+    spec = ViewSpec(input_size=32, base_size=100, min_scale=0.2, max_scale=0.2, flip_prob=0.0)
     view = random_view(image, spec, np.random.default_rng(0))  # the image shrinks to 20x10 inside 32x32
     assert view.shape == (32, 32, 3)
     assert (view == np.array(MEAN_RGB, np.uint8)).all(axis=2).mean() > 0.7
-    spec = ViewSpec(input_size=32, base_size=100, min_scale=1.0, max_scale=1.0, mirror=True)
+    spec = ViewSpec(input_size=32, base_size=100, min_scale=1.0, max_scale=1.0, flip_prob=0.5)
     views = [random_view(image, spec, np.random.default_rng(s)) for s in range(8)]
     slopes = {int(np.sign(v[0, -1, 0].astype(int) - v[0, 0, 0])) for v in views}
     assert slopes == {1, -1}  # both orientations occur

@@ -48,7 +48,7 @@ def _entry_points(data, out):
                               "--batch-size", "2", "--test-crops", "1", "--out", f"{out}/cls.json"],
         "transfer.detect": ["--voc-root", data["voc"], *VOC, "--scale", "72", "--max-size", "96", "--ss-workers",
                             "1", "--proposals-cache", data["cache"], "--out", f"{out}/det.json"],
-        "transfer.segment": ["--voc-root", data["voc"], *VOC, "--backbone-size", "96", "--batch-size", "2",
+        "transfer.segment": ["--voc-root", data["voc"], *VOC, "--input-size", "96", "--batch-size", "2",
                              "--accum-steps", "1", "--crop-size", "40", "--n-boot", "10", "--out", f"{out}/seg.json"],
         "evaluation.retrieval": [*EVAL, "--voc-root", data["voc"], "--k", "2", "--out", f"{out}/r.json"],
         "evaluation.inpainting": [*EVAL, "--voc-root", data["voc"], "--out", f"{out}/i.json"],
@@ -136,7 +136,7 @@ def test_read_only_folder_is_one_line(data, tmp_path, capsys):
 def test_suite_results_under_a_file_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = _run("cebench.suite", ["--results-dir", str(blocker / "res")], capsys)
+    code, err = _run("cebench.suite", ["--results", str(blocker / "res")], capsys)
     assert code == 2 and err[-1] == f"error: cannot create folder {blocker / 'res'}: {blocker} is a file, not a folder"
 
 

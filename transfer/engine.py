@@ -75,6 +75,9 @@ class Task(Protocol):
 
     def evaluate(self, model: torch.nn.Module) -> dict: ...
 
+    # what the latest evaluate() predicted, for the entry point's record (a dict; None before any evaluation)
+    last: dict | None
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -1,16 +1,61 @@
-"""Flags shared by the three transfer commands (classify, detect, segment), so that every initialisation is
-described, rescaled, optimised and run the same way whatever the task."""
+"""The flags of the transfer entry points (classify, detect, segment): one parser shape, the same groups in the
+same order, and one name and one default for every flag that means the same thing. What differs on purpose (the
+task protocol's schedule, batch, splits, scales) is an argument of the adder, and the optimisation group's title
+names the protocol the defaults come from.
 
+    p, g = task_parser("python -m transfer.segment", __doc__, "voc-fcn-alexnet's solver")
+    add_data_args(g["data"], year="auto", train_split="train", test_split="val", ...)
+    add_init_args(g["model"], ...); add_optimisation_args(g["optimisation"], ...); add_test_args(g["test"])
+    add_run_args(g["run"], out_help=..., ckpt_every=4000)
+"""
+
+import argparse
+
+from cebench.config import add_profile_flag, add_skip_bad_flag
 from cebench.curves import add_tensorboard_flag
-from cebench.runtime import add_precision_flag
+from cebench.runtime import add_precision_flag, add_threads_flag
 from pretrain.health import HEALTH_IMAGES
 from pretrain.weights import RANDOM, weights_spec
 
+GROUPS = ("data", "model", "optimisation", "test", "run")
+LR_SCHEDULES = ("step", "cosine", "constant")
 
-def add_voc_args(group, what="the splits"):
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the docstring's usage lines kept as written."""
+
+
+def task_parser(prog, doc, protocol):
+    """The parser of a transfer entry point and its groups by name: the same groups, in the same order, for every
+    task; `protocol` names where the optimisation defaults come from."""
+    p = argparse.ArgumentParser(prog, description=doc, formatter_class=HelpFormatter, allow_abbrev=False)
+    add_profile_flag(p)
+    titles = ("data", "model", f"optimisation (defaults: {protocol})", "test", "run")
+    return p, dict(zip(GROUPS, map(p.add_argument_group, titles), strict=True))
+
+
+def add_voc_args(group, what="the splits", year="2007", years=None, year_help="VOC year folder to read"):
     """--voc-root and --year: the VOCdevkit that holds `what`."""
     group.add_argument("--voc-root", default="data/VOCdevkit", help=f"VOCdevkit folder (holding VOC<year>/) of {what}")
-    group.add_argument("--year", default="2007", help="VOC year folder to read")
+    group.add_argument("--year", default=year, choices=years, help=year_help)
+
+
+def add_data_args(group, *, train_split, test_split, train_help, test_help, skip_bad_help, cache_help=None,
+                  workers_help="DataLoader workers (default: 0 with the cache, else one per spare core)", **voc):
+    """The labelled data of a task: VOCdevkit and year, the two splits, bad files, the image cache and workers."""
+    add_voc_args(group, **voc)
+    group.add_argument("--train-split", default=train_split, help=train_help)
+    group.add_argument("--test-split", default=test_split, help=test_help)
+    add_skip_bad_flag(group, skip_bad_help)
+    if cache_help:
+        group.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help=cache_help)
+    group.add_argument("--workers", type=int, default=None, help=workers_help)
+
+
+def add_flip_flag(group, default, what="training images"):
+    """--flip-prob: the probability of a horizontal flip of each of the `what`."""
+    group.add_argument("--flip-prob", type=float, default=default, help=f"probability of a horizontal flip of "
+                       f"each of the {what}")
 
 
 def add_init_args(group, *, rescale_images, rescale_what):
@@ -34,6 +79,14 @@ def add_init_args(group, *, rescale_images, rescale_what):
     group.set_defaults(rescale=True)
 
 
+def add_head_args(group, input_size_help=None):
+    """--input-size (when the task has one), --fc-dim and --dropout of the backbone's fully-connected layers."""
+    if input_size_help:
+        group.add_argument("--input-size", type=int, default=227, help=input_size_help)
+    group.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
+    group.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
+
+
 def add_health_arg(group):
     """--health-images: the record's feature health (dead units, pool5 effective rank) of the init it used."""
     group.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
@@ -41,12 +94,44 @@ def add_health_arg(group):
                        "(after rescaling when it rescales); 0 = off")
 
 
-def add_sgd_args(group, *, weight_decay, clip_grad):
-    """Momentum SGD's remaining knobs (the learning rate and its schedule differ per task)."""
+def add_max_steps_flag(group, unit="iterations"):
+    """--max-steps: a cap for quick runs; the schedule keeps its length."""
+    group.add_argument("--max-steps", type=int, default=None, help=f"stop after this many {unit} in total (the "
+                       "schedule still follows --steps); rerun with --resume to continue")
+
+
+def add_optimisation_args(group, *, steps, batch_size, lr, lr_schedule, lr_step, lr_gamma, weight_decay, clip_grad,
+                          accum_steps=1, lr_help="base learning rate (biases learn at 2x)"):
+    """Momentum SGD over a schedule of --steps iterations (the defaults are the task protocol's)."""
+    group.add_argument("--steps", type=int, default=steps, help="length of the schedule in iterations")
+    add_max_steps_flag(group)
+    group.add_argument("--batch-size", type=int, default=batch_size, help="images per iteration, over all processes")
+    group.add_argument("--accum-steps", type=int, default=accum_steps, help="micro-batches per iteration (Caffe's "
+                       "iter_size)")
+    group.add_argument("--lr", type=float, default=lr, help=lr_help)
+    group.add_argument("--lr-schedule", default=lr_schedule, choices=LR_SCHEDULES)
+    group.add_argument("--lr-step", type=int, default=lr_step, help="iterations between steps of the step schedule")
+    group.add_argument("--lr-gamma", type=float, default=lr_gamma, help="factor of each step of the step schedule")
     group.add_argument("--momentum", type=float, default=0.9)
     group.add_argument("--weight-decay", type=float, default=weight_decay)
     group.add_argument("--clip-grad", type=float, default=clip_grad, help="clip the gradients' global L2 norm "
                        "(0 = off)")
+
+
+def add_n_boot_flag(group, what="the test images"):
+    """--n-boot: bootstrap resamples of the record's 95% interval."""
+    group.add_argument("--n-boot", type=int, default=1000, help=f"bootstrap resamples of {what} for ci95")
+
+
+def add_examples_flag(group, what, default=4):
+    """--examples: how many test images are drawn (`what`)."""
+    group.add_argument("--examples", type=int, default=default, help=f"test images drawn {what} (0 = none)")
+
+
+def add_test_args(group, examples_what):
+    """The test: bootstrap resamples of the interval and the test images drawn."""
+    add_n_boot_flag(group)
+    add_examples_flag(group, examples_what)
 
 
 def add_run_args(group, *, out_help, ckpt_every):
@@ -54,8 +139,7 @@ def add_run_args(group, *, out_help, ckpt_every):
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_flag(group)
-    group.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default; use 1 when "
-                       "other jobs share the cores, as over-subscribed threads stall each other)")
+    add_threads_flag(group)
     group.add_argument("--out", default=None, help=out_help)
     group.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
     group.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists; the "
@@ -66,11 +150,3 @@ def add_run_args(group, *, out_help, ckpt_every):
                        "(0 = end only)")
     group.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
     add_tensorboard_flag(group, "tensorboard/ in the run folder beside the record")
-
-
-def set_threads(threads):
-    """Apply --threads (0 or None: leave torch's default)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)

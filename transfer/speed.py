@@ -13,14 +13,13 @@ import torch
 from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.logs import get_logger
-from cebench.runtime import Runtime, resolve_device
+from cebench.runtime import Runtime, resolve_device, set_threads
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
-from transfer import engine
+from transfer import engine, stages
 from transfer.classification import stages as run
 from transfer.classification.model import Classifier
 from transfer.classification.task import ClassificationTask
 from transfer.classify import get_args_parser
-from transfer.flags import set_threads
 
 
 def get_speed_parser():
@@ -33,7 +32,7 @@ def get_speed_parser():
 
 def _bench(cfg, runtime, train, test, config):
     """A fresh classifier (same seed for every precision) and the engine's step on it."""
-    backbone, _ = run.build(cfg)
+    backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
     model = Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2)).to(runtime.device)
     task = ClassificationTask(train, test, device=runtime.device, seed=cfg["seed"], num_workers=config.num_workers)
     optimizer = engine.build_optimizer(task, model, config)
@@ -49,18 +48,17 @@ def _bench(cfg, runtime, train, test, config):
 
 
 def main(argv=None):
-    args = parse_with_profile(get_speed_parser(), argv, "classify")
-    run.check_args(args)
-    set_threads(args.threads)
-    cfg = resolved_config(args)
-    device = resolve_device(args.device)
-    precisions = args.precisions or benchmark_precisions(device)
+    cfg = resolved_config(parse_with_profile(get_speed_parser(), argv, "classify"))
+    run.check_config(cfg)
+    set_threads(cfg["threads"])
+    device = resolve_device(cfg["device"])
+    precisions = cfg["precisions"] or benchmark_precisions(device)
     train, test = run.load_data(cfg, get_logger("transfer.speed"))
-    config = run.train_config(cfg, run.num_workers(cfg, train))
+    config = stages.train_config(cfg, stages.data_workers(cfg, cached=train._cache is not None))
     benches = {p: _bench(cfg, Runtime(device=device, precision=p), train, test, config) for p in precisions}
-    per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=args.rounds,
-                            warmup=args.warmup, steps=args.bench_steps)
-    return report(per_precision, cfg, device, args.json, stage="finetune (classification)", fc_dim=cfg["fc_dim"],
+    per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=cfg["rounds"],
+                            warmup=cfg["warmup"], steps=cfg["bench_steps"])
+    return report(per_precision, cfg, device, cfg["json"], stage="finetune (classification)", fc_dim=cfg["fc_dim"],
                   cached=train._cache is not None, workers=config.num_workers)
 
 

@@ -24,7 +24,7 @@ class ViewSpec:
     base_size: int = 500  # longer side at scale 1 (VOC's stored images are 500 px)
     min_scale: float = 0.5
     max_scale: float = 2.0
-    mirror: bool = True
+    flip_prob: float = 0.5  # probability of a horizontal flip of each view (--flip-prob)
 
 
 def random_view(image, spec, rng):
@@ -44,7 +44,7 @@ def random_view(image, spec, rng):
         canvas = Image.new("RGB", (size, size), MEAN_RGB)
         canvas.paste(part, (min(size - out_w, round(vx0 - x0)), min(size - out_h, round(vy0 - y0))))
     view = np.array(canvas, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on PIL's read-only buffer)
-    return np.ascontiguousarray(view[:, ::-1]) if spec.mirror and rng.random() < 0.5 else view
+    return np.ascontiguousarray(view[:, ::-1]) if spec.flip_prob and rng.random() < spec.flip_prob else view
 
 
 class VocImages(Dataset):

@@ -1,20 +1,17 @@
 """The stages of `python -m transfer.classify`, kept apart so the entry point reads as a list of steps."""
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write, atomic_write_json
-from cebench.records import make_record, percent, record_name, schedule_fields
-from cebench.runtime import default_num_workers
-from evaluation.metrics import classification_map, classification_map_ci, interval_description
+from cebench.files import atomic_write
+from cebench.records import percent, schedule_fields
+from evaluation.metrics import classification_map, classification_map_ci
 from pretrain.data import normalize
-from transfer import engine
-from transfer.backbone import build_backbone, measure_health, rescale_backbone_
+from transfer import engine, stages
+from transfer.backbone import measure_health, rescale_backbone_
 from transfer.classification.data import ViewSpec, VocImages
 from transfer.classification.model import Classifier
 from transfer.classification.probe import linear_probe
@@ -22,18 +19,15 @@ from transfer.classification.task import ClassificationTask
 from voc.devkit import VOC_CLASSES, dataset_name, load_split
 
 CACHE_LIMIT_BYTES = 2 * 1024**3
-N_BOOT = 1000
 AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
 
 
-def check_args(args):
-    for name in ("steps", "batch_size", "input_size", "base_size", "test_crops", "probe_views", "fc_dim",
-                 "ckpt_every", "log_every", "rescale_images"):
-        if getattr(args, name) < 1:
-            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
-    if not 0 < args.min_scale <= args.max_scale:
+def check_config(cfg):
+    stages.check_positive(cfg, ("steps", "batch_size", "input_size", "base_size", "test_crops", "probe_views",
+                                "fc_dim", "ckpt_every", "log_every", "rescale_images", "accum_steps"))
+    if not 0 < cfg["min_scale"] <= cfg["max_scale"]:
         raise CebenchError("--min-scale must be positive and not above --max-scale")
-    if args.lr <= 0 or args.probe_c <= 0:
+    if cfg["lr"] <= 0 or cfg["probe_c"] <= 0:
         raise CebenchError("--lr and --probe-c must be positive")
 
 
@@ -41,7 +35,7 @@ def load_data(cfg, log):
     """(train, test) VocImages of the two splits; bad files stop the run or, with --skip-bad, are counted."""
     splits = [load_split(cfg["voc_root"], cfg["year"], cfg[key], skip_bad=cfg["skip_bad"])
               for key in ("train_split", "test_split")]
-    spec = ViewSpec(cfg["input_size"], cfg["base_size"], cfg["min_scale"], cfg["max_scale"])
+    spec = ViewSpec(cfg["input_size"], cfg["base_size"], cfg["min_scale"], cfg["max_scale"], cfg["flip_prob"])
     if cfg["cache"] == "auto":
         size = sum(a.width * a.height * 3 for s in splits for a in s.annotations)
         cache = 0 < size < CACHE_LIMIT_BYTES
@@ -51,29 +45,6 @@ def load_data(cfg, log):
         log.info("VOC%s %s: %d images%s", s.year, s.split, len(s),
                  f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "")
     return tuple(VocImages(s, spec, cache=cache) for s in splits)
-
-
-def num_workers(cfg, images):
-    return cfg["workers"] if cfg["workers"] is not None else (0 if images._cache is not None
-                                                             else default_num_workers())
-
-
-def build(cfg):
-    """Backbone from --weights; the trunk flags apply to `random` only."""
-    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
-    return build_backbone(cfg["weights"], arch=arch, input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
-                          dropout=cfg["dropout"], seed=cfg["seed"])
-
-
-def output_paths(cfg, info, repo_root):
-    """Record path (--out or results/<profile>/classify_<init>[_probe].json, as run_all.sh names it) and its run
-    folder."""
-    label = cfg["init_label"] or info["init"]
-    name = record_name("classify", label, "probe" if cfg["probe"] else "")
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
-    run_dir = out.parent / f"{out.stem}.run"
-    return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
-            "rescale": run_dir / "rescale.json"}
 
 
 def calibration_images(train, n, seed, device):
@@ -89,23 +60,14 @@ def classifier(backbone, cfg):
     return Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
 
 
-def rescale(model, info, train, cfg, rt, paths, log):
-    """Krähenbühl's rescaling of conv1..fc8, or what a resumed run did before (its weights are in the checkpoint)."""
-    if not cfg["rescale"]:
-        return {"applied": False}
-    if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
-        return json.loads(paths["rescale"].read_text())
+def rescale(model, info, train, cfg, rt):
+    """Krähenbühl's rescaling of conv1..fc8 on training views (once per run: `stages.rescale_once` calls it)."""
     model.to(rt.device)
     images = calibration_images(train, cfg["rescale_images"], cfg["seed"], rt.device)
     summary = rescale_backbone_(model.backbone, info, images, model=model, top=model.fc8,
                                 iterations=cfg["rescale_iterations"], seed=cfg["seed"])
-    summary["applied"] = True
     # measured now and kept in rescale.json: a resumed run has its trained weights, not these, by the time it ends
     summary["feature_health"] = health(model, train, cfg, rt, rescaled=True)
-    log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
-             summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])
-    if rt.is_main:
-        atomic_write_json(paths["rescale"], summary)
     return summary
 
 
@@ -126,23 +88,13 @@ def probe(backbone, train, test, cfg, rt):
                             test_crops=cfg["test_crops"], c=cfg["probe_c"], seed=cfg["seed"])
 
 
-def train_config(cfg, workers):
-    return engine.TrainConfig(
-        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer="sgd", momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"], schedule=cfg["lr_schedule"], lr_step=cfg["lr_step"],
-        lr_gamma=cfg["lr_gamma"], max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None,
-        eval_every=cfg["eval_every"] or None, checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"],
-        num_workers=workers, seed=cfg["seed"])
-
-
 def finetune(model, train, test, cfg, rt, paths, log):
     """Every layer of the Classifier fine-tuned by the engine; returns (test logits averaged over crops, FitResult)."""
-    workers = num_workers(cfg, train)
+    workers = stages.data_workers(cfg, cached=train._cache is not None)
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
-    fit = engine.fit(task, model, train_config(cfg, workers), paths["run_dir"], rt, resume=cfg["resume"],
-                     logger=log, run_config=cfg, tensorboard=cfg["tensorboard"])
-    return task.last_scores, fit
+    fit = stages.fit(task, model, cfg, rt, paths, log, workers)
+    return task.last["scores"], fit
 
 
 def save_scores(paths, test, scores):
@@ -152,44 +104,36 @@ def save_scores(paths, test, scores):
 
 
 def _protocol(cfg, info, rescaling, fit):
-    common = {"ap": AP_DEFINITION, "also_reported": "map_voc07: the devkit's 11-point AP",
-              "test_crops": cfg["test_crops"], "test_views": "random views (scale, crop, mirror) as in training, "
-              "logits averaged", "views": {k: cfg[k] for k in ("input_size", "base_size", "min_scale", "max_scale")},
-              "architecture": info["arch"], "pool5_shape": info["pool5_shape"], "fc_dim": cfg["fc_dim"],
-              "fc_init": info["fc_init"], "init": info["init"], "weights": info["source"],
-              "rescaling": rescaling, "train_split": f"VOC{cfg['year']} {cfg['train_split']}",
-              "test_split": f"VOC{cfg['year']} {cfg['test_split']}", "interval": interval_description(N_BOOT)}
+    protocol = dict(stages.init_protocol(cfg, info, rescaling, fit), ap=AP_DEFINITION,
+                    also_reported="map_voc07: the devkit's 11-point AP", test_crops=cfg["test_crops"],
+                    test_views="random views (scale, crop, mirror) as in training, logits averaged",
+                    views={k: cfg[k] for k in ("input_size", "base_size", "min_scale", "max_scale")},
+                    pool5_shape=info["pool5_shape"], train_split=f"VOC{cfg['year']} {cfg['train_split']}",
+                    test_split=f"VOC{cfg['year']} {cfg['test_split']}")
     if cfg["probe"]:
-        return dict(common, mode="linear probe", layers_trained="none (logistic regression on frozen pool5)",
+        return dict(protocol, mode="linear probe", layers_trained="none (logistic regression on frozen pool5)",
                     probe_views=cfg["probe_views"], probe_c=cfg["probe_c"])
-    return dict(common, mode="fine-tune", layers_trained="all", iterations=fit.step, schedule_steps=cfg["steps"],
-                batch_size=cfg["batch_size"], optimizer="SGD", lr=cfg["lr"], bias_lr_mult=2.0,
-                lr_schedule=cfg["lr_schedule"], lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
-                momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], clip_grad=cfg["clip_grad"],
-                loss="sigmoid cross-entropy, difficult ignored", images_per_s=round(fit.images_per_s, 2),
-                train_time_s=round(fit.train_time_s, 1))
+    return dict(protocol, mode="fine-tune", loss="sigmoid cross-entropy, difficult ignored")
 
 
-def make_classification_record(cfg, info, rescaling, train, test, scores, fit, wall_time_s, feature_health=None):
+def make_classification_record(cfg, info, label, rescaling, train, test, scores, fit, wall_time_s,
+                               feature_health=None):
     """The result record (DESIGN.md contract) with the devkit 11-point mAP and skipped images beside it."""
     labels = test.split.labels
     value, per_class = classification_map(scores, labels, mode="sklearn")
     with warnings.catch_warnings():  # the same classes as the line above: warned once
         warnings.simplefilter("ignore", UserWarning)
         voc07, per_class07 = classification_map(scores, labels, mode="voc07")
-    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=N_BOOT, seed=cfg["seed"])
+    ci = classification_map_ci(scores, labels, mode="sklearn", n_boot=cfg["n_boot"], seed=cfg["seed"])
     skipped = [dict(s, split=d.split.split) for d in (train, test) for s in d.split.skipped]
-    label = cfg["init_label"] or info["init"]
     # the probe has no schedule to cut short: it always fits on every training image
     schedule = (schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]) if fit is not None else
                 schedule_fields(len(train), len(train), unit="training images (probe)", weights_meta=info["meta"]))
-    return make_record(
-        task="classification", init=label, dataset=dataset_name(cfg["voc_root"], cfg["year"]),
-        split=cfg["test_split"], metric="mAP",
+    return stages.transfer_record(
+        task="classification", cfg=cfg, info=info, label=label, protocol=_protocol(cfg, info, rescaling, fit),
+        dataset=dataset_name(cfg["voc_root"], cfg["year"]), split=cfg["test_split"], metric="mAP",
         value=value, ci95=ci, per_class={VOC_CLASSES[i]: v for i, v in enumerate(per_class)},
-        n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
-        protocol=_protocol(cfg, info, rescaling, fit),
+        n_images=len(test), wall_time_s=wall_time_s,
         map_voc07=percent(voc07), per_class_voc07={VOC_CLASSES[i]: percent(v) for i, v in enumerate(per_class07)},
-        n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, weights_meta=info["meta"],
-        feature_health=feature_health, **schedule,
-        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+        n_train_images=len(train), n_skipped=len(skipped), skipped=skipped, feature_health=feature_health,
+        **schedule)

@@ -47,7 +47,7 @@ class ClassificationTask:
         self.test_views = TestViews(test_images, test_crops, seed)
         self.test_labels = test_images.split.labels
         self.device, self.num_workers = device, num_workers
-        self.last_scores = None
+        self.last = None  # what the latest evaluate() predicted: {"scores": test logits (N, 20)}
 
     def param_groups(self, model):
         """Caffe's convention in voc-classification: biases learn at twice the rate, all decay."""
@@ -60,9 +60,10 @@ class ClassificationTask:
         return voc_bce(model(normalize(images, self.device)), labels)
 
     def evaluate(self, model):
-        self.last_scores = predict(model, self.test_views, self.device, num_workers=self.num_workers)
+        scores = predict(model, self.test_views, self.device, num_workers=self.num_workers)
+        self.last = {"scores": scores}
         with warnings.catch_warnings():  # classes without positives: the record warns about them once
             warnings.simplefilter("ignore", UserWarning)
-            value, _ = classification_map(self.last_scores, self.test_labels, mode="sklearn")
-            voc07, _ = classification_map(self.last_scores, self.test_labels, mode="voc07")
+            value, _ = classification_map(scores, self.test_labels, mode="sklearn")
+            voc07, _ = classification_map(scores, self.test_labels, mode="voc07")
         return {"map": value, "map_voc07": voc07}

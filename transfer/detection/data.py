@@ -1,7 +1,8 @@
 """Detection data for Fast R-CNN: one split format for VOC and COCO sources, training items, test items.
 
 Training item (Fast R-CNN's minibatch): the image rescaled to a single scale (shorter side `scale`, longer side
-at most `max_size`), mirrored with probability 1/2, and its sampled RoIs with labels and regression targets.
+at most `max_size`), mirrored with probability `flip_prob` (1/2, as Fast R-CNN), and its sampled RoIs with labels
+and regression targets.
 Randomness comes from the global generators, which the engine seeds per (seed, epoch, index).
 """
 
@@ -143,8 +144,9 @@ class RoiSampling:
 class TrainImages(Dataset):
     """Training items (image uint8 (3, H, W), rois [R, 4], labels [R], targets [R, 4]); difficult objects left out."""
 
-    def __init__(self, split, proposals, *, scale, max_size, flip=True, sampling=RoiSampling()):
-        self.split, self.scale, self.max_size, self.flip, self.sampling = split, scale, max_size, flip, sampling
+    def __init__(self, split, proposals, *, scale, max_size, flip_prob=0.5, sampling=RoiSampling()):
+        self.split, self.scale, self.max_size, self.sampling = split, scale, max_size, sampling
+        self.flip_prob = flip_prob  # probability of a horizontal flip of each training image
         objects = [(b[~d], c[~d]) for b, c, d in zip(split.boxes, split.labels, split.difficult, strict=True)]
         # Fast R-CNN's filter_roidb: an image without objects has no RoI with IoU >= 0.1 (no fg, no bg): it goes.
         self.index = [i for i, (b, _) in enumerate(objects) if len(b)]
@@ -160,7 +162,7 @@ class TrainImages(Dataset):
         image, s = load_scaled(self.split.image_paths[i], self.scale, self.max_size)
         gt, labels = self.objects[i]
         gt, proposals = gt * s, self.proposals[i] * s
-        if self.flip and np.random.random() < 0.5:
+        if self.flip_prob and np.random.random() < self.flip_prob:
             width = image.shape[1]
             image = np.ascontiguousarray(image[:, ::-1])
             gt, proposals = flip_boxes(gt, width), flip_boxes(proposals, width)

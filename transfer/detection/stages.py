@@ -1,6 +1,5 @@
 """The stages of `python -m transfer.detect`, kept apart so the entry point reads as a list of steps."""
 
-import json
 import os
 from pathlib import Path
 
@@ -9,13 +8,13 @@ import torch
 from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write, atomic_write_json, atomic_write_text
-from cebench.records import make_record, percent, record_name, schedule_fields, write_record
+from cebench.files import atomic_write, atomic_write_text
+from cebench.records import percent, schedule_fields, write_record
 from cebench.runtime import barrier
-from evaluation.metrics import detection_map_ci, interval_description
+from evaluation.metrics import detection_map_ci
 from pretrain.data import normalize
-from transfer import engine
-from transfer.backbone import build_backbone, measure_health, rescale_layers
+from transfer import engine, stages
+from transfer.backbone import measure_health, rescale_layers
 from transfer.detection.coco import coco_ap, load_coco_split
 from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
@@ -25,20 +24,18 @@ from transfer.detection.task import DetectionTask, detection_scores, voc_detecti
 from transfer.rescale import krahenbuhl_rescale_
 from voc.devkit import dataset_name, load_split
 
-N_BOOT = 1000  # bootstrap resamples of the test images for ci95
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
 
 
-def check_args(args):
-    for name in ("steps", "batch_size", "scale", "max_size", "rois_per_image", "fc_dim", "max_proposals",
-                 "ss_max_side", "ckpt_every", "log_every", "max_dets", "rescale_images"):
-        if getattr(args, name) < 1:
-            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
-    if not 0 < args.fg_fraction <= 1 or not 0 <= args.bg_iou_low < args.fg_iou <= 1:
+def check_config(cfg):
+    stages.check_positive(cfg, ("steps", "batch_size", "scale", "max_size", "rois_per_image", "fc_dim",
+                                "max_proposals", "ss_max_side", "ckpt_every", "log_every", "max_dets",
+                                "rescale_images", "accum_steps"))
+    if not 0 < cfg["fg_fraction"] <= 1 or not 0 <= cfg["bg_iou_low"] < cfg["fg_iou"] <= 1:
         raise CebenchError("need 0 < --fg-fraction <= 1 and 0 <= --bg-iou-low < --fg-iou <= 1")
-    if args.lr <= 0 or not 0 < args.nms <= 1:
+    if cfg["lr"] <= 0 or not 0 < cfg["nms"] <= 1:
         raise CebenchError("--lr must be positive and --nms in (0, 1]")
-    if bool(args.coco_json) != bool(args.coco_test_json) or (args.coco_json and not args.coco_images):
+    if bool(cfg["coco_json"]) != bool(cfg["coco_test_json"]) or (cfg["coco_json"] and not cfg["coco_images"]):
         raise CebenchError("COCO data needs --coco-json (train), --coco-test-json (test) and --coco-images")
 
 
@@ -90,7 +87,8 @@ def load_proposals(cfg, splits, rt, log):
 
 def datasets(cfg, splits, proposals):
     sampling = RoiSampling(cfg["rois_per_image"], cfg["fg_fraction"], cfg["fg_iou"], cfg["bg_iou_low"], cfg["fg_iou"])
-    train = TrainImages(splits[0], proposals[0], scale=cfg["scale"], max_size=cfg["max_size"], flip=cfg["flip"],
+    train = TrainImages(splits[0], proposals[0], scale=cfg["scale"], max_size=cfg["max_size"],
+                        flip_prob=cfg["flip_prob"],
                         sampling=sampling)
     test = TestImages(splits[1], proposals[1], scale=cfg["scale"], max_size=cfg["max_size"])
     return train, test
@@ -98,41 +96,33 @@ def datasets(cfg, splits, proposals):
 
 def build(cfg, num_classes):
     """Fast R-CNN on the backbone of --weights; the trunk flags apply to `random` only."""
-    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
     # 227 px sets the RoI grid: AlexNet's pool5 is 6×6 there, the grid fc6 is built for.
-    backbone, info = build_backbone(cfg["weights"], arch=arch, input_size=227, fc_dim=cfg["fc_dim"],
-                                    dropout=cfg["dropout"], seed=cfg["seed"])
+    backbone, info = stages.backbone_from_flags(cfg, input_size=227)
     model = FastRCNN(backbone, num_classes=num_classes, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
     info["spatial_scale"], info["roi_grid"] = model.spatial_scale, list(model.pool_size)
     return model, info
 
 
-def output_paths(cfg, info, repo_root):
-    """Record path (--out or results/<profile>/detect_<init>.json) and its run folder."""
-    label = cfg["init_label"] or info["init"]
-    name = record_name("detect", label)
-    out = Path(cfg["out"]) if cfg["out"] else Path(repo_root) / "results" / cfg["profile"] / name
-    run_dir = out.parent / f"{out.stem}.run"
+def output_paths(cfg, label):
+    """The common paths (stages.output_paths), the drawn examples' folder and the devkit results folder."""
+    paths = stages.output_paths(cfg, "detect", label)
+    out, run_dir = paths["out"], paths["run_dir"]
     # The devkit results files are always kept (in the run folder unless --write-devkit names another), so any
     # devkit-compatible evaluator can re-score the run, as the saved outputs of classify and segment allow.
     devkit = Path(cfg["write_devkit"]) if cfg["write_devkit"] else run_dir / "devkit"
-    return {"out": out, "run_dir": run_dir, "checkpoint": engine.checkpoint_path(run_dir), "label": label,
-            "rescale": run_dir / "rescale.json", "examples": out.parent / f"{out.stem}_examples", "devkit": devkit}
+    return dict(paths, examples=out.parent / f"{out.stem}_examples", devkit=devkit)
 
 
-def guarded_outputs(cfg, paths, classes):
-    """Files a new run would replace: the record, the run's checkpoint and, if asked for, the devkit files."""
-    devkit = [Path(cfg["write_devkit"]) / f"comp4_det_{cfg['test_split']}_{c}.txt" for c in classes[:1]
-              ] if cfg["write_devkit"] else []
-    return [paths["out"], paths["checkpoint"], *devkit]
+def guarded_outputs(cfg, classes):
+    """Files a new run would replace besides the record and checkpoint: the devkit files, if asked for elsewhere."""
+    if not cfg["write_devkit"]:
+        return []
+    return [Path(cfg["write_devkit"]) / f"comp4_det_{cfg['test_split']}_{c}.txt" for c in classes[:1]]
 
 
-def rescale(model, info, train, cfg, rt, paths, log):
-    """Krähenbühl's rescaling through RoI pooling, on a few training images with their sampled RoIs."""
-    if not cfg["rescale"]:
-        return {"applied": False}
-    if cfg["resume"] and paths["checkpoint"].is_file() and paths["rescale"].is_file():
-        return json.loads(paths["rescale"].read_text())
+def rescale(model, info, train, cfg, rt):
+    """Krähenbühl's rescaling through RoI pooling, on a few training images with their sampled RoIs (once per run:
+    `stages.rescale_once` calls it)."""
     order = np.random.default_rng(engine.derive_seed(cfg["seed"], 6)).permutation(len(train))
     items = []
     for k in range(min(cfg["rescale_images"], len(train))):
@@ -146,12 +136,8 @@ def rescale(model, info, train, cfg, rt, paths, log):
     layers, fresh = rescale_layers(model.backbone, info, top=model.cls_score)
     summary = krahenbuhl_rescale_(model, lambda x: model(x, rois), layers, fresh, normalize(images, rt.device),
                                   iterations=cfg["rescale_iterations"], seed=cfg["seed"])
-    summary.update(applied=True, normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois),
+    summary.update(normalised_layers=len(fresh), classifier_layer_rescaled=True, n_rois=len(rois),
                    feature_health=health(model, info, train.split, cfg, rt, rescaled=True))
-    log.info("rescaled on %d images / %d RoIs (gradient/weight ratio spread %.1f -> %.2f)", len(items), len(rois),
-             summary["ratio_spread_before"], summary["ratio_spread_after"])
-    if rt.is_main:
-        atomic_write_json(paths["rescale"], summary)
     return summary
 
 
@@ -166,17 +152,12 @@ def health(model, info, split, cfg, rt, rescaled):
 
 def finetune(model, train, test, cfg, rt, paths, log):
     """Fine-tune every layer with the one engine; returns (test detections, FitResult)."""
-    task = DetectionTask(train, test, device=rt.device, num_workers=cfg["workers"],
+    workers = stages.data_workers(cfg, cached=False)
+    task = DetectionTask(train, test, device=rt.device, num_workers=workers,
                          test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                         "max_per_image": cfg["max_dets"]})
-    config = engine.TrainConfig(
-        steps=cfg["steps"], batch_size=cfg["batch_size"], lr=cfg["lr"], optimizer="sgd", momentum=cfg["momentum"],
-        weight_decay=cfg["weight_decay"], schedule="step", lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
-        max_steps=cfg["max_steps"], clip_grad_norm=cfg["clip_grad"] or None, eval_every=cfg["eval_every"] or None,
-        checkpoint_every=cfg["ckpt_every"], log_every=cfg["log_every"], num_workers=cfg["workers"], seed=cfg["seed"])
-    fit = engine.fit(task, model, config, paths["run_dir"], rt, resume=cfg["resume"], logger=log, run_config=cfg,
-                     tensorboard=cfg["tensorboard"])
-    return task.last_detections, fit
+    fit = stages.fit(task, model, cfg, rt, paths, log, workers)
+    return task.last["detections"], fit
 
 
 def write_devkit(folder, split_name, classes, detections):
@@ -212,9 +193,11 @@ def draw_examples(split, detections, folder, n, min_score=0.3):
 
 def _protocol(cfg, info, rescaling, proposals, fit):
     return {
-        "ap": AP_DEFINITION, "also_reported": "coco_ap (AP@[.5:.95]) and coco_ap50 by pycocotools COCOeval, "
+        **stages.init_protocol(cfg, info, rescaling, fit), "ap": AP_DEFINITION,
+        "also_reported": "coco_ap (AP@[.5:.95]) and coco_ap50 by pycocotools COCOeval, "
         "difficult objects as iscrowd", "detector": "Fast R-CNN (Girshick 2015), single scale",
-        "scale": cfg["scale"], "max_size": cfg["max_size"], "flip": cfg["flip"],
+        "scale": cfg["scale"], "max_size": cfg["max_size"], "flip": cfg["flip_prob"] > 0,
+        "flip_prob": cfg["flip_prob"],
         "rois_per_image": cfg["rois_per_image"], "images_per_batch": cfg["batch_size"],
         "fg_fraction": cfg["fg_fraction"], "fg_iou": cfg["fg_iou"], "bg_iou": [cfg["bg_iou_low"], cfg["fg_iou"]],
         "roi_pooling": {"grid": info["roi_grid"], "spatial_scale": info["spatial_scale"]},
@@ -222,53 +205,45 @@ def _protocol(cfg, info, rescaling, proposals, fit):
         "proposals": {k: v for k, v in proposals.items() if k not in ("hits", "computed")}, "test": {
             "nms": cfg["nms"], "score_thresh": cfg["score_thresh"], "max_dets_per_image": cfg["max_dets"],
             "per_class_before_nms": 100},
-        "architecture": info["arch"], "fc_dim": cfg["fc_dim"], "fc_init": info["fc_init"], "init": info["init"],
-        "weights": info["source"], "rescaling": rescaling, "layers_trained": "all", "iterations": fit.step,
-        "schedule_steps": cfg["steps"], "optimizer": "SGD", "lr": cfg["lr"], "lr_step": cfg["lr_step"],
-        "lr_gamma": cfg["lr_gamma"], "bias_lr_mult": 2.0, "momentum": cfg["momentum"],
-        "weight_decay": cfg["weight_decay"], "loss": "softmax cross-entropy + smooth L1 (beta 1)",
-        "images_per_s": round(fit.images_per_s, 2), "interval": interval_description(N_BOOT)}
+        "loss": "softmax cross-entropy + smooth L1 (beta 1)"}
 
 
-def make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
+def make_detection_record(cfg, info, label, rescaling, splits, detections, proposals, fit, wall_time_s,
                           feature_health=None):
     """The result record: VOC07 mAP@0.5 with a bootstrap interval over test images, per-class AP, COCO AP."""
     train, test = splits
     value, per_class = detection_scores(detections, test)
-    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=N_BOOT,
+    ci = detection_map_ci(voc_detections(detections, len(test.classes)), ground_truth(test), n_boot=cfg["n_boot"],
                           seed=cfg["seed"])
     coco = coco_ap(test, detections)
-    label = cfg["init_label"] or info["init"]
     if cfg["coco_json"]:
         dataset = f"COCO {Path(cfg['coco_test_json']).name}"
     else:
         dataset = dataset_name(cfg["voc_root"], cfg["year"])
-    return make_record(
-        task="detection", init=label, dataset=dataset, split=cfg["test_split"] if not cfg["coco_json"] else "test",
+    return stages.transfer_record(
+        task="detection", cfg=cfg, info=info, label=label, protocol=_protocol(cfg, info, rescaling, proposals, fit),
+        dataset=dataset, split=cfg["test_split"] if not cfg["coco_json"] else "test",
         metric="mAP@0.5", value=value, ci95=ci, per_class={n: v for n, v in zip(test.classes, per_class,
                                                                                  strict=True)},
-        n_images=len(test), seed=cfg["seed"], wall_time_s=wall_time_s, config=cfg,
-        protocol=_protocol(cfg, info, rescaling, proposals, fit), coco_ap=percent(coco["ap"]),
+        n_images=len(test), wall_time_s=wall_time_s, coco_ap=percent(coco["ap"]),
         coco_ap50=percent(coco["ap50"]), n_proposals_mean=round(proposals["mean_per_image"]["test"], 2),
         n_proposals_mean_train=round(proposals["mean_per_image"]["train"], 2),
         n_detections=int(sum(len(d[1]) for d in detections.values())), n_train_images=len(train),
         proposal_cache={k: proposals[k] for k in ("hits", "computed") if k in proposals},
         n_skipped=len(train.skipped) + len(test.skipped), skipped=train.skipped + test.skipped,
         boxes_clipped={"train": train.boxes_clipped, "test": test.boxes_clipped},
-        weights_meta=info["meta"], feature_health=feature_health,
-        **schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]),
-        **({"arch_requested": info["arch_requested"]} if "arch_requested" in info else {}))
+        feature_health=feature_health, **schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]))
 
 
-def write_outputs(cfg, info, rescaling, splits, detections, proposals, fit, paths, wall_time_s,
+def write_outputs(cfg, info, paths, rescaling, splits, detections, proposals, fit, wall_time_s,
                   feature_health=None):
     """The record, the devkit results files, and drawn examples when asked for; returns the record."""
     test = splits[1]
-    record = make_detection_record(cfg, info, rescaling, splits, detections, proposals, fit, wall_time_s,
-                                   feature_health)
+    record = make_detection_record(cfg, info, paths["label"], rescaling, splits, detections, proposals, fit,
+                                   wall_time_s, feature_health)
     record["devkit_dir"] = str(write_devkit(paths["devkit"], cfg["test_split"], test.classes, detections))
-    if cfg["draw"]:
-        record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["draw"]))
+    if cfg["examples"]:
+        record["examples_dir"] = str(draw_examples(test, detections, paths["examples"], cfg["examples"]))
     write_record(paths["out"], record)
     return record
 

@@ -72,7 +72,7 @@ class DetectionTask:
         self.collate_fn = collate_rois
         self.test_images, self.device, self.num_workers = test_images, device, num_workers
         self.test_settings = dict(test_settings)  # score_thresh, nms_iou, max_per_image
-        self.last_detections = None
+        self.last = None  # what the latest evaluate() predicted: {"detections": {id: (boxes, scores, labels)}}
 
     def param_groups(self, model):
         """Fast R-CNN's Caffe convention: biases learn at twice the rate and are not decayed."""
@@ -87,7 +87,8 @@ class DetectionTask:
         return cls_loss + box_loss
 
     def evaluate(self, model):
-        self.last_detections = detect_split(model, self.test_images, self.device, num_workers=self.num_workers,
-                                            **self.test_settings)
-        value, _ = detection_scores(self.last_detections, self.test_images.split)
+        detections = detect_split(model, self.test_images, self.device, num_workers=self.num_workers,
+                                  **self.test_settings)
+        self.last = {"detections": detections}
+        value, _ = detection_scores(detections, self.test_images.split)
         return {"map": value}

@@ -6,26 +6,100 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cebench.files import atomic_write, refuse_overwrite
-from cebench.records import make_record
-from evaluation.metrics import interval_description, segmentation_miou_ci
+from cebench.errors import CebenchError
+from cebench.files import atomic_write
+from cebench.records import schedule_fields
+from evaluation.metrics import segmentation_miou_ci
+from transfer import stages
 from transfer.backbone import measure_health, rescale_backbone_
-from transfer.engine import checkpoint_path
-from transfer.segmentation.data import SegTransform, sample_batch
+from transfer.segmentation.data import SegTransform, VOCSegmentation, sample_batch
 from transfer.segmentation.model import fcn_from_backbone
 from transfer.segmentation.task import SEG_CLASSES
-from voc.devkit import voc_palette
+from voc.devkit import dataset_name, voc_palette
+
+METRIC = ("mean IU over 21 classes from one dataset-wide confusion matrix (FCN score.py); void 255 ignored; every "
+          "test image whole, at its original resolution")
 
 
-def segmentation_record(last, *, n_boot=1000, seed=0, **fields):
+def check_config(cfg):
+    stages.check_positive(cfg, ("steps", "batch_size", "accum_steps", "input_size", "fc_dim", "ckpt_every",
+                                "log_every", "rescale_images"))
+    if not 0 < cfg["min_scale"] <= cfg["max_scale"] or not 0 <= cfg["flip_prob"] <= 1:
+        raise CebenchError("need 0 < --min-scale <= --max-scale and 0 <= --flip-prob <= 1")
+
+
+def load_data(cfg, log):
+    """(train, test, training transform): augmented crops for training, whole test images; every file checked."""
+    transform = SegTransform(scale_range=(cfg["min_scale"], cfg["max_scale"]), crop_size=cfg["crop_size"],
+                             flip_prob=cfg["flip_prob"])
+    train_ds, test_ds = (VOCSegmentation(cfg["voc_root"], cfg[split], cfg["year"], transform=t, cache=cfg["cache"],
+                                         skip_bad=cfg["skip_bad"])
+                         for split, t in (("train_split", transform), ("test_split", SegTransform())))
+    log.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, cfg["train_split"], len(train_ds),
+             test_ds.year, cfg["test_split"], len(test_ds))
+    return train_ds, test_ds, transform
+
+
+def output_paths(cfg, label):
+    """The common paths (stages.output_paths), the predictions' folder and the examples PNG beside the record."""
+    paths = stages.output_paths(cfg, "segment", label)
+    out = paths["out"]
+    predictions = Path(cfg["save_predictions"]) if cfg["save_predictions"] else out.parent / f"{out.stem}.predictions"
+    return dict(paths, predictions=predictions, examples_png=out.parent / f"{out.stem}.examples.png")
+
+
+def own_outputs(paths, cfg):
+    """What a run writes besides its record and run folder: the examples PNG and the predictions (their folder
+    when it is the run's own; else only the PNGs in it, as the folder may be the user's)."""
+    predictions = paths["predictions"]
+    own = [predictions] if not cfg["save_predictions"] else sorted(Path(predictions).glob("*.png"))
+    return [paths["examples_png"], *own]
+
+
+def rescale(backbone, info, train_ds, cfg, rt):
+    """Krähenbühl's rescaling of the backbone on training crops at its input size (as the paper; once per run:
+    `stages.rescale_once` calls it), and the init's feature health right after it."""
+    crops = SegTransform(scale_range=(cfg["min_scale"], cfg["max_scale"]), crop_size=cfg["input_size"],
+                         flip_prob=cfg["flip_prob"])
+    images = sample_batch(train_ds, crops, cfg["rescale_images"], seed=cfg["seed"])
+    summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
+    # measured now and kept in rescale.json: a resumed run has its trained weights, not these, by the time it ends
+    summary["feature_health"] = health(backbone, train_ds, cfg, rt, rescaled=True)
+    return summary
+
+
+def health(backbone, train_ds, cfg, rt, rescaled):
+    """The record's feature_health of the init (main rank): fixed views of the training images at the input size."""
+    if not rt.is_main:
+        return None
+    return measure_health(backbone, train_ds.image_paths, cfg["input_size"], cfg, next(backbone.parameters()).device,
+                          rescaled=rescaled, source=f"VOC{train_ds.year} {train_ds.split} (segmentation)")
+
+
+def fcn(backbone, cfg):
+    """The (rescaled) backbone with fc6/fc7 as convolutions and the FCN head."""
+    return fcn_from_backbone(backbone, variant=cfg["variant"], pad=cfg["pad"], dropout=cfg["dropout"],
+                             learn_upsampling=cfg["upsampling"] == "learned")
+
+
+def segmentation_record(cfg, info, paths, rescaling, last, fit, train_ds, test_ds, transform, model, workers,
+                        **fields):
     """A result record (DESIGN.md) of SegmentationTask.last: mIoU, bootstrap ci95 over images, per-class IU."""
     scores = last["scores"]
-    ci95 = segmentation_miou_ci(last["per_image"], n_boot=n_boot, seed=seed)
-    fields["protocol"] = dict(fields.get("protocol") or {}, interval=interval_description(n_boot))
-    return make_record(task="segmentation", metric="mIoU", value=scores["miou"], ci95=ci95,
-                       per_class=dict(zip(SEG_CLASSES, scores["iou"], strict=True)),
-                       n_images=len(last["per_image"]), seed=seed, pixel_acc=round(100 * scores["pixel_acc"], 4),
-                       mean_acc=round(100 * scores["mean_acc"], 4), **fields)
+    ci95 = segmentation_miou_ci(last["per_image"], n_boot=cfg["n_boot"], seed=cfg["seed"])
+    optimiser = dict(asdict(stages.train_config(cfg, workers)), loss_normalization=cfg["loss_normalization"])
+    protocol = dict(stages.init_protocol(cfg, info, rescaling, fit), metric=METRIC, model=model.describe(),
+                    train={"dataset": f"VOC{train_ds.year}", "split": train_ds.split, "n_images": len(train_ds),
+                           "augmentation": transform.describe(), "sbd_extra_annotations": False},
+                    optimiser=optimiser)
+    return stages.transfer_record(
+        task="segmentation", cfg=cfg, info=info, label=paths["label"], protocol=protocol,
+        dataset=dataset_name(cfg["voc_root"], test_ds.year), split=cfg["test_split"], metric="mIoU",
+        value=scores["miou"], ci95=ci95, per_class=dict(zip(SEG_CLASSES, scores["iou"], strict=True)),
+        n_images=len(last["per_image"]), pixel_acc=round(100 * scores["pixel_acc"], 4),
+        mean_acc=round(100 * scores["mean_acc"], 4), steps_done=fit.step, predictions=str(paths["predictions"]),
+        examples=str(paths["examples_png"]), run_dir=str(paths["run_dir"]), skipped=train_ds.skipped + test_ds.skipped,
+        **schedule_fields(fit.step, cfg["steps"], weights_meta=info["meta"]), **fields)
 
 
 def save_examples(path, dataset, predictions):
@@ -42,51 +116,3 @@ def save_examples(path, dataset, predictions):
     rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     grid = Image.fromarray(np.concatenate(rows, axis=0))
     return atomic_write(path, lambda f: grid.save(f, format="PNG"))
-
-
-def run_paths(out, save_predictions=None):
-    """Run folder (checkpoint, metrics.jsonl), predictions folder and examples PNG beside the record `out`."""
-    out = Path(out)
-    preds = Path(save_predictions) if save_predictions else out.parent / f"{out.stem}.predictions"
-    return out.parent / f"{out.stem}.run", preds, out.parent / f"{out.stem}.examples.png"
-
-
-def check_outputs(out, run_dir, *, resume=False, overwrite=False):
-    """Refuse to replace a record or run unless asked (a replaced run is kept aside until the new one succeeds)."""
-    if not (resume or overwrite):
-        refuse_overwrite(out)
-        refuse_overwrite(checkpoint_path(run_dir))
-
-
-def run_outputs(out, run_dir, pred_dir, examples_png, own_predictions):
-    """Everything a run writes: record, run folder, examples PNG and the predictions (their folder when it is the
-    run's own; else only the PNGs in it, as the folder may be the user's)."""
-    predictions = [Path(pred_dir)] if own_predictions else sorted(Path(pred_dir).glob("*.png"))
-    return [Path(out), Path(run_dir), Path(examples_png), *predictions]
-
-
-def segmentation_protocol(model, info, train_ds, transform, train_config, loss_normalization):
-    """What a reader needs to compare this number with the paper's (PAPER.md, "Segmentation")."""
-    return {"metric": "mean IU over 21 classes from one dataset-wide confusion matrix (FCN score.py); void 255 "
-                      "ignored; every test image whole, at its original resolution",
-            "model": model.describe(), "architecture": info["arch"], "fc_init": info["fc_init"],
-            "rescaling": info.get("rescale", "none"), "weights": info["source"],
-            "train": {"dataset": f"VOC{train_ds.year}", "split": train_ds.split, "n_images": len(train_ds),
-                      "augmentation": transform.describe(), "sbd_extra_annotations": False},
-            "optimiser": dict(asdict(train_config), loss_normalization=loss_normalization)}
-
-
-def build_model(args, backbone, info, train_ds):
-    """Rescale the backbone as the paper (on training crops at its input size), then make it an FCN."""
-    if args.rescale:
-        crops = SegTransform(scale_range=(args.min_scale, args.max_scale), crop_size=args.backbone_size,
-                             flip_prob=args.flip_prob)
-        images = sample_batch(train_ds, crops, args.rescale_images, seed=args.seed)
-        info["rescale"] = rescale_backbone_(backbone, info, images, iterations=args.rescale_iterations,
-                                            seed=args.seed)
-    # the init's feature health as fine-tuning starts (a resumed run rescales again, so this holds on resume too)
-    info["feature_health"] = measure_health(backbone, train_ds.image_paths, args.backbone_size, vars(args),
-                                            next(backbone.parameters()).device, rescaled=args.rescale,
-                                            source=f"VOC{train_ds.year} {train_ds.split} (segmentation)")
-    return fcn_from_backbone(backbone, variant=args.variant, pad=args.pad, dropout=args.dropout,
-                             learn_upsampling=args.upsampling == "learned")
