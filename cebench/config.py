@@ -146,6 +146,14 @@ def profile_defaults(parser, stage, profile):
     return {k: _resolve_path(k, v, profile["_dir"], actions[k]) for k, v in values.items()}
 
 
+def entry_parser(prog, description, **kwargs):
+    """The parser of an entry point: defaults shown in --help, no abbreviated flags, --profile first."""
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog, description=description, allow_abbrev=False, **kwargs)
+    add_profile_flag(parser)
+    return parser
+
+
 def add_profile_flag(parser):
     """Every entry point takes --profile."""
     parser.add_argument("--profile", default=None,

@@ -10,14 +10,13 @@ checkpoint). Writes curve.csv and curve.png; finished pieces are reused when the
     python -m evaluation.curve --profile voc-mini --max-steps 400 --out-dir results/voc-mini/curve-400
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import benchmarks_path, entry_parser, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text
 from cebench.logs import get_logger
@@ -38,9 +37,7 @@ FRACTIONS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.curve", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser("python -m evaluation.curve", __doc__.split("\n")[0])
     g = p.add_argument_group("data")
     add_voc_args(g, "the probes and the loss images")
     g.add_argument("--loss-split", default="val", help="split whose images score the inpainting loss (never "

@@ -21,7 +21,7 @@ from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, def
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from pretrain.weights import RANDOM, load_encoder, weights_spec
+from pretrain.weights import RANDOM, load_encoder, trunk_of, weights_spec
 from transfer.flags import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,
@@ -183,8 +183,7 @@ def build_extractor(cfg, device, precision="fp32"):
         info = {"init": "hog", "source": "skimage.feature.hog", "arch": None, "meta": {},
                 "hog_params": {k: list(v) if isinstance(v, tuple) else v for k, v in HOG_PARAMS.items()}}
         return Extractor("hog"), info
-    arch = {"arch": cfg["arch"], "width": cfg["width"]}
-    encoder, info = load_encoder(cfg["weights"], arch=arch, seed=cfg["seed"])
+    encoder, info = load_encoder(cfg["weights"], arch=trunk_of(cfg), seed=cfg["seed"])
     info = {k: v for k, v in info.items() if k != "fc"}
     info["pool5_shape"] = list(encoder.feature_shape(cfg["input_size"]))
     return Extractor("pool5", encoder, device, precision), info

@@ -9,13 +9,12 @@ One record per method: the NN record at --out, the decoder's next to it (<out>_d
     python -m evaluation.inpainting --profile voc-mini --weights results/voc-mini/ce.pt
 """
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag
+from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
@@ -33,9 +32,7 @@ N_BOOT = 1000  # bootstrap resamples of the held-out images for the intervals
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.inpainting", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser("python -m evaluation.inpainting", __doc__.split("\n")[0])
     add_data_args(p, "held-out")
     add_feature_args(p)
     g = p.add_argument_group("inpainting")

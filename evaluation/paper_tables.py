@@ -62,6 +62,14 @@ def load_records(results_dir):
     return records, other, unreadable
 
 
+def add_results_args(parser, *, out_help, published_help):
+    """--results (the records' folder), --out and --published: what the tables and the report read and write."""
+    parser.add_argument("--results", default=None, help="folder of result records (default results/<profile>)")
+    parser.add_argument("--out", default=None, help=out_help)
+    parser.add_argument("--published", default=str(PUBLISHED), help=published_help)
+    return parser
+
+
 def read_published(path=PUBLISHED):
     """The paper's numbers, one per line: table, key, row, column, value, unit, source, note."""
     try:

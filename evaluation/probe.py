@@ -9,31 +9,29 @@ views (C chosen on a held-out part of them), then scored on the test split with 
     python -m evaluation.probe --profile voc-mini --weights random --threads 2
 """
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 from threadpoolctl import threadpool_limits
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile, resolved_config
+from cebench.config import entry_parser, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.logs import get_logger
-from cebench.records import write_record
+from cebench.records import default_record_path, write_record
 from cebench.runtime import add_threads_flag, default_num_workers, init_distributed, seed_everything, set_threads
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
+from transfer.stages import init_label
 from voc.devkit import load_split
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.probe", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser("python -m evaluation.probe", __doc__.split("\n")[0])
     g = p.add_argument_group("data")
     add_voc_args(g, "the training and test splits")
     g.add_argument("--train-split", default="trainval", help="split the probes are fitted on (paper: trainval)")
@@ -103,8 +101,8 @@ def main(argv=None):
                    for k in ("train_split", "test_split"))
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
     backbone, info = run.build(cfg)
-    label = cfg["init_label"] or info["init"]
-    out = Path(cfg["out"] or benchmarks_path().parent / "results" / cfg["profile"] / f"probe_{label}.json")
+    label = init_label(cfg, info)
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
     refuse_overwrite(out, cfg["overwrite"])
     rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
     # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change

@@ -5,17 +5,16 @@ import warnings
 
 from cebench.records import make_record, percent
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
+from pretrain.weights import trunk_of
 from transfer.backbone import build_backbone, rescale_backbone_
-from transfer.classification.data import ViewSpec, VocImages
 from transfer.classification.probe import fit_predict, select_c, standardise_and_rotate
-from transfer.classification.stages import AP_DEFINITION, calibration_images
+from transfer.classification.stages import AP_DEFINITION, calibration_views
 from voc.devkit import VOC_CLASSES, dataset_name
 
 
 def build(cfg):
     """Backbone from --weights as transfer.classify builds it (the trunk flags apply to `random` only)."""
-    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
-    return build_backbone(cfg["weights"], arch=arch, input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
+    return build_backbone(cfg["weights"], arch=trunk_of(cfg), input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
                           seed=cfg["seed"])
 
 
@@ -23,9 +22,8 @@ def rescale(backbone, info, train, cfg, device, log):
     """Krähenbühl's rescaling on the training views transfer.classify draws (same seed: the same weights)."""
     if not cfg["rescale"]:
         return {"applied": False}
-    views = VocImages(train, ViewSpec(cfg["input_size"], cfg["base_size"]))
     backbone.to(device)
-    images = calibration_images(views, cfg["rescale_images"], cfg["seed"], device)
+    images = calibration_views(train, cfg, device)
     summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
     log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
              summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])

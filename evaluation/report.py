@@ -5,7 +5,6 @@ grids and provenance, readable offline (images inline as data URIs, CSS inline, 
     python -m evaluation.report --profile smoke --out /tmp/smoke.html
 """
 
-import argparse
 import json
 import re
 import time
@@ -13,14 +12,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
+from cebench.config import benchmarks_path, entry_parser, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from evaluation import report_html as h
 from evaluation.cells import is_complete
-from evaluation.paper_tables import PUBLISHED, load_records, variant_of
+from evaluation.paper_tables import add_results_args, load_records, variant_of
 from evaluation.tables import provenance
 
 EXAMPLE_TITLES = {"inpainting": "Inpainting", "retrieval": "Retrieval", "segment": "Segmentation",
@@ -29,13 +28,9 @@ MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many i
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.report", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
-    p.add_argument("--results", default=None, help="results folder (default results/<profile>)")
-    p.add_argument("--out", default=None, help="HTML file to write (default: <results>/report.html)")
-    p.add_argument("--published", default=str(PUBLISHED), help="the paper's numbers the tables used (provenance)")
-    return p
+    return add_results_args(entry_parser("python -m evaluation.report", __doc__.split("\n")[0]),
+                            out_help="HTML file to write (default: <results>/report.html)",
+                            published_help="the paper's numbers the tables used (provenance)")
 
 
 def _natural(path):

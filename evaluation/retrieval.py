@@ -8,13 +8,12 @@ share of neighbours holding an object of a class their query holds (VOC labels),
     python -m evaluation.retrieval --profile voc-mini --features hog --out results/voc-mini/retrieval_hog.json
 """
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from cebench.config import add_profile_flag
+from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
@@ -27,9 +26,7 @@ from evaluation.retrieval_metrics import precision_at_k
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.retrieval", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser("python -m evaluation.retrieval", __doc__.split("\n")[0])
     add_data_args(p, "query")
     add_feature_args(p)
     g = p.add_argument_group("search")

@@ -10,28 +10,23 @@ ones, see evaluation.cells); each table's footer names the records it left out a
     python -m evaluation.tables --profile smoke          # results/smoke
 """
 
-import argparse
 from collections import Counter
 from pathlib import Path
 
-from cebench.config import add_profile_flag, benchmarks_path, parse_with_profile
+from cebench.config import benchmarks_path, entry_parser, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from cebench.records import results_dir
 from evaluation.figures import layer_lines, table_bars
-from evaluation.paper_tables import (PUBLISHED, column_of, load_records, markdown, read_published, table1, table2,
-                                     table3)
+from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, read_published, table1,
+                                     table2, table3)
 
 
 def get_args_parser():
-    p = argparse.ArgumentParser("python -m evaluation.tables", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
-    p.add_argument("--results", default=None, help="folder of result records (default results/<profile>)")
-    p.add_argument("--out", default=None, help="folder for the tables and chart (default: --results)")
-    p.add_argument("--published", default=str(PUBLISHED), help="the paper's numbers (CSV with a source column)")
-    return p
+    return add_results_args(entry_parser("python -m evaluation.tables", __doc__.split("\n")[0]),
+                            out_help="folder for the tables and chart (default: --results)",
+                            published_help="the paper's numbers (CSV with a source column)")
 
 
 def column_notes(records, columns, column_of):

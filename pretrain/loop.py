@@ -28,51 +28,6 @@ REPLAY_KEYS = ("arch", "pool_free", "width", "input_size", "load_size", "dropout
                "lr_schedule", "seed", "region_shapes", "precision")
 
 
-def check_args(args, given=()):
-    """Refuse inconsistent flags with one line; expands --image-split into --image-list.
-
-    `given`: the dests set on the command line. A profile's image_split (a VOC split) applies to a VOC
-    JPEGImages folder (ImageSets/Main beside it); for a plain folder given with --images (an ImageNet-style
-    train/ folder) every image is used, and an --image-list given on the command line replaces it. Returns a
-    note for the log when the profile's split was set aside, else None.
-    """
-    if not args.images:
-        raise CebenchError("no image folder: pass --images DIR or pick a --profile that sets one")
-    note = None
-    if args.image_split == "all":
-        args.image_split = None
-    if args.image_split and "image_split" not in given:  # the split comes from the profile
-        if "image_list" in given:
-            note = f"--image-list {args.image_list} replaces the profile's image_split {args.image_split!r}"
-            args.image_split = None
-        elif "images" in given and not (Path(args.images).resolve().parent / "ImageSets" / "Main").is_dir():
-            note = (f"--images {args.images} is not a VOC JPEGImages folder (no ImageSets/Main beside it): the "
-                    f"profile's image_split {args.image_split!r} does not apply, every image under it is used")
-            args.image_split = None
-    if args.image_split and args.image_list:
-        raise CebenchError("give --image-list or --image-split, not both")
-    if args.image_split:
-        args.image_list = str(Path(args.images).resolve().parent / "ImageSets" / "Main" / f"{args.image_split}.txt")
-        if not Path(args.image_list).is_file():
-            raise CebenchError(f"{args.image_list}: no such split list (--image-split {args.image_split} expects "
-                               "--images to be a VOC JPEGImages folder; pass --image-split all to use every image)")
-    if args.load_size < args.input_size:
-        raise CebenchError(f"--load-size {args.load_size} is smaller than --input-size {args.input_size}")
-    for name in ("steps", "batch_size", "ckpt_every", "log_every"):
-        if getattr(args, name) < 1:
-            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
-    if args.health_images < 0:
-        raise CebenchError("--health-images must be 0 (off) or positive")
-    if args.max_steps is not None and args.max_steps < 0:
-        raise CebenchError("--max-steps must be 0 (write the untrained weights) or more")
-    if any(s < 0 for s in args.save_at or ()):
-        raise CebenchError("--save-at takes step numbers of 0 or more")
-    if not 0 <= args.adv_weight < 1:
-        raise CebenchError("--adv-weight must be in [0, 1)")
-    tensorboard_dir(args.tensorboard, ".")  # an explicit --tensorboard DIR without the package: refused now
-    return note
-
-
 def run_paths(out):
     """Files of a run, all next to --out: run checkpoint, metrics, figures, resolved config, TensorBoard events."""
     out = Path(out)

@@ -13,7 +13,7 @@ from cebench.errors import run_cli
 from cebench.runtime import Runtime, resolve_device, set_threads
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from pretrain import loop
-from pretrain.train import get_args_parser
+from pretrain.train import check_args, get_args_parser
 
 
 def get_speed_parser():
@@ -46,7 +46,7 @@ def _bench(cfg, runtime, dataset, batch):
 def main(argv=None):
     parser = get_speed_parser()
     args = parse_with_profile(parser, argv, "pretrain")
-    loop.check_args(args, given=command_line_dests(parser, argv))
+    check_args(args, given=command_line_dests(parser, argv))
     set_threads(args.threads)
     cfg = resolved_config(args)
     device = resolve_device(args.device)

@@ -4,13 +4,13 @@
     torchrun --nproc_per_node=4 -m pretrain.train --profile paper --device cuda --images /data/imagenet/train
 """
 
-import argparse
 import time
+from pathlib import Path
 
 
-from cebench.config import add_profile_flag, add_skip_bad_flag, command_line_dests, parse_with_profile, resolved_config
-from cebench.curves import add_tensorboard_flag
-from cebench.errors import run_cli
+from cebench.config import add_skip_bad_flag, command_line_dests, entry_parser, parse_with_profile, resolved_config
+from cebench.curves import add_tensorboard_flag, tensorboard_dir
+from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
@@ -32,10 +32,7 @@ equals an uninterrupted run weight for weight. Outputs: --out (ce.pt) plus <stem
 def get_args_parser(run_files=True):
     """The parser of pretraining; `run_files=False` leaves out what only a training run's files need (--resume,
     --no-figures), for pretrain.speed."""
-    p = argparse.ArgumentParser("python -m pretrain.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, epilog=EPILOG,
-                                allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser("python -m pretrain.train", __doc__.split("\n")[0], epilog=EPILOG)
     g = p.add_argument_group("data")
     g.add_argument("--images", default=None, help="folder of unlabelled images, searched recursively for "
                    "JPEG/PNG (a VOC JPEGImages or an ImageNet train folder both work)")
@@ -87,7 +84,12 @@ def get_args_parser(run_files=True):
     g.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (paper: none)")
     g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                    help="constant as the paper, or cosine decay to zero over --steps")
-    g = p.add_argument_group("run")
+    _add_run_args(p.add_argument_group("run"), run_files)
+    return p
+
+
+def _add_run_args(g, run_files):
+    """Seed, device, precision, threads, the checkpoint and the run's files, health measurements."""
     g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
     add_precision_flag(g)
@@ -109,14 +111,58 @@ def get_args_parser(run_files=True):
     g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                    "training images on which dead units and pool5's effective rank are measured at every checkpoint "
                    "(metrics.jsonl, ce.pt meta); 0 = off")
-    return p
+
+
+def check_args(args, given=()):
+    """Refuse inconsistent flags with one line; expands --image-split into --image-list.
+
+    `given`: the dests set on the command line. A profile's image_split (a VOC split) applies to a VOC
+    JPEGImages folder (ImageSets/Main beside it); for a plain folder given with --images (an ImageNet-style
+    train/ folder) every image is used, and an --image-list given on the command line replaces it. Returns a
+    note for the log when the profile's split was set aside, else None.
+    """
+    if not args.images:
+        raise CebenchError("no image folder: pass --images DIR or pick a --profile that sets one")
+    note = None
+    if args.image_split == "all":
+        args.image_split = None
+    if args.image_split and "image_split" not in given:  # the split comes from the profile
+        if "image_list" in given:
+            note = f"--image-list {args.image_list} replaces the profile's image_split {args.image_split!r}"
+            args.image_split = None
+        elif "images" in given and not (Path(args.images).resolve().parent / "ImageSets" / "Main").is_dir():
+            note = (f"--images {args.images} is not a VOC JPEGImages folder (no ImageSets/Main beside it): the "
+                    f"profile's image_split {args.image_split!r} does not apply, every image under it is used")
+            args.image_split = None
+    if args.image_split and args.image_list:
+        raise CebenchError("give --image-list or --image-split, not both")
+    if args.image_split:
+        args.image_list = str(Path(args.images).resolve().parent / "ImageSets" / "Main" / f"{args.image_split}.txt")
+        if not Path(args.image_list).is_file():
+            raise CebenchError(f"{args.image_list}: no such split list (--image-split {args.image_split} expects "
+                               "--images to be a VOC JPEGImages folder; pass --image-split all to use every image)")
+    if args.load_size < args.input_size:
+        raise CebenchError(f"--load-size {args.load_size} is smaller than --input-size {args.input_size}")
+    for name in ("steps", "batch_size", "ckpt_every", "log_every"):
+        if getattr(args, name) < 1:
+            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
+    if args.health_images < 0:
+        raise CebenchError("--health-images must be 0 (off) or positive")
+    if args.max_steps is not None and args.max_steps < 0:
+        raise CebenchError("--max-steps must be 0 (write the untrained weights) or more")
+    if any(s < 0 for s in args.save_at or ()):
+        raise CebenchError("--save-at takes step numbers of 0 or more")
+    if not 0 <= args.adv_weight < 1:
+        raise CebenchError("--adv-weight must be in [0, 1)")
+    tensorboard_dir(args.tensorboard, ".")  # an explicit --tensorboard DIR without the package: refused now
+    return note
 
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     parser = get_args_parser()
     args = parse_with_profile(parser, argv, "pretrain")
-    note = loop.check_args(args, given=command_line_dests(parser, argv))
+    note = check_args(args, given=command_line_dests(parser, argv))
     cfg = resolved_config(args)
     paths = loop.run_paths(cfg["out"])
     if not args.resume and not args.overwrite:

@@ -132,6 +132,14 @@ def ce_label(ckpt):
     return label if isinstance(label, str) and label else "ce"
 
 
+TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the command line (--arch, --width, ...)
+
+
+def trunk_of(cfg):
+    """The AlexNetEncoder kwargs that a config's trunk flags ask for (those the entry point has)."""
+    return {k: cfg[k] for k in TRUNK_FLAGS if k in cfg}
+
+
 def weights_spec(value):
     """The argparse type of every --weights: the value as given (a path, or one of `weights_spec.keywords`)."""
     return value

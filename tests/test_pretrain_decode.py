@@ -87,18 +87,18 @@ def test_decode_gpu_needs_cuda(images):
 def tiny(images, out, *extra):
     return ["--profile", "smoke", "--images", str(images), "--image-split", "all", "--width", "0.25",
             "--input-size", "64", "--load-size", "72", "--batch-size", "4", "--steps", "10", "--device", "cpu",
-            "--out", str(out), "--workers", "0", "--threads", "1", "--no-figures", *extra]
+            "--out", str(out), "--workers", "0", "--threads", "1", *extra]
 
 
 def test_pretrain_records_precision_in_ce_meta_and_config(images, tmp_path):
     out = tmp_path / "ce.pt"
-    train_main(tiny(images, out, "--max-steps", "2", "--precision", "bf16"))
+    train_main(tiny(images, out, "--no-figures", "--max-steps", "2", "--precision", "bf16"))
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["meta"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 for v in ckpt["encoder"].values() if v.is_floating_point())
     assert json.loads(out.with_suffix(".config.json").read_text())["precision"] == "bf16"
     with pytest.raises(CebenchError, match="precision"):  # resuming in another precision would not replay
-        train_main(tiny(images, out, "--max-steps", "3", "--precision", "fp32", "--resume"))
+        train_main(tiny(images, out, "--no-figures", "--max-steps", "3", "--precision", "fp32", "--resume"))
 
 
 def test_speed_reports_each_precision(images, tmp_path, capsys):

@@ -160,3 +160,13 @@ def set_box(info, image_id, index, box):
     info.objects[image_id][index] = (name, tuple(box), difficult)
     info.path("xml", image_id).write_text(_xml(image_id, size, info.objects[image_id], info.year))
     return size
+
+
+def help_text(main, capsys):
+    """What `main(["--help"])` prints, after checking that it exits with status 0."""
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out

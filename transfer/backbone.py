@@ -17,15 +17,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.errors import CebenchError
+from pretrain import data as pretrain_data
 from pretrain.health import health_record
 from pretrain.weights import RANDOM, load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
 FC_STD, FC_BIAS = 0.01, 0.1  # voc-classification's fill for layers initialised at random
+# The input every backbone expects (as timm's pretrained_cfg): RGB scaled to [0, 1], standardised by the statistics
+# the encoder was pretrained with (pretrain.data); a uint8 image padded with pad_rgb is 0 there once normalised.
+PRETRAINED_CFG = {"mean": pretrain_data.IMAGE_MEAN, "std": pretrain_data.IMAGE_STD,
+                  "pad_rgb": tuple(int(round(255 * m)) for m in pretrain_data.IMAGE_MEAN)}
+
+
+def normalize(images, device):
+    """uint8 (N, 3, H, W) -> the backbone's float input on `device` (pretraining's normalisation, the same function)."""
+    return pretrain_data.normalize(images, device)
 
 
 class Backbone(nn.Module):
-    """AlexNet conv1–pool5 (`encoder`) followed by fc6 and fc7 with ReLU and dropout."""
+    """AlexNet conv1–pool5 (`encoder`) followed by fc6 and fc7 with ReLU and dropout; `pretrained_cfg` and
+    `normalize` say what input it expects."""
+
+    pretrained_cfg = PRETRAINED_CFG
 
     def __init__(self, encoder, pool_shape, fc_dim=4096, dropout=0.5):
         super().__init__()
@@ -36,6 +49,10 @@ class Backbone(nn.Module):
         self.fc7 = nn.Linear(fc_dim, fc_dim)
         self.dropout = nn.Dropout(dropout)
         self.out_features = fc_dim
+
+    def normalize(self, images):
+        """uint8 (N, 3, H, W) -> normalised float input on the backbone's device."""
+        return normalize(images, self.fc6.weight.device)
 
     def forward_features(self, x):
         """Normalised images (N, 3, H, W) -> pool5 (N, C, h, w)."""

@@ -11,7 +11,7 @@ names the protocol the defaults come from.
 
 import argparse
 
-from cebench.config import add_profile_flag, add_skip_bad_flag
+from cebench.config import add_skip_bad_flag, entry_parser
 from cebench.curves import add_tensorboard_flag
 from cebench.runtime import add_precision_flag, add_threads_flag
 from pretrain.health import HEALTH_IMAGES
@@ -28,8 +28,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 def task_parser(prog, doc, protocol):
     """The parser of a transfer entry point and its groups by name: the same groups, in the same order, for every
     task; `protocol` names where the optimisation defaults come from."""
-    p = argparse.ArgumentParser(prog, description=doc, formatter_class=HelpFormatter, allow_abbrev=False)
-    add_profile_flag(p)
+    p = entry_parser(prog, doc, formatter_class=HelpFormatter)
     titles = ("data", "model", f"optimisation (defaults: {protocol})", "test", "run")
     return p, dict(zip(GROUPS, map(p.add_argument_group, titles), strict=True))
 

@@ -31,6 +31,7 @@ from cebench.runs import keep_previous_run
 from cebench.runtime import (barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything,
                              set_threads)
 from evaluation.metrics import interval_description
+from pretrain.weights import trunk_of
 from transfer import engine
 from transfer.backbone import build_backbone
 
@@ -66,8 +67,7 @@ def init_label(cfg, info):
 
 def backbone_from_flags(cfg, input_size):
     """The Backbone of --weights (the trunk flags apply to `random` only; a weights file brings its own)."""
-    arch = {"arch": cfg["arch"], "width": cfg["width"], "pool_free": cfg["pool_free"]}
-    return build_backbone(cfg["weights"], arch=arch, input_size=input_size, fc_dim=cfg["fc_dim"],
+    return build_backbone(cfg["weights"], arch=trunk_of(cfg), input_size=input_size, fc_dim=cfg["fc_dim"],
                           dropout=cfg["dropout"], seed=cfg["seed"])
 
 

@@ -214,31 +214,39 @@ def _check_image(path, ann):
         raise CebenchError(f"{path}: image is {width}x{height} but its annotation says {ann.width}x{ann.height}")
 
 
-def load_split(voc_root, year, split, *, skip_bad=False, check_images=True):
-    """Every image of ImageSets/Main/<split>.txt with annotation and labels, each file checked up front."""
-    base = year_dir(voc_root, year)
-    ids, paths, anns, labels, skipped = [], [], [], [], []
-    for image_id in read_image_set(voc_root, year, split):
-        image_path = base / "JPEGImages" / f"{image_id}.jpg"
+def _checked(image_ids, check, skip_bad):
+    """([(id, check(id))...], skipped): `check` raises CebenchError for a bad image, which stops the load or, with
+    `skip_bad`, leaves the image out and lists it in `skipped` with the reason."""
+    kept, skipped = [], []
+    for image_id in image_ids:
         try:
-            ann = parse_annotation(base / "Annotations" / f"{image_id}.xml")
-            if check_images:
-                _check_image(image_path, ann)
-            elif not image_path.is_file():
-                raise CebenchError(f"image not found: {image_path}")
+            kept.append((image_id, check(image_id)))
         except CebenchError as err:
             if not skip_bad:
                 raise
             skipped.append({"id": image_id, "reason": str(err)})
-            continue
-        ids.append(image_id)
-        paths.append(image_path)
-        anns.append(ann)
-        labels.append(image_labels(ann.objects))
-    if not ids:
+    return kept, skipped
+
+
+def load_split(voc_root, year, split, *, skip_bad=False, check_images=True):
+    """Every image of ImageSets/Main/<split>.txt with annotation and labels, each file checked up front."""
+    base = year_dir(voc_root, year)
+
+    def check(image_id):
+        image_path = base / "JPEGImages" / f"{image_id}.jpg"
+        ann = parse_annotation(base / "Annotations" / f"{image_id}.xml")
+        if check_images:
+            _check_image(image_path, ann)
+        elif not image_path.is_file():
+            raise CebenchError(f"image not found: {image_path}")
+        return image_path, ann
+
+    kept, skipped = _checked(read_image_set(voc_root, year, split), check, skip_bad)
+    if not kept:
         raise CebenchError(f"no usable images in {base}/ImageSets/Main/{split}.txt ({len(skipped)} skipped)")
-    return VocSplit(Path(voc_root), str(year), split, ids, paths, anns,
-                    np.stack(labels).astype(np.int8), skipped)
+    anns = [ann for _, (_, ann) in kept]
+    return VocSplit(Path(voc_root), str(year), split, [i for i, _ in kept], [p for _, (p, _) in kept], anns,
+                    np.stack([image_labels(a.objects) for a in anns]).astype(np.int8), skipped)
 
 
 def load_mask(path):
@@ -262,26 +270,20 @@ def load_mask(path):
 def segmentation_files(voc_root, year, split, *, skip_bad=False):
     """(ids, image paths, mask paths, skipped) of ImageSets/Segmentation/<split>.txt, each file checked."""
     base = year_dir(voc_root, year)
-    ids, images, masks, skipped = [], [], [], []
-    for image_id in read_image_set(voc_root, year, split, kind="Segmentation"):
+
+    def check(image_id):
         image_path = base / "JPEGImages" / f"{image_id}.jpg"
         mask_path = base / "SegmentationClass" / f"{image_id}.png"
-        try:
-            size = load_image(image_path, draft=False).size
-            mask = load_mask(mask_path)
-            if mask.shape[::-1] != size:
-                raise CebenchError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {size[0]}x{size[1]}")
-        except CebenchError as err:
-            if not skip_bad:
-                raise
-            skipped.append({"id": image_id, "reason": str(err)})
-            continue
-        ids.append(image_id)
-        images.append(image_path)
-        masks.append(mask_path)
-    if not ids:
+        size = load_image(image_path, draft=False).size
+        mask = load_mask(mask_path)
+        if mask.shape[::-1] != size:
+            raise CebenchError(f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {size[0]}x{size[1]}")
+        return image_path, mask_path
+
+    kept, skipped = _checked(read_image_set(voc_root, year, split, kind="Segmentation"), check, skip_bad)
+    if not kept:
         raise CebenchError(f"no usable images in {base}/ImageSets/Segmentation/{split}.txt")
-    return ids, images, masks, skipped
+    return [i for i, _ in kept], [p for _, (p, _) in kept], [m for _, (_, m) in kept], skipped
 
 
 def voc_palette():

@@ -8,12 +8,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cebench.logs import progress
-from pretrain.data import IMAGE_MEAN
+from transfer.backbone import PRETRAINED_CFG
 from transfer.sampling import derive_seed
 from voc.devkit import load_image
 
 
-MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGE_MEAN)  # padding colour: 0 after normalisation
+MEAN_RGB = PRETRAINED_CFG["pad_rgb"]  # padding colour: 0 after normalisation
 
 
 @dataclass(frozen=True)

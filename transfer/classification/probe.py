@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from evaluation.metrics import classification_map
-from pretrain.data import normalize
+from transfer.backbone import normalize
 from transfer.classification.data import TestViews
 
 

@@ -9,9 +9,8 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_write
 from cebench.records import percent, schedule_fields
 from evaluation.metrics import classification_map, classification_map_ci
-from pretrain.data import normalize
 from transfer import engine, stages
-from transfer.backbone import measure_health, rescale_backbone_
+from transfer.backbone import measure_health, normalize, rescale_backbone_
 from transfer.classification.data import ViewSpec, VocImages
 from transfer.classification.model import Classifier
 from transfer.classification.probe import linear_probe
@@ -53,6 +52,13 @@ def calibration_images(train, n, seed, device):
     views = [train.view(int(order[k % len(order)]), np.random.default_rng(engine.derive_seed(seed, 6, k)))
              for k in range(n)]
     return normalize(torch.stack(views), device)
+
+
+def calibration_views(split, cfg, device):
+    """The `rescale_images` normalised views of a VocSplit that transfer.classify's rescaling draws at the default
+    scales (evaluation.probe rescales on them: the same seed gives the same weights)."""
+    views = VocImages(split, ViewSpec(cfg["input_size"], cfg["base_size"]))
+    return calibration_images(views, cfg["rescale_images"], cfg["seed"], device)
 
 
 def classifier(backbone, cfg):

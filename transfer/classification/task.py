@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from cebench.logs import progress
 from evaluation.metrics import classification_map
-from pretrain.data import normalize
+from transfer.backbone import normalize
 from transfer.classification.data import TestViews
 
 

@@ -14,12 +14,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cebench.errors import CebenchError
-from pretrain.data import IMAGE_MEAN
+from transfer.backbone import PRETRAINED_CFG
 from transfer.detection.proposals import clip_and_filter
 from transfer.detection.targets import sample_rois
 from voc.devkit import VOC_CLASSES, load_image, year_dir
 
-MEAN_RGB = tuple(int(round(255 * m)) for m in IMAGE_MEAN)  # padding colour: 0 after normalisation
+MEAN_RGB = PRETRAINED_CFG["pad_rgb"]  # padding colour: 0 after normalisation
 
 
 @dataclass

@@ -12,9 +12,8 @@ from cebench.files import atomic_write, atomic_write_text
 from cebench.records import percent, schedule_fields, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
-from pretrain.data import normalize
 from transfer import engine, stages
-from transfer.backbone import measure_health, rescale_layers
+from transfer.backbone import measure_health, normalize, rescale_layers
 from transfer.detection.coco import coco_ap, load_coco_split
 from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)

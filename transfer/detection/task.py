@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from cebench.logs import progress
 from evaluation.metrics import detection_map
-from pretrain.data import normalize
+from transfer.backbone import normalize
 from transfer.detection.data import collate_rois, ground_truth
 from transfer.detection.targets import clip_boxes, decode_boxes, fast_rcnn_loss, postprocess_detections
 

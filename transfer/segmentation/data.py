@@ -16,7 +16,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode, functional as TF
 
 from cebench.errors import CebenchError
-from pretrain.data import IMAGE_MEAN, IMAGE_STD
+from transfer.backbone import PRETRAINED_CFG
 from voc.devkit import IGNORE_LABEL as IGNORE_INDEX, load_image, load_mask, segmentation_files
 
 NUM_CLASSES = 21  # background + the 20 VOC classes
@@ -78,8 +78,8 @@ class VOCSegmentation(Dataset):
 class SegTransform:
     """Joint image+mask transform: random rescale, crop (padded: mean image, void mask), flip, normalise."""
 
-    def __init__(self, *, scale_range=(1.0, 1.0), crop_size=0, flip_prob=0.0, mean=IMAGE_MEAN,
-                 std=IMAGE_STD):
+    def __init__(self, *, scale_range=(1.0, 1.0), crop_size=0, flip_prob=0.0, mean=PRETRAINED_CFG["mean"],
+                 std=PRETRAINED_CFG["std"]):
         self.scale_range, self.crop_size, self.flip_prob = tuple(scale_range), int(crop_size), float(flip_prob)
         self.mean, self.std = tuple(mean), tuple(std)
         self._fill = tuple(int(round(255 * m)) for m in self.mean)  # pad value = mean pixel, 0 once normalised
