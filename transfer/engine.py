@@ -271,7 +271,7 @@ def _item_count(batch):
 
 def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_config=None, tensorboard="auto"):
     """Train `model` on `task` for config.steps (or up to config.max_steps), checkpointing into `run_dir`."""
-    logger = logger or get_logger("cebench.engine", runtime.is_main)
+    logger = logger or get_logger("engine", runtime.is_main)
     run_dir, started = make_dirs(run_dir), time.time()
     events = tensorboard_dir(tensorboard, run_dir / TENSORBOARD_NAME)
     model.to(runtime.device).train()

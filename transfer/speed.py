@@ -53,7 +53,7 @@ def main(argv=None):
     set_threads(cfg["threads"])
     device = resolve_device(cfg["device"])
     precisions = cfg["precisions"] or benchmark_precisions(device)
-    train, test = run.load_data(cfg, get_logger("transfer.speed"))
+    train, test = run.load_data(cfg, get_logger("speed"))
     config = stages.train_config(cfg, stages.data_workers(cfg, cached=train._cache is not None))
     benches = {p: _bench(cfg, Runtime(device=device, precision=p), train, test, config) for p in precisions}
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=cfg["rounds"],

@@ -9,7 +9,7 @@
         paths = stages.output_paths(cfg, "classify", stages.init_label(cfg, info))
         with stages.run_outputs(paths, cfg, rt):              # the previous run stays aside until this one succeeds
             rescaling = stages.rescale_once(cfg, paths, rt, log, compute)
-            fit = engine.fit(task, model, stages.train_config(cfg, workers), paths["run_dir"], rt, ...)
+            fit = stages.fit(task, model, cfg, rt, paths, log, stages.data_workers(cfg, cached))
             record = stages.transfer_record(task=..., cfg=cfg, info=info, label=paths["label"],
                                             protocol=dict(stages.init_protocol(cfg, info, rescaling, fit), ...))
 
