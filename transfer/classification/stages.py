@@ -100,7 +100,7 @@ def finetune(model, train, test, cfg, rt, paths, log):
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
     fit = stages.fit(task, model, cfg, rt, paths, log, workers)
-    return task.last["scores"], fit
+    return (task.last or {}).get("scores"), fit  # None on other ranks: the main rank evaluates
 
 
 def save_scores(paths, test, scores):

@@ -156,7 +156,7 @@ def finetune(model, train, test, cfg, rt, paths, log):
                          test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                         "max_per_image": cfg["max_dets"]})
     fit = stages.fit(task, model, cfg, rt, paths, log, workers)
-    return task.last["detections"], fit
+    return (task.last or {}).get("detections"), fit  # None on other ranks: the main rank evaluates
 
 
 def write_devkit(folder, split_name, classes, detections):
