@@ -47,9 +47,6 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "classify", _run, check=run.check_config)
-
 
 def _run(cfg, rt, log, started):
     # data: every file of both splits is checked here (bad input fails now, not mid-run)
@@ -80,6 +77,10 @@ def _run(cfg, rt, log, started):
     return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
             "map_voc07": record["map_voc07"], "n_skipped": record["n_skipped"],
             "wall_time_s": record["wall_time_s"], "steps": fit.step if fit else 0}
+
+
+def main(argv=None):
+    return stages.run_main(get_args_parser(), argv, "classify", _run, check=run.check_config)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,6 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "detect", _run, check=run.check_config)
-
 
 def _run(cfg, rt, log, started):
     # data: annotations checked up front, then proposals (cached selective search or --proposals)
@@ -98,6 +95,10 @@ def _run(cfg, rt, log, started):
     log.info("%s: mAP@0.5 %s %s, COCO AP %s / AP50 %s, wrote %s", record["init"], record["value"],
              record["ci95"], record["coco_ap"], record["coco_ap50"], paths["out"])
     return run.summary(record, fit, proposal_info, paths)
+
+
+def main(argv=None):
+    return stages.run_main(get_args_parser(), argv, "detect", _run, check=run.check_config)
 
 
 if __name__ == "__main__":

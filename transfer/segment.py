@@ -60,9 +60,6 @@ def get_args_parser():
     return p
 
 
-def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "segment", _run, check=run.check_config)
-
 
 def _run(cfg, rt, log, started):
     # data first (a bad file fails before any output exists): augmented crops for training, whole test images
@@ -92,6 +89,10 @@ def _run(cfg, rt, log, started):
     log.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", paths["label"], record["value"],
              *record["ci95"], record["pixel_acc"], paths["out"])
     return dict(fit.metrics, out=str(paths["out"]), value=record["value"], ci95=record["ci95"])
+
+
+def main(argv=None):
+    return stages.run_main(get_args_parser(), argv, "segment", _run, check=run.check_config)
 
 
 if __name__ == "__main__":
