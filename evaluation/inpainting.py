@@ -38,7 +38,7 @@ def get_args_parser():
     g = p.add_argument_group("inpainting")
     g.add_argument("--decoder", default="auto", choices=["auto", "on", "off"], help="also score the context "
                    "encoder's decoder (auto: when --weights is a ce.pt that holds one)")
-    g.add_argument("--examples", type=int, default=8, help="held-out images drawn in the examples PNG")
+    g.add_argument("--examples", type=int, default=4, help="held-out images drawn in the examples PNG")
     add_run_args(p, seed_help="random init, subsets, examples and bootstrap", batches="batches",
                  out_help="record of NN-inpainting (default results/<profile>/inpainting_<init>.json); the "
                  "decoder's record and the examples PNG go next to it", overwrite_help="replace existing records")

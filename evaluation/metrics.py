@@ -12,6 +12,8 @@ Conventions of every function here:
   "sklearn" mode its copies are k successive points of the ranking, not a run of tied scores), and the interval
   is the bias-corrected and accelerated (BCa) one, which `INTERVAL` describes for the records.
 References: the PASCAL VOC devkit (VOCevalcls.m, VOCevaldet.m, VOCap.m) and FCN's score.py (mean IU).
+Of our code this module imports only `evaluation.bootstrap`, a leaf of numpy and scipy, so that `transfer` may use
+it without importing any evaluation entry point.
 """
 
 import warnings

@@ -43,9 +43,8 @@ def get_args_parser():
     g["test"].add_argument("--test-crops", type=int, default=10, help="random views averaged per test image "
                            "(paper: 10)")
     add_run_args(g["run"], out_help="result record (default results/<profile>/classify_<init>.json); checkpoints "
-                 "and metrics.jsonl go to a folder next to it", ckpt_every=1000)
+                 "and metrics.jsonl go to a folder next to it")
     return p
-
 
 
 def _run(cfg, rt, log, started):

@@ -68,9 +68,8 @@ def get_args_parser():
     test.add_argument("--write-devkit", default=None, help="folder for the detections as the devkit's results "
                       "files comp4_det_<split>_<class>.txt (default: devkit/ in the run folder next to the record)")
     add_run_args(g["run"], out_help="result record (default results/<profile>/detect_<init>.json); checkpoints and "
-                 "metrics.jsonl go to a folder next to it", ckpt_every=1000)
+                 "metrics.jsonl go to a folder next to it")
     return p
-
 
 
 def _run(cfg, rt, log, started):

@@ -6,7 +6,7 @@ names the protocol the defaults come from.
     p, g = task_parser("python -m transfer.segment", __doc__, "voc-fcn-alexnet's solver")
     add_data_args(g["data"], year="auto", train_split="train", test_split="val", ...)
     add_init_args(g["model"], ...); add_optimisation_args(g["optimisation"], ...); add_test_args(g["test"])
-    add_run_args(g["run"], out_help=..., ckpt_every=4000)
+    add_run_args(g["run"], out_help=...)
 """
 
 import argparse
@@ -133,7 +133,7 @@ def add_test_args(group, examples_what):
     add_examples_flag(group, examples_what)
 
 
-def add_run_args(group, *, out_help, ckpt_every):
+def add_run_args(group, *, out_help):
     """Seed, device, precision, CPU threads, the record's path, resuming, checkpoint/log intervals and TensorBoard."""
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -144,7 +144,7 @@ def add_run_args(group, *, out_help, ckpt_every):
     group.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists; the "
                        "previous run stays aside (hidden .NAME.previous), comes back if the new run fails and is "
                        "deleted once it succeeds")
-    group.add_argument("--ckpt-every", type=int, default=ckpt_every, help="iterations between run checkpoints")
+    group.add_argument("--ckpt-every", type=int, default=1000, help="iterations between run checkpoints")
     group.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations "
                        "(0 = end only)")
     group.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")

@@ -56,9 +56,8 @@ def get_args_parser():
     g["test"].add_argument("--save-predictions", default=None, help="folder for every test prediction as a "
                            "palette PNG (default <record>.predictions/)")
     add_run_args(g["run"], out_help="result record (default results/<profile>/segment_<init>.json); the run folder "
-                 "<record>.run/ and <record>.examples.png go beside it", ckpt_every=4000)
+                 "<record>.run/ and <record>.examples.png go beside it")
     return p
-
 
 
 def _run(cfg, rt, log, started):
