@@ -25,7 +25,7 @@ from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
 # Settings that shape the trajectory: a resumed run must agree on all of them to replay the same steps.
 REPLAY_KEYS = ("arch", "pool_free", "width", "input_size", "load_size", "dropout", "decoder_width", "mask",
                "overlap", "overlap_weight", "adv_weight", "steps", "batch_size", "lr", "beta1", "weight_decay",
-               "lr_schedule", "seed", "region_shapes", "precision")
+               "lr_schedule", "seed", "region_shapes", "region_shapes_split", "precision")
 
 
 def run_paths(out):
@@ -65,7 +65,7 @@ def build_dataset(cfg, logger=None):
     skipped = [image_name(p, cfg) for p in skipped + (cache.skipped if cache is not None else [])]
     shapes = None
     if cfg["mask"] == "random-region" and cfg.get("region_shapes"):
-        shapes = load_region_shapes(cfg["region_shapes"])
+        shapes = load_region_shapes(cfg["region_shapes"], ids=region_shape_ids(cfg))
         if not shapes:
             raise CebenchError(f"{cfg['region_shapes']}: no segmentation PNGs with object shapes found")
     dataset = InpaintingStream(paths, cfg["input_size"], cfg["load_size"], cfg["mask"], cfg["seed"], cache, shapes,
@@ -301,6 +301,19 @@ def _batches(loader):
         raise CebenchError(one_line(err)) from None
 
 
+def region_shape_ids(cfg):
+    """The image ids of --region-shapes-split (ImageSets/Segmentation/<split>.txt beside the shapes' folder), or
+    None: every PNG of the folder."""
+    split = cfg.get("region_shapes_split")
+    if not split:
+        return None
+    listing = Path(cfg["region_shapes"]).parent / "ImageSets" / "Segmentation" / f"{split}.txt"
+    try:
+        return listing.read_text().split()
+    except OSError as err:
+        raise CebenchError(f"{listing}: cannot read the --region-shapes-split list ({err.strerror})") from None
+
+
 def mask_source(cfg):
     """Which random-region variant ran (PAPER.md: the paper's VOC shapes or the released code's noise)."""
     if cfg["mask"] == AUTOENCODER:
@@ -308,7 +321,8 @@ def mask_source(cfg):
     if cfg["mask"] != "random-region":
         return cfg["mask"]
     if cfg.get("region_shapes"):
-        return f"paper: VOC segmentation shapes from {cfg['region_shapes']}"
+        split = f" (split {cfg['region_shapes_split']})" if cfg.get("region_shapes_split") else ""
+        return f"paper: VOC segmentation shapes from {cfg['region_shapes']}{split}"
     return "released code: thresholded bicubic noise (train_random.lua)"
 
 

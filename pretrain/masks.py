@@ -76,15 +76,20 @@ def random_region_mask(n, height, width, generator, cells=REGION_CELLS, density=
     return mask
 
 
-def load_region_shapes(folder, max_side=64, min_pixels=64):
-    """Object silhouettes from VOC segmentation PNGs (one per label value except 0 and 255), cropped, bool."""
+def load_region_shapes(folder, max_side=64, min_pixels=64, ids=None):
+    """Object silhouettes from VOC segmentation PNGs (one per label value except 0 and 255), cropped, bool.
+
+    ids: only the PNGs of these image ids (a split's list), e.g. the pretraining split's, so that no test image
+    lends its shapes; default every PNG under the folder."""
     from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
-    shapes = []
+    shapes, keep = [], None if ids is None else set(ids)
     for path in sorted(Path(folder).rglob("*.png")):
+        if keep is not None and path.stem not in keep:
+            continue
         with Image.open(path) as img:
             labels = np.asarray(img)
         for value in np.unique(labels):

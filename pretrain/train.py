@@ -67,6 +67,9 @@ def get_args_parser(run_files=True):
     g.add_argument("--region-shapes", default=None, help="folder of VOC segmentation PNGs (e.g. VOC2012/"
                    "SegmentationObject): random-region masks then paste their object shapes, as the paper; "
                    "without it, the released code's noise pattern")
+    g.add_argument("--region-shapes-split", default=None, metavar="SPLIT", help="only the PNGs listed in "
+                   "ImageSets/Segmentation/SPLIT.txt beside --region-shapes (e.g. the pretraining split, so that no "
+                   "test image lends its shapes); default every PNG of the folder")
     g.add_argument("--overlap", type=int, default=0, help="px of context around the hole also reconstructed "
                    "(paper: 7 for its central-region inpainting model; 0 for feature learning)")
     g.add_argument("--overlap-weight", type=float, default=10.0, help="L2 weight of the overlap band")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from cebench.errors import CebenchError
 from pretrain.losses import discriminator_loss, loss_weights, masked_l2
 from pretrain.masks import (AUTOENCODER, MASK_KINDS, apply_mask, central_mask, context_of, make_masks, overlap_band,
                             random_region_mask)
@@ -108,6 +109,27 @@ def test_voc_shape_region_masks(tmp_path):
     b = make_masks("random-region", 6, 64, 64, torch.Generator().manual_seed(0), shapes)
     frac = a.float().mean(dim=(1, 2, 3))
     assert torch.equal(a, b) and ((frac > 0.2) & (frac < 0.3)).all()
+
+
+def test_region_shapes_of_one_split_only(tmp_path):
+    """--region-shapes-split keeps the shapes of the listed images (a test image lends none)."""
+    from PIL import Image
+
+    from pretrain.loop import region_shape_ids
+    from pretrain.masks import load_region_shapes
+    seg, sets = tmp_path / "SegmentationClass", tmp_path / "ImageSets" / "Segmentation"
+    seg.mkdir()
+    sets.mkdir(parents=True)
+    for image_id, box in (("000001", (5, 30, 10, 20)), ("000002", (20, 35, 25, 45))):
+        labels = np.zeros((40, 50), dtype=np.uint8)
+        labels[box[0]:box[1], box[2]:box[3]] = 15
+        Image.fromarray(labels, mode="L").save(seg / f"{image_id}.png")
+    (sets / "train.txt").write_text("000002\n")
+    cfg = {"region_shapes": str(seg), "region_shapes_split": "train"}
+    assert [tuple(s.shape) for s in load_region_shapes(seg, ids=region_shape_ids(cfg))] == [(15, 20)]
+    assert len(load_region_shapes(seg, ids=region_shape_ids({**cfg, "region_shapes_split": None}))) == 2
+    with pytest.raises(CebenchError, match="val.txt"):
+        region_shape_ids({**cfg, "region_shapes_split": "val"})
 
 
 def test_autoencoder_sees_the_whole_image_and_its_loss_covers_every_pixel():
