@@ -1,4 +1,4 @@
-"""Rebuild the paper's Table 1 (inpainting) and Table 2 (transfer) from result records, the paper's numbers beside.
+"""Rebuild the paper's Tables 1 (inpainting) and 2 (transfer), and Table 3 (per-layer probes), from result records.
 
 Reads every result record under --results (nothing else), writes table1.csv/.md, table2.csv/.md and a bar chart
 of Table 2 with 95% intervals (table2.png); with probe records (python -m evaluation.probe) also Table 3, the
