@@ -20,7 +20,8 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.logs import get_logger
 from cebench.records import default_record_path, write_record
-from cebench.runtime import add_threads_flag, default_num_workers, init_distributed, seed_everything, set_threads
+from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, init_distributed,
+                              seed_everything, set_threads)
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
@@ -54,6 +55,7 @@ def get_args_parser():
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add_precision_flag(g)
     add_threads_flag(g, "torch threads, and classes fitted in parallel (each with one BLAS thread; 0: one class "
                      "at a time)")
     g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per split (quick runs)")
@@ -91,7 +93,8 @@ def main(argv=None):
     check_args(args)
     cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"])
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     set_threads(cfg["threads"])
     seed_everything(cfg["seed"])
     log = get_logger("probe")
@@ -107,8 +110,9 @@ def main(argv=None):
     rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
     # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change
     before = state_fingerprint(backbone)
-    train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
-    test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
+    with autocast(rt.device, rt.precision):  # features come out float32 whatever the arithmetic
+        train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
+        test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
     assert_unchanged(backbone, before)
     # probes: per layer a logistic regression per class, C chosen on held-out training images, scored on test
     train_y = train.labels[:len(train_x[cfg["layers"][0]])]

@@ -93,6 +93,12 @@ def test_probe_main_on_a_tiny_voc(voc, tmp_path):
                         "--weights", "random", "--cs", "0.001", "0.1", "--out", str(out), "--overwrite",
                         "--layers", "conv1", "conv2"])
     assert again["layers"]["conv2"] == result["layers"]["conv2"]
+    assert record["precision"] == "fp32"  # the smoke profile's
+    # bfloat16 arithmetic (--precision): the record says so and the features stay float32 for the probes
+    bf16 = tmp_path / "probe_bf16.json"
+    probe.main([*SMALL, "--voc-root", str(voc.root), "--train-split", "train", "--test-split", "val",
+                "--weights", "random", "--cs", "0.001", "--layers", "conv1", "--precision", "bf16", "--out", str(bf16)])
+    assert read_record(bf16)["precision"] == "bf16" and 0 <= read_record(bf16)["layers"]["conv1"]["value"] <= 100
     with pytest.raises(CebenchError, match="exists"):
         probe.main([*SMALL, "--voc-root", str(voc.root), "--weights", "random", "--out", str(out)])
     with pytest.raises(CebenchError, match="--cs"):
