@@ -167,9 +167,12 @@ def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replac
     return g
 
 
-def start_run(parser, argv, stage):
-    """Config (defaults < profile < command line), distributed runtime with its precision, threads, seed, logger."""
+def start_run(parser, argv, stage, check=None):
+    """Config (defaults < profile < command line, then `check(cfg)`), distributed runtime with its precision,
+    threads, seed, logger."""
     cfg = resolved_config(parse_with_profile(parser, argv, stage))
+    if check:
+        check(cfg)
     rt = init_distributed(cfg["device"], cfg["precision"])
     cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
     set_threads(cfg["threads"])

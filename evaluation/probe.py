@@ -15,19 +15,17 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from cebench.config import entry_parser, parse_with_profile, resolved_config
+from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
-from cebench.logs import get_logger
 from cebench.records import default_record_path, write_record
-from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, init_distributed,
-                              seed_everything, set_threads)
+from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers
 from evaluation import probe_run as run
-from evaluation.features import ContextImages
+from evaluation.features import ContextImages, start_run
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
-from transfer.stages import init_label
+from transfer.stages import check_positive, init_label
 from voc.devkit import load_split
 
 
@@ -66,15 +64,13 @@ def get_args_parser():
     return p
 
 
-def check_args(args):
-    for name in ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
-    if any(c <= 0 for c in args.cs):
+def check_config(cfg):
+    check_positive(cfg, ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"))
+    if any(c <= 0 for c in cfg["cs"]):
         raise CebenchError("--cs must be positive")
-    if len(args.cs) > 1 and not 0 < args.held_out < 1:
+    if len(cfg["cs"]) > 1 and not 0 < cfg["held_out"] < 1:
         raise CebenchError("--held-out must be in (0, 1) when --cs offers a choice")
-    if args.max_steps is not None and args.max_steps < 1:
+    if cfg["max_steps"] is not None and cfg["max_steps"] < 1:
         raise CebenchError("--max-steps must be positive")
 
 
@@ -89,15 +85,8 @@ def features(encoder, split, cfg, device, desc):
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "probe")
-    check_args(args)
-    cfg = resolved_config(args)
     started = time.time()
-    rt = init_distributed(cfg["device"], cfg["precision"])
-    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
-    set_threads(cfg["threads"])
-    seed_everything(cfg["seed"])
-    log = get_logger("probe")
+    cfg, rt, log = start_run(get_args_parser(), argv, "probe", check=check_config)
     # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are
     # not decoded up front: a bad one stops the feature pass with one line naming it
     train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
