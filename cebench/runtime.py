@@ -10,7 +10,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import CebenchError
+from cebench.logs import get_logger
 
 
 @dataclass(frozen=True)
@@ -165,3 +167,17 @@ def set_threads(threads):
     """Apply --threads (0 or None: leave torch's default)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def start_run(parser, argv, stage, check=None):
+    """The start of every entry point that computes: config (parser defaults < benchmarks.yaml profile < command
+    line, then `check(cfg)`), distributed runtime with its resolved precision, threads, seed, and a logger named
+    after the stage. Returns (cfg, rt, log)."""
+    cfg = resolved_config(parse_with_profile(parser, argv, stage))
+    if check:
+        check(cfg)
+    rt = init_distributed(cfg["device"], cfg["precision"])
+    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
+    set_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    return cfg, rt, get_logger(stage, rt.is_main)

@@ -13,11 +13,9 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
-from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import CebenchError
-from cebench.logs import get_logger, progress
-from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, init_distributed,
-                             seed_everything, set_threads, worker_seed_init)
+from cebench.logs import progress
+from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, worker_seed_init)
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
@@ -165,19 +163,6 @@ def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replac
     g.add_argument("--out", default=None, help=out_help)
     g.add_argument("--overwrite", action="store_true", help=overwrite_help)
     return g
-
-
-def start_run(parser, argv, stage, check=None):
-    """Config (defaults < profile < command line, then `check(cfg)`), distributed runtime with its precision,
-    threads, seed, logger."""
-    cfg = resolved_config(parse_with_profile(parser, argv, stage))
-    if check:
-        check(cfg)
-    rt = init_distributed(cfg["device"], cfg["precision"])
-    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
-    set_threads(cfg["threads"])
-    seed_everything(cfg["seed"])
-    return cfg, rt, get_logger(stage)
 
 
 def build_extractor(cfg, device, precision="fp32"):

@@ -17,8 +17,9 @@ from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
+from cebench.runtime import start_run
 from evaluation.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery, encoder_health,
-                                 extract_features, hole_mask, load_square, start_run)
+                                 extract_features, hole_mask, load_square)
 from evaluation.figures import retrieval_grid
 from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
 from evaluation.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)

@@ -22,14 +22,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, make_dirs, refuse_overwrite
-from cebench.logs import get_logger
 from cebench.records import default_record_path, make_record
 from cebench.runs import keep_previous_run
-from cebench.runtime import (barrier, cleanup_distributed, default_num_workers, init_distributed, seed_everything,
-                             set_threads)
+from cebench.runtime import barrier, cleanup_distributed, default_num_workers, start_run
 from evaluation.metrics import interval_description
 from pretrain.weights import trunk_of
 from transfer import engine
@@ -40,15 +37,9 @@ def run_main(parser, argv, stage, body, check=None):
     """Every transfer `main`: config (parser defaults < benchmarks.yaml profile < command line), checked ->
     distributed, precision, threads, seed, a logger named after the stage -> body(cfg, rt, log, started) -> cleanup."""
     started = time.time()
-    cfg = resolved_config(parse_with_profile(parser, argv, stage))
-    if check:
-        check(cfg)
-    rt = init_distributed(cfg["device"], cfg["precision"])
-    cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
-    set_threads(cfg["threads"])
-    seed_everything(cfg["seed"])
+    cfg, rt, log = start_run(parser, argv, stage, check)
     try:
-        return body(cfg, rt, get_logger(stage, rt.is_main), started)
+        return body(cfg, rt, log, started)
     finally:
         cleanup_distributed()
 
