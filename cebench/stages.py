@@ -25,7 +25,7 @@ class Stage:
     trains: bool = False  # optimises a network: runs under torchrun with --nproc-per-node (DDP)
     takes: tuple = ()  # PASS_THROUGH_KEYS it receives from run_all
     hog: bool = False  # takes HOG features as an init (--features hog); such runs honour --center
-    table2: str | None = None  # its column of Table 2 (evaluation.paper_tables), None: not in Table 2
+    table2: str | None = None  # its column of Table 2 (evaluation.reporting.paper_tables), None: not in Table 2
     examples: str | None = None  # file-name prefix of the example figures it writes beside its records
     example_title: str | None = None  # their heading in report.html
     null_reason: str | None = None  # why one of its per-class scores can be undefined (stored as null)

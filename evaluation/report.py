@@ -18,9 +18,9 @@ from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from cebench.stages import STAGES
-from evaluation import report_html as h
-from evaluation.cells import is_complete
-from evaluation.paper_tables import add_results_args, load_records, variant_of
+from evaluation.reporting import report_html as h
+from evaluation.reporting.cells import is_complete
+from evaluation.reporting.paper_tables import add_results_args, load_records, variant_of
 from evaluation.tables import provenance
 
 EXAMPLE_TITLES = {s.examples: s.example_title for s in STAGES if s.examples}  # file-name prefix -> heading

@@ -4,7 +4,8 @@ Reads every result record under --results (nothing else), writes table1.csv/.md,
 of Table 2 with 95% intervals (table2.png); with probe records (python -m evaluation.probe) also Table 3, the
 per-layer linear probes (inits x layers, table3.csv/.md) and its figure (table3.png, mAP vs layer). Missing runs
 are empty cells, never zeros. A cell averages the seeds of one configuration only (complete runs before partial
-ones, see evaluation.cells); each table's footer names the records it left out and why, and the unreadable files.
+ones, see evaluation.reporting.cells); each table's footer names the records it left out and why, and the unreadable
+files.
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -18,9 +19,9 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from cebench.records import results_dir
-from evaluation.figures import layer_lines, table_bars
-from evaluation.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records, markdown,
-                                     read_published, table1, table2, table3)
+from evaluation.reporting.figures import layer_lines, table_bars
+from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
+                                               markdown, read_published, table1, table2, table3)
 
 
 def get_args_parser():

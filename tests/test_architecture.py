@@ -3,6 +3,8 @@
 import ast
 from pathlib import Path
 
+from cebench.stages import NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("cebench", "pretrain", "transfer", "evaluation", "voc")
 
@@ -60,3 +62,57 @@ def test_no_import_cycle_anywhere():
 def test_the_graph_sees_known_arrows():  # guards the checks above against a parser that finds no import at all
     assert "cebench.errors" in GRAPH["cebench.files"]
     assert "cebench.logs" in GRAPH["cebench.errors"]  # run_cli closes the bars (an import inside a function)
+
+
+LAYERS = ("cebench", "voc", "pretrain", "transfer", "evaluation")  # each may import those before it only
+PURE = "evaluation.metrics"  # the pure metrics: importable by any layer, importing nothing of ours but themselves
+
+
+def _in(name, package):
+    return name == package or name.startswith(package + ".")
+
+
+def _layer(name):
+    return LAYERS.index(name.split(".")[0])
+
+
+def test_no_arrow_runs_back_up():
+    upward = [(m, d) for m, deps in GRAPH.items() for d in deps
+              if _layer(d) > _layer(m) and not _in(d, PURE)]
+    assert not upward, f"imports of a later layer: {sorted(upward)}"
+
+
+def test_transfer_imports_only_the_pure_metrics_of_evaluation():
+    found = {d for m, deps in GRAPH.items() if _in(m, "transfer") for d in deps if _in(d, "evaluation")}
+    assert found and all(_in(d, PURE) for d in found), sorted(found)
+
+
+def test_the_pure_metrics_import_nothing_of_ours_but_one_another():
+    found = {(m, d) for m, deps in GRAPH.items() if _in(m, PURE) for d in deps if not _in(d, PURE)}
+    assert not found, sorted(found)
+
+
+def test_reporting_reads_no_experiment_and_no_entry_point():
+    reporting = [m for m in GRAPH if _in(m, "evaluation.reporting")]
+    assert len(reporting) >= 4
+    found = {(m, d) for m in reporting for d in GRAPH[m]
+             if _in(d, "evaluation") and not (_in(d, "evaluation.reporting") or _in(d, PURE))}
+    assert not found, sorted(found)
+
+
+def test_the_plumbing_imports_no_model_code():  # the suite reads the stage table without importing a stage
+    found = {(m, d) for m, deps in GRAPH.items() if _in(m, "cebench") for d in deps if not _in(d, "cebench")}
+    assert not found, sorted(found)
+
+
+STAGE_NAMES = NAMES
+
+
+def test_at_most_one_file_spells_three_stage_names():  # the stage table; every other list is read from it
+    spelling = {}
+    for name, path in MODULES.items():
+        literals = {n.value for n in ast.walk(ast.parse(path.read_text()))
+                    if isinstance(n, ast.Constant) and n.value in STAGE_NAMES}
+        if len(literals) >= 3:
+            spelling[name] = sorted(literals)
+    assert list(spelling) == ["cebench.stages"], spelling

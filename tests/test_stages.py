@@ -12,7 +12,8 @@ from pathlib import Path
 
 from cebench import config, records, suite_args
 from cebench.stages import STAGES, names, spoken, stage
-from evaluation import paper_tables, report
+from evaluation import report
+from evaluation.reporting import paper_tables
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 records and published.csv.
 
 Cells: our value (mean over the runs of one configuration of an initialisation, i.e. its seeds; see
-evaluation.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
+evaluation.reporting.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
 bootstrap bounds), the number of runs, whether they ran their whole schedule, and the paper's value beside it.
 A missing run is NaN: an empty cell in the CSV and Markdown, never a zero.
 """
@@ -18,9 +18,9 @@ import pandas as pd
 from cebench.errors import CebenchError
 from cebench.records import TASKS, read_record
 from cebench.stages import STAGES
-from evaluation.cells import is_complete, progress_note, select
+from evaluation.reporting.cells import is_complete, progress_note, select
 
-PUBLISHED = Path(__file__).with_name("published.csv")
+PUBLISHED = Path(__file__).parents[1] / "published.csv"
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
                "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG"}
@@ -157,7 +157,8 @@ def pretraining_columns(key, records):
 
 
 def select_cell(label, runs, report):
-    """The records a cell shows (one configuration, see evaluation.cells); the rest go to report["left_out"]."""
+    """The records a cell shows (one configuration, see evaluation.reporting.cells); the rest go to
+    report["left_out"]."""
     kept, left_out = select(runs)
     report["shown"] += kept
     report["left_out"] += [(label, r["_path"], reason) for r, reason in left_out]
@@ -241,7 +242,7 @@ def table1(records, published):
 
 def table3(records):
     """Rows per initialisation, a column per probed layer: mean probe mAP over the runs of one configuration
-    (evaluation.cells), with its interval. Returns (table, layers, report of the records left out)."""
+    (evaluation.reporting.cells), with its interval. Returns (table, layers, report of the records left out)."""
     found = defaultdict(list)
     for r in records:
         if r["task"] == TABLE3_TASK and isinstance(r.get("layers"), dict):
