@@ -26,7 +26,7 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.processes import Tee, child_env, run_process
 from cebench.records import git_info, read_record, record_name, results_dir
-from cebench.stages import PASS_THROUGH_KEYS, STAGES, stage as row_of
+from cebench.stages import BY_NAME, PASS_THROUGH_KEYS, STAGES, Stage
 from cebench.suite_args import get_args_parser, profile_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,6 +38,12 @@ RUN_KEYS = {"stages", "synthetic", "supervised"}
 STAGE_KEYS = {"inits", "module"}
 SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
 BAR = "=" * 100
+DATA = Stage("data", "voc.synthetic", runs="once", rebuilt=True)  # the synthetic devkit: a job, not a stage
+
+
+def row_of(stage):
+    """The row of the stage table behind a job (the synthetic-data job has a row of its own)."""
+    return DATA if stage == DATA.name else BY_NAME[stage]
 
 
 @dataclass
@@ -117,10 +123,10 @@ def plan(profile, opts):
     jobs = []
     if run.get("synthetic") and not (opts.voc_root and opts.images):  # some stage still reads the synthetic data
         syn = dict(run["synthetic"])
-        argv = ["-m", "voc.synthetic", "--out", _shown(_profile_path(profile, syn.pop("out")))]
+        argv = ["-m", DATA.module, "--out", _shown(_profile_path(profile, syn.pop("out")))]
         for key, value in syn.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
-        jobs.append(Job("data", "synthetic", argv, REPO / argv[3], always=True))
+        jobs.append(Job(DATA.name, "synthetic", argv, REPO / argv[3], always=True))
     for row in STAGES:  # the pipeline's order, whatever the order in the YAML
         stage = row.name
         if stage not in stages:
@@ -237,7 +243,7 @@ def _check_output(job):
     """A finished stage must have written its output; a record must be well formed and of its task."""
     if not job.out.exists():
         raise CebenchError(f"{job.label} exited with status 0 but did not write {_shown(job.out)}")
-    task = row_of(job.stage).task if job.stage != "data" else None
+    task = row_of(job.stage).task
     if task:
         record = read_record(job.out)
         if record["task"] != task:
@@ -259,7 +265,7 @@ def _extra_flags(job, state, env):
 
 def launcher(job, opts):
     """torchrun in front of the training stages when --nproc-per-node asks for several processes (one node)."""
-    if (opts.nproc_per_node or 1) > 1 and job.stage != "data" and row_of(job.stage).trains:
+    if (opts.nproc_per_node or 1) > 1 and row_of(job.stage).trains:
         return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={opts.nproc_per_node}"]
     return []
 

@@ -67,3 +67,12 @@ def test_a_toy_stage_added_as_one_row_appears_in_the_dry_run(tmp_path):
     assert commands[1:] == [  # after pretraining, in the table's order; its flags from the row (no --max-steps)
         f"$ python -m transfer.knn --profile toy --weights {w} --out results/toy/knn_{i}.json --voc-root voc --seed 3"
         for w, i in (("random", "random"), ("results/toy/ce-untrained.pt", "ce-untrained"))]
+
+
+def test_the_smoke_profile_plans_its_synthetic_data_first_and_every_stage(tmp_path, capsys):
+    from cebench.suite import main
+
+    out = main(["smoke", "--dry-run", "--results", str(tmp_path / "res")])
+    assert [j["stage"] for j in out["jobs"]][:2] == ["data", "pretrain"] and out["synthetic"]
+    assert {j["stage"] for j in out["jobs"]} == {"data", *(s.name for s in STAGES)} - {"curve"}  # smoke: no curve
+    assert "$ python -m voc.synthetic --out" in capsys.readouterr().out
