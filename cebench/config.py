@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from cebench.errors import CebenchError
+from cebench.stages import NAMES
 
-STAGES = ("pretrain", "classify", "detect", "segment", "retrieval", "inpainting", "probe", "curve", "tables",
-          "report")
+STAGES = NAMES  # the sections of a profile, one per stage (cebench.stages)
 PROFILE_KEYS = {"description", "common", "run", *STAGES}
 # Keys a profile's `common:` section may set: flags that several stages take (tests/test_config.py checks each
 # against the entry points' parsers). Each stage takes the ones its parser has; any other key is a typo.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_bytes
-from cebench.logs import append_jsonl
+from cebench.files import append_jsonl
 
 _NOT_SCALARS = {"step", "eval", "final"}
 

@@ -162,6 +162,15 @@ def remove_stale_temps(*paths):
                     tmp.unlink(missing_ok=True)
 
 
+def append_jsonl(path, row):
+    """Append one JSON line (per epoch or per log interval) to a run's metrics.jsonl."""
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as err:
+        raise write_error(path, err) from None
+
+
 def truncate_jsonl(path, keep):
     """Rewrite a JSON-lines file with only the rows for which keep(row) is true (resuming: drop replayed steps)."""
     path = Path(path)

@@ -1,12 +1,10 @@
-"""Logging routed through tqdm (bars don't tear), progress bars on the main process only, metrics.jsonl."""
+"""Logging routed through tqdm (bars don't tear) and progress bars on the main process only (metrics.jsonl lines
+are written by cebench.files.append_jsonl)."""
 
-import json
 import logging
 import sys
 
 from tqdm.auto import tqdm
-
-from cebench.files import write_error
 
 
 class _TqdmHandler(logging.Handler):
@@ -44,12 +42,3 @@ def close_progress_bars():
     for bar in sorted(bars, key=lambda b: abs(getattr(b, "pos", 0)), reverse=True):  # nested bars: inner first
         bar.close()
     sys.stderr.flush()
-
-
-def append_jsonl(path, row):
-    """Append one JSON line (per epoch or per log interval) to a run's metrics.jsonl."""
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as err:
-        raise write_error(path, err) from None

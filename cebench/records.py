@@ -16,8 +16,9 @@ from pathlib import Path
 from cebench.config import benchmarks_path
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, refuse_non_finite
+from cebench.stages import RECORD_TASKS, STAGES
 
-TASKS = ("classification", "detection", "segmentation", "retrieval", "inpainting", "probe")
+TASKS = RECORD_TASKS  # one per stage that writes records (cebench.stages)
 REQUIRED = ("task", "init", "dataset", "split", "metric", "value", "ci95", "per_class", "n_images",
             "seed", "wall_time_s", "config", "protocol", "versions")
 _PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "faiss-cpu", "opencv-contrib-python-headless",
@@ -80,15 +81,7 @@ def git_info():
 
 
 # Why a per-class score can be undefined, per task (its null in per_class and in per_class_* extra fields).
-PER_CLASS_NULL = {
-    "classification": "AP undefined: the class has no non-difficult positive image in the test split; left out "
-                      "of the mean",
-    "detection": "AP undefined: the class has no non-difficult object in the test split; left out of the mean",
-    "segmentation": "IoU undefined: the class is in neither the ground truth nor the predictions; left out of the "
-                    "mean",
-    "retrieval": "undefined: no query holds the class",
-    "inpainting": "undefined: no held-out image holds the class",
-}
+PER_CLASS_NULL = {s.task: s.null_reason for s in STAGES if s.null_reason}
 CI95_NULL = "bootstrap interval undefined on this test split (too few images with a defined score)"
 
 

@@ -21,20 +21,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cebench.config import STAGES, get_profile
+from cebench.config import get_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.processes import Tee, child_env, run_process
 from cebench.records import git_info, read_record, record_name, results_dir
+from cebench.stages import BY_NAME, PASS_THROUGH_KEYS, STAGES, Stage
 from cebench.suite_args import get_args_parser, profile_name
 
 REPO = Path(__file__).resolve().parents[1]
-MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
-           "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
-           "inpainting": "evaluation.inpainting", "probe": "evaluation.probe", "curve": "evaluation.curve",
-           "tables": "evaluation.tables", "report": "evaluation.report"}
-TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation",
-         "retrieval": "retrieval", "inpainting": "inpainting", "probe": "probe"}
 INITS = ("ce", "random", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval and inpainting only
 # The weights the pretrain stage writes (results/<init>.pt, ce.pt for ce) and the flags that make them: the paper's
 # autoencoder control (no mask, the whole image reconstructed) and the untrained context encoder (step 0).
@@ -42,11 +37,13 @@ PRETRAINED = {"ce": [], "autoencoder": ["--mask", "none"], "ce-untrained": ["--m
 RUN_KEYS = {"stages", "synthetic", "supervised"}
 STAGE_KEYS = {"inits", "module"}
 SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
-# Which stages receive each pass-through option of run_all (all others take them from the profile).
-PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "device": ("pretrain", *TASKS),
-                "seed": ("pretrain", *TASKS), "max_steps": ("pretrain", "classify", "detect", "segment")}
-DISTRIBUTED = ("pretrain", "classify", "detect", "segment")  # the stages that train (DDP under torchrun)
 BAR = "=" * 100
+DATA = Stage("data", "voc.synthetic", runs="once", rebuilt=True)  # the synthetic devkit: a job, not a stage
+
+
+def row_of(stage):
+    """The row of the stage table behind a job (the synthetic-data job has a row of its own)."""
+    return DATA if stage == DATA.name else BY_NAME[stage]
 
 
 @dataclass
@@ -85,16 +82,17 @@ def run_section(profile):
     run = profile.get("run")
     if not isinstance(run, dict) or not isinstance(run.get("stages"), dict):
         raise CebenchError(f"{where}: missing; it needs a 'stages' mapping (what run_all.sh runs)")
-    for bad, keys in ((set(run) - RUN_KEYS, "keys"), (set(run["stages"]) - set(STAGES), "stages")):
+    for bad, keys in ((set(run) - RUN_KEYS, "keys"), (set(run["stages"]) - {s.name for s in STAGES}, "stages")):
         if bad:
             raise CebenchError(f"{where}: unknown {keys} {sorted(bad)}")
     for stage, spec in run["stages"].items():
         spec = spec or {}
         if not isinstance(spec, dict) or set(spec) - STAGE_KEYS:
             raise CebenchError(f"{where}.stages.{stage}: expected a mapping with keys {sorted(STAGE_KEYS)}")
-        inits = spec.get("inits", ["ce"] if stage == "pretrain" else [])
-        allowed = {"pretrain": tuple(PRETRAINED), "retrieval": INITS, "inpainting": INITS}.get(stage, INITS[:-1])
-        if stage in (*TASKS, "pretrain") and (not isinstance(inits, list) or not inits or set(inits) - set(allowed)):
+        row = row_of(stage)
+        inits = spec.get("inits", ["ce"] if row.runs == "pretrain" else [])
+        allowed = tuple(PRETRAINED) if row.runs == "pretrain" else INITS if row.hog else INITS[:-1]
+        if row.runs != "once" and (not isinstance(inits, list) or not inits or set(inits) - set(allowed)):
             raise CebenchError(f"{where}.stages.{stage}.inits: expected a list of {list(allowed)}, got {inits!r}")
     synthetic = run.get("synthetic")
     if synthetic is not None and (not isinstance(synthetic, dict) or set(synthetic) - SYNTHETIC_KEYS
@@ -106,9 +104,9 @@ def run_section(profile):
 def _pass_through(stage, opts):
     """run_all's overrides that this stage takes, as command-line flags."""
     argv = []
-    for key, stages in PASS_THROUGH.items():
+    for key in PASS_THROUGH_KEYS:
         value = getattr(opts, key)
-        if value is not None and stage in stages:
+        if value is not None and key in row_of(stage).takes:
             argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
     return argv
 
@@ -125,29 +123,29 @@ def plan(profile, opts):
     jobs = []
     if run.get("synthetic") and not (opts.voc_root and opts.images):  # some stage still reads the synthetic data
         syn = dict(run["synthetic"])
-        argv = ["-m", "voc.synthetic", "--out", _shown(_profile_path(profile, syn.pop("out")))]
+        argv = ["-m", DATA.module, "--out", _shown(_profile_path(profile, syn.pop("out")))]
         for key, value in syn.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
-        jobs.append(Job("data", "synthetic", argv, REPO / argv[3], always=True))
-    for stage in STAGES:  # the pipeline's order, whatever the order in the YAML
+        jobs.append(Job(DATA.name, "synthetic", argv, REPO / argv[3], always=True))
+    for row in STAGES:  # the pipeline's order, whatever the order in the YAML
+        stage = row.name
         if stage not in stages:
             continue
         spec, common = stages[stage] or {}, ["--profile", name]
-        module = spec.get("module", MODULES[stage])
-        if stage == "pretrain":
+        module = spec.get("module", row.module)
+        if row.runs == "pretrain":
             for init in spec.get("inits", ["ce"]):
                 if not (init == "ce" and opts.ce):
                     argv = ["-m", module, *common, "--out", _shown(weights[init]), *_pass_through(stage, opts),
                             *PRETRAINED[init]]  # last: --max-steps 0 wins over a passed-through cap
                     jobs.append(Job(stage, init, argv, weights[init]))
             continue
-        if stage in ("curve", "tables", "report"):  # tables and report: cheap, from the records, rebuilt every time
-            curve = results.with_name(f"{results.name}-curve")  # apart: its checkpoints are no rows of the tables
-            out = {"curve": curve / "curve.csv", "tables": results / "table2.md",
-                   "report": results / "report.html"}[stage]
-            argv = ["-m", module, *common] + (["--out-dir", _shown(out.parent)] if stage == "curve" else
+        if row.runs == "once":  # from the records (tables, report: cheap, rebuilt every time)
+            apart = stage == "curve"  # its own folder: its checkpoints are no rows of the tables
+            out = (results.with_name(f"{results.name}-curve") if apart else results) / row.output
+            argv = ["-m", module, *common] + (["--out-dir", _shown(out.parent)] if apart else
                                               ["--results", _shown(results)])
-            jobs.append(Job(stage, None, argv, out, always=stage != "curve"))
+            jobs.append(Job(stage, None, argv, out, always=row.rebuilt))
             continue
         for init in spec["inits"]:
             if init == "supervised" and not supervised:
@@ -178,7 +176,7 @@ def preflight(profile, jobs, opts):
         if job.stage == "pretrain":
             path = opts.images or section.get("images")
             needs[path] = ("folder of unlabelled images for pretraining", "--images", "e.g. ImageNet's train/")
-        elif job.stage in PASS_THROUGH["voc_root"]:
+        elif "voc_root" in row_of(job.stage).takes:
             path = opts.voc_root or section.get("voc_root") or (profile.get("common") or {}).get("voc_root")
             needs[path] = ("VOCdevkit", "--voc-root", "the folder that holds VOC2007/")
     for path, (what, flag, hint) in needs.items():
@@ -245,10 +243,11 @@ def _check_output(job):
     """A finished stage must have written its output; a record must be well formed and of its task."""
     if not job.out.exists():
         raise CebenchError(f"{job.label} exited with status 0 but did not write {_shown(job.out)}")
-    if job.stage in TASKS:
+    task = row_of(job.stage).task
+    if task:
         record = read_record(job.out)
-        if record["task"] != TASKS[job.stage]:
-            raise CebenchError(f"{_shown(job.out)}: record of task {record['task']!r}, expected {TASKS[job.stage]!r}")
+        if record["task"] != task:
+            raise CebenchError(f"{_shown(job.out)}: record of task {record['task']!r}, expected {task!r}")
         return f"{record['metric']} = {record['value']}"
     return ""
 
@@ -266,7 +265,7 @@ def _extra_flags(job, state, env):
 
 def launcher(job, opts):
     """torchrun in front of the training stages when --nproc-per-node asks for several processes (one node)."""
-    if (opts.nproc_per_node or 1) > 1 and job.stage in DISTRIBUTED:
+    if (opts.nproc_per_node or 1) > 1 and row_of(job.stage).trains:
         return ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={opts.nproc_per_node}"]
     return []
 

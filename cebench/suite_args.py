@@ -6,6 +6,7 @@ from pathlib import Path
 
 from cebench.config import STAGES, load_benchmarks
 from cebench.errors import CebenchError
+from cebench.stages import names, spoken
 
 
 def _profiles_help():
@@ -58,9 +59,9 @@ def get_args_parser():
     g.add_argument("--device", choices=["auto", "cpu", "cuda"])
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N",
-                   help="cap on the optimisation steps of pretrain, classify, detect and segment, for quick trials")
+                   help=f"cap on the optimisation steps of {spoken(names(trains=True))}, for quick trials")
     g.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
-                   help="run pretrain, classify, detect and segment with torchrun on N processes of this node "
+                   help=f"run {spoken(names(trains=True))} with torchrun on N processes of this node "
                    "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
                    "commands (--dry-run prints them) under torchrun --nnodes")
     g = parser.add_argument_group("run")

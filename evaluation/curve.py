@@ -23,7 +23,7 @@ from cebench.logs import get_logger
 from cebench.records import read_record
 from cebench.runtime import add_threads_flag, resolve_device, set_threads
 from evaluation import probe
-from evaluation.figures import curve_plot
+from evaluation.reporting.figures import curve_plot
 from pretrain import train
 from pretrain.data import InpaintingStream, normalize
 from pretrain.loop import snapshot_path

@@ -19,13 +19,13 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import start_run
-from evaluation.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery, encoder_health,
-                                 extract_features, hole_mask)
-from evaluation.figures import inpainting_grid
-from evaluation.fills import evaluate_fills
-from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
-from evaluation.inpaint_metrics import summarize
-from evaluation.knn import KnnIndex
+from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
+                                             encoder_health, extract_features, hole_mask)
+from evaluation.reporting.figures import inpainting_grid
+from evaluation.experiments.fills import evaluate_fills
+from evaluation.experiments.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
+from evaluation.metrics.inpainting import summarize
+from evaluation.metrics.knn import KnnIndex
 from evaluation.metrics import interval_description
 from pretrain.weights import NoDecoderError, load_context_encoder
 

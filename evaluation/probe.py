@@ -20,8 +20,8 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.records import default_record_path, write_record
 from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers, start_run
-from evaluation import probe_run as run
-from evaluation.features import ContextImages
+from evaluation.experiments import probe_run as run
+from evaluation.experiments.features import ContextImages
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args

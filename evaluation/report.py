@@ -17,13 +17,13 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
-from evaluation import report_html as h
-from evaluation.cells import is_complete
-from evaluation.paper_tables import add_results_args, load_records, variant_of
+from cebench.stages import STAGES
+from evaluation.reporting import report_html as h
+from evaluation.reporting.cells import is_complete
+from evaluation.reporting.paper_tables import add_results_args, load_records, variant_of
 from evaluation.tables import provenance
 
-EXAMPLE_TITLES = {"inpainting": "Inpainting", "retrieval": "Retrieval", "segment": "Segmentation",
-                  "detect": "Detection", "classify": "Classification", "ce": "Pretraining samples"}
+EXAMPLE_TITLES = {s.examples: s.example_title for s in STAGES if s.examples}  # file-name prefix -> heading
 MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many images; the page shows the first
 
 

@@ -18,12 +18,12 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import start_run
-from evaluation.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery, encoder_health,
-                                 extract_features, hole_mask, load_square)
-from evaluation.figures import retrieval_grid
-from evaluation.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
-from evaluation.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
-from evaluation.retrieval_metrics import precision_at_k
+from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
+                                             encoder_health, extract_features, hole_mask, load_square)
+from evaluation.reporting.figures import retrieval_grid
+from evaluation.experiments.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
+from evaluation.metrics.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
+from evaluation.metrics.retrieval import precision_at_k
 
 
 def get_args_parser():

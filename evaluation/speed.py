@@ -26,7 +26,7 @@ from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.records import versions
 from cebench.runtime import add_threads_flag, set_threads
-from evaluation.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
+from evaluation.metrics.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
                             search)  # search = evaluation.retrieval.search
 
 SKLEARN_METRIC = {"cosine": "cosine", "l2": "euclidean"}

@@ -4,7 +4,8 @@ Reads every result record under --results (nothing else), writes table1.csv/.md,
 of Table 2 with 95% intervals (table2.png); with probe records (python -m evaluation.probe) also Table 3, the
 per-layer linear probes (inits x layers, table3.csv/.md) and its figure (table3.png, mAP vs layer). Missing runs
 are empty cells, never zeros. A cell averages the seeds of one configuration only (complete runs before partial
-ones, see evaluation.cells); each table's footer names the records it left out and why, and the unreadable files.
+ones, see evaluation.reporting.cells); each table's footer names the records it left out and why, and the unreadable
+files.
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -18,9 +19,9 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from cebench.records import results_dir
-from evaluation.figures import layer_lines, table_bars
-from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, read_published, table1,
-                                     table2, table3)
+from evaluation.reporting.figures import layer_lines, table_bars
+from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
+                                               markdown, read_published, table1, table2, table3)
 
 
 def get_args_parser():
@@ -126,14 +127,14 @@ def main(argv=None):
                        f"Table 2 ({profile}): ours with 95% intervals; paper as black ticks")
     # Table 1: inpainting of held-out images
     t1, columns1, report1 = table1(records, published)
-    notes1 = column_notes(report1["shown"], ["inpainting"], lambda r: r["task"])
+    notes1 = column_notes(report1["shown"], [TABLE1_TASK], lambda r: r["task"])
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
                          "in %, PSNR in dB)", t1, columns1, (), notes1, footer(report1))
     charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
     # Table 3: per-layer linear probes, inits x layers
-    if any(r["task"] == "probe" for r in records):
+    if any(r["task"] == TABLE3_TASK for r in records):
         t3, layers, report3 = table3(records)
-        notes3 = column_notes(report3["shown"], ["probe"], lambda r: r["task"])
+        notes3 = column_notes(report3["shown"], [TABLE3_TASK], lambda r: r["task"])
         paths += write_table(out_dir, "table3", "Table 3: linear probes of frozen layers (mAP %, per layer)", t3,
                              layers, (), notes3, footer(report3))
         charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,

@@ -13,8 +13,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from cebench.curves import RunLog, tensorboard_dir
 from cebench.errors import CebenchError, one_line
-from cebench.files import atomic_torch_save, safe_torch_load
-from cebench.logs import append_jsonl, get_logger, progress
+from cebench.files import append_jsonl, atomic_torch_save, safe_torch_load
+from cebench.logs import get_logger, progress
 from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, check_images, list_images,
                            make_loader, normalize)
 from pretrain.health import feature_health

@@ -4,18 +4,17 @@
     torchrun --nproc_per_node=4 -m pretrain.train --profile paper --device cuda --images /data/imagenet/train
 """
 
+import argparse
 import time
 from pathlib import Path
 
 
-from cebench.config import add_skip_bad_flag, command_line_dests, entry_parser, parse_with_profile, resolved_config
+from cebench.config import add_skip_bad_flag, command_line_dests, entry_parser
 from cebench.curves import add_tensorboard_flag, tensorboard_dir
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
-from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
-from cebench.runtime import (add_precision_flag, add_threads_flag, barrier, cleanup_distributed, init_distributed,
-                             set_threads)
+from cebench.runtime import add_precision_flag, add_threads_flag, barrier, cleanup_distributed, start_run
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
@@ -161,25 +160,29 @@ def check_args(args, given=()):
     return note
 
 
+def check_config(cfg, given=()):
+    """check_args on the resolved config (a dict, updated in place: --image-split becomes --image-list)."""
+    args = argparse.Namespace(**cfg)
+    note = check_args(args, given)
+    cfg.update(vars(args))
+    return note
+
+
 def main(argv=None):
-    # config: parser defaults < benchmarks.yaml profile < command line
-    parser = get_args_parser()
-    args = parse_with_profile(parser, argv, "pretrain")
-    note = check_args(args, given=command_line_dests(parser, argv))
-    cfg = resolved_config(args)
+    # config (parser defaults < benchmarks.yaml profile < command line, checked), distributed, threads, seed,
+    # logger: cebench.runtime.start_run, as every entry point (every random choice of a step is also a function
+    # of (seed, step), see pretrain.data); 'auto' precision resolved: config, replay check and ce.pt say what ran
+    parser, notes = get_args_parser(), []
+    cfg, rt, log = start_run(parser, argv, "pretrain",
+                             check=lambda cfg: notes.append(check_config(cfg, command_line_dests(parser, argv))))
     paths = loop.run_paths(cfg["out"])
-    if not args.resume and not args.overwrite:
+    if not cfg["resume"] and not cfg["overwrite"]:
         refuse_overwrite(paths["out"])
         refuse_overwrite(paths["last"])
-    # distributed + seed (every random choice of a step is a function of (seed, step), see pretrain.data)
-    set_threads(args.threads)
-    rt = init_distributed(args.device, args.precision)
-    cfg["precision"] = rt.precision  # 'auto' resolved: the config, replay check and ce.pt meta say what ran
-    log = get_logger("pretrain", rt.is_main)
-    if note:
-        log.info(note)
+    if notes[0]:
+        log.info(notes[0])
     # the previous run stays whole until this one succeeds (cebench.runs)
-    fresh = not (args.resume and paths["last"].exists())
+    fresh = not (cfg["resume"] and paths["last"].exists())
     try:
         with keep_previous_run(paths.values(), fresh=fresh, checkpoint=paths["last"], enabled=rt.is_main):
             return _run(cfg, rt, paths, log)

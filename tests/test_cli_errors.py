@@ -12,7 +12,7 @@ from test_pretrain_train import make_images
 from vocfactory import make_vocdevkit, truncate_file
 
 from cebench.errors import CebenchError, one_line
-from evaluation.features import ContextImages
+from evaluation.experiments.features import ContextImages
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +69,7 @@ def test_a_worker_error_reaching_the_main_process_is_one_line(damaged_voc, tmp_p
     script.write_text(
         "import sys\n"
         "from cebench.errors import run_cli\n"
-        "from evaluation.features import Extractor, extract_features\n"
+        "from evaluation.experiments.features import Extractor, extract_features\n"
         "paths = sys.argv[1:]\n"
         "run_cli(lambda argv: extract_features(paths, Extractor('hog'), 64, batch_size=2, workers=1))\n")
     good = info.path("jpg", info.splits["train"][0])

@@ -5,6 +5,7 @@ import pytest
 from cebench import CebenchError
 from cebench.config import (COMMON_KEYS, command_line_dests, get_profile, parse_with_profile, profile_defaults,
                             resolved_config)
+from cebench.stages import STAGES
 
 
 def _write(tmp_path, text):
@@ -74,10 +75,7 @@ def test_command_line_dests_are_the_flags_given(tmp_path, monkeypatch):
     assert command_line_dests(parser, ["--lr=0.5"]) == {"lr"} and command_line_dests(parser, []) == set()
 
 
-ENTRY_POINTS = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detect": "transfer.detect",
-                "segment": "transfer.segment", "retrieval": "evaluation.retrieval",
-                "inpainting": "evaluation.inpainting", "probe": "evaluation.probe", "curve": "evaluation.curve",
-                "tables": "evaluation.tables", "report": "evaluation.report"}
+ENTRY_POINTS = {s.name: s.module for s in STAGES}
 OTHER_COMMANDS = ("cebench.suite", "evaluation.speed", "pretrain.speed", "transfer.speed", "voc.synthetic",
                   "pretrain.export")
 

@@ -1,11 +1,11 @@
-"""evaluation.features: HOG and pool5 of the context, streamed in batches, with the hole applied."""
+"""evaluation.experiments.features: HOG and pool5 of the context, streamed in batches, with the hole applied."""
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from evaluation.features import (HOG_PARAMS, Extractor, center_on_gallery, extract_features, hog_of_context,
+from evaluation.experiments.features import (HOG_PARAMS, Extractor, center_on_gallery, extract_features, hog_of_context,
                                  hole_mask, load_square)
 from pretrain.model import AlexNetEncoder
 

@@ -1,12 +1,12 @@
-"""evaluation.inpaint_metrics and evaluation.retrieval_metrics against hand-worked values."""
+"""evaluation.metrics.inpainting and evaluation.metrics.retrieval against hand-worked values."""
 
 import numpy as np
 import pytest
 import torch
 
-from evaluation.fills import paste
-from evaluation.inpaint_metrics import hole_errors, psnr, summarize
-from evaluation.retrieval_metrics import precision_at_k, shared_class
+from evaluation.experiments.fills import paste
+from evaluation.metrics.inpainting import hole_errors, psnr, summarize
+from evaluation.metrics.retrieval import precision_at_k, shared_class
 
 
 def _hole(size=4):

@@ -1,4 +1,4 @@
-"""evaluation.knn / evaluation.retrieval.search: exact search equals brute force; approximate search recalls.
+"""evaluation.metrics.knn / evaluation.retrieval.search: exact search equals brute force; approximate search recalls.
 
 Neighbour lists computed by float32 products of other shapes (blocks, BLAS kernels, libraries) are compared with
 `differ_beyond_ties`: rows whose scores tie to float32 rounding may come out in either order on another CPU.
@@ -7,7 +7,7 @@ Neighbour lists computed by float32 products of other shapes (blocks, BLAS kerne
 import numpy as np
 import pytest
 
-from evaluation.knn import KnnIndex, differ_beyond_ties, exact_search, recall_at_k, row_norms
+from evaluation.metrics.knn import KnnIndex, differ_beyond_ties, exact_search, recall_at_k, row_norms
 from evaluation.retrieval import search
 
 
@@ -36,7 +36,7 @@ def test_exact_search_matches_brute_force(metric):
 
 def test_exact_search_blocks_agree_with_one_block(monkeypatch):
     """Many gallery and query blocks (heaps merged across blocks) give the one-block answer."""
-    import evaluation.knn as knn
+    import evaluation.metrics.knn as knn
 
     rng = np.random.default_rng(1)
     gallery = rng.standard_normal((1000, 16), dtype=np.float32)

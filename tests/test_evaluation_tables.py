@@ -8,8 +8,8 @@ import pytest
 from cebench.errors import CebenchError
 from cebench.records import make_record, schedule_fields, write_record
 from evaluation import tables
-from evaluation.cells import is_complete, select
-from evaluation.paper_tables import load_records, read_published
+from evaluation.reporting.cells import is_complete, select
+from evaluation.reporting.paper_tables import load_records, read_published
 
 
 def _record(task, init, value, ci, seed=0, metric="mAP", **extra):
@@ -98,7 +98,7 @@ def test_published_numbers_name_their_source():
 def test_bar_chart_accepts_a_value_outside_its_interval(tmp_path):
     import pandas as pd
 
-    from evaluation.figures import table_bars
+    from evaluation.reporting.figures import table_bars
 
     table = pd.DataFrame({"classification": [15.2], "classification low": [15.8], "classification high": [36.7]},
                          index=["Random Gaussian"])

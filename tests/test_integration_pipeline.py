@@ -13,7 +13,8 @@ import yaml
 
 from cebench.config import PATH_KEYS, benchmarks_path
 from cebench.records import read_record
-from cebench.suite import TASKS, main
+from cebench.stages import stage as row_of
+from cebench.suite import main
 
 N_TRAIN, N_VAL, N_SEG = 24, 12, 6  # images per Main split; of them, images with masks per Segmentation split
 SHRINK = {"batch_size": 4, "rescale_images": 4, "test_crops": 1, "max_proposals": 200, "fc_dim": 256}
@@ -91,10 +92,10 @@ def test_reduced_voc_mini_through_every_stage(voc_mini_root, tmp_path, monkeypat
     page = (results / "report.html").read_text()  # written after the tables, with every run's curves
     assert "Table 2: transfer" in page and "classify_ce.run: loss, learning rate" in page
     for job in out["jobs"]:
-        if job["stage"] not in TASKS:
+        if not row_of(job["stage"]).task:
             continue
         record = read_record(job["out"])  # refuses files that are not records
-        assert record["task"] == TASKS[job["stage"]]
+        assert record["task"] == row_of(job["stage"]).task
         assert record["n_images"] > 0 and isinstance(record["config"], dict) and record["protocol"]
         assert isinstance(record["value"], (int, float)) and math.isfinite(record["value"])
         assert len(record["ci95"]) == 2

@@ -1,5 +1,9 @@
 """Metrics of the transfer tasks (PAPER.md, Table 2): classification and detection mAP, segmentation mean IU.
 
+The package `evaluation.metrics` is the pure layer of evaluation: its modules (this one, `bootstrap`, `retrieval`,
+`inpainting`, `knn`) import nothing of ours beyond one another, so that any layer may use them (`transfer` imports
+no other evaluation module).
+
 Conventions of every function here:
 - values are fractions in [0, 1]; ``per_class_ap`` is a numpy array indexed by class index, nan for a class
   without positives (left out of the mean, with a warning);
@@ -12,8 +16,7 @@ Conventions of every function here:
   "sklearn" mode its copies are k successive points of the ranking, not a run of tied scores), and the interval
   is the bias-corrected and accelerated (BCa) one, which `INTERVAL` describes for the records.
 References: the PASCAL VOC devkit (VOCevalcls.m, VOCevaldet.m, VOCap.m) and FCN's score.py (mean IU).
-Of our code this module imports only `evaluation.bootstrap`, a leaf of numpy and scipy, so that `transfer` may use
-it without importing any evaluation entry point.
+Of our code this module imports only `evaluation.metrics.bootstrap`, a leaf of numpy and scipy.
 """
 
 import warnings
@@ -22,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.special import digamma
 
-from evaluation.bootstrap import JACKKNIFE_GROUPS, bootstrap_ci, interval_description  # noqa: F401 (re-exported)
+from evaluation.metrics.bootstrap import JACKKNIFE_GROUPS, bootstrap_ci, interval_description  # noqa: F401 (re-exported)
 
 CLASSIFICATION_MODES = ("sklearn", "voc07", "voc")
 

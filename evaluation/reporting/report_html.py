@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from evaluation.paper_tables import display_table
+from evaluation.reporting.paper_tables import display_table
 
 JPEG_ABOVE = 300_000  # bytes
 

@@ -2,7 +2,7 @@
 records and published.csv.
 
 Cells: our value (mean over the runs of one configuration of an initialisation, i.e. its seeds; see
-evaluation.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
+evaluation.reporting.cells for which records a cell takes and which it leaves out), the 95% interval (mean of the runs'
 bootstrap bounds), the number of runs, whether they ran their whole schedule, and the paper's value beside it.
 A missing run is NaN: an empty cell in the CSV and Markdown, never a zero.
 """
@@ -17,13 +17,16 @@ import pandas as pd
 
 from cebench.errors import CebenchError
 from cebench.records import TASKS, read_record
-from evaluation.cells import is_complete, progress_note, select
+from cebench.stages import STAGES
+from evaluation.reporting.cells import is_complete, progress_note, select
 
-PUBLISHED = Path(__file__).with_name("published.csv")
+PUBLISHED = Path(__file__).parents[1] / "published.csv"
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
                "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG"}
-TABLE2_TASKS = ("classification", "detection", "segmentation", "retrieval")
+TABLE2_TASKS = tuple(s.table2 for s in STAGES if s.table2)  # its columns, in the order of the stages
+TABLE1_TASK, TABLE3_TASK = "inpainting", "probe"  # the records of Table 1 and of Table 3
+HOG_TASKS = tuple(s.task for s in STAGES if s.hog)  # runs on frozen features (or HOG), centred unless --no-center
 TABLE1_ROWS = {"nn-inpainting:hog": "NN-inpainting (HOG features)",
                "nn-inpainting:ce": "NN-inpainting (context-encoder features)",
                "nn-inpainting:random": "NN-inpainting (random-init features)",
@@ -93,7 +96,7 @@ def variant_of(record):
     """What sets a run's protocol apart from the default one (runs of different variants are never averaged)."""
     protocol = record.get("protocol") or {}
     marks = [protocol["mode"]] if protocol.get("mode") and protocol["mode"] != "fine-tune" else []
-    if record["task"] in ("retrieval", "inpainting") and (record.get("config") or {}).get("center") is False:
+    if record["task"] in HOG_TASKS and (record.get("config") or {}).get("center") is False:
         marks.append("uncentred")
     return ", ".join(marks)
 
@@ -154,7 +157,8 @@ def pretraining_columns(key, records):
 
 
 def select_cell(label, runs, report):
-    """The records a cell shows (one configuration, see evaluation.cells); the rest go to report["left_out"]."""
+    """The records a cell shows (one configuration, see evaluation.reporting.cells); the rest go to
+    report["left_out"]."""
     kept, left_out = select(runs)
     report["shown"] += kept
     report["left_out"] += [(label, r["_path"], reason) for r, reason in left_out]
@@ -213,7 +217,7 @@ def table1(records, published):
     pub = published[published["table"] == "table1"]
     found, report = defaultdict(list), {"shown": [], "left_out": [], "partial": []}
     for r in records:
-        if r["task"] == "inpainting" and isinstance(r.get("scores"), dict):
+        if r["task"] == TABLE1_TASK and isinstance(r.get("scores"), dict):
             found[_table1_key(r)].append(r)
     groups = {key: select_cell(key, runs, report) for key, runs in sorted(found.items())}
     order = list(TABLE1_ROWS)
@@ -238,10 +242,10 @@ def table1(records, published):
 
 def table3(records):
     """Rows per initialisation, a column per probed layer: mean probe mAP over the runs of one configuration
-    (evaluation.cells), with its interval. Returns (table, layers, report of the records left out)."""
+    (evaluation.reporting.cells), with its interval. Returns (table, layers, report of the records left out)."""
     found = defaultdict(list)
     for r in records:
-        if r["task"] == "probe" and isinstance(r.get("layers"), dict):
+        if r["task"] == TABLE3_TASK and isinstance(r.get("layers"), dict):
             found[r["init"]].append(r)
     report = {"shown": [], "left_out": [], "partial": []}
     groups = {init: select_cell(f"{INIT_LABELS.get(init, init)}, probe", runs, report)

@@ -8,8 +8,8 @@ import torch
 
 from cebench.logs import progress
 from cebench.runtime import default_num_workers, worker_seed_init
-from evaluation.features import hole_mask, load_square
-from evaluation.inpaint_metrics import hole_errors
+from evaluation.experiments.features import hole_mask, load_square
+from evaluation.metrics.inpainting import hole_errors
 from pretrain.data import denormalize, normalize
 from pretrain.masks import apply_mask
 
