@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cebench.errors import CebenchError
+from cebench.files import check_writable, make_dirs
 
 ORPHAN_WAIT_S = 10.0  # how long a lock of a dead holder may stay held by the processes it forked
 
@@ -116,7 +117,8 @@ def acquire_outputs(paths):
         for path in dict.fromkeys(Path(p) for p in paths):
             lock = lock_path(path)
             made += [f for f in reversed(lock.parents) if not f.exists()]
-            lock.parent.mkdir(parents=True, exist_ok=True)
+            check_writable(lock.parent)  # a file in the way or a read-only folder: one line naming it
+            make_dirs(lock.parent)
             fd, info = _acquire(lock)
             if fd is None:
                 dead = "" if _alive_here(info) else " (that process is gone, but processes it started still hold it)"
@@ -151,7 +153,7 @@ def hold_outputs(paths, runtime=None):
                 raise
             error = str(err) if isinstance(err, CebenchError) else f"{err.filename}: {err.strerror or err}"
     if distributed:
-        import torch.distributed as dist  # only under torchrun: run_all.sh's plumbing imports no torch
+        import torch.distributed as dist  # only the entry points that run under torchrun need it
 
         box = [error]
         dist.broadcast_object_list(box, src=0)  # every rank learns whether rank 0 got the locks

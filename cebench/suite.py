@@ -363,6 +363,8 @@ def main(argv=None):
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)
     # one suite per results folder at a time (cebench.locks); a dry run writes nothing and takes no lock
+    if not args.dry_run:
+        make_dirs(results)  # a file in its way: one line naming the results folder
     with nullcontext() if args.dry_run else hold_outputs([results]):
         return _run_jobs(args, argv, profile, jobs, results, synthetic)
 
