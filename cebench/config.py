@@ -17,12 +17,14 @@ Relative paths in PATH_KEYS resolve against the directory holding benchmarks.yam
 
 import argparse
 import difflib
+import math
 import os
 from pathlib import Path
 
 import yaml
 
 from cebench.errors import CebenchError
+from cebench.names import check_name
 from cebench.stages import NAMES
 
 STAGES = NAMES  # the sections of a profile, one per stage (cebench.stages)
@@ -65,6 +67,7 @@ def load_benchmarks(path=None):
     if unknown:
         raise CebenchError(f"{path}: unknown top-level keys {sorted(unknown)}")
     for name, prof in data["profiles"].items():
+        check_name(name, f"{path}: profile")  # results/<profile>/ is named after it
         if not isinstance(prof, dict):
             raise CebenchError(f"{path}: profile {name!r} must be a mapping")
         bad = set(prof) - PROFILE_KEYS
@@ -99,15 +102,76 @@ def get_profile(name=None, path=None):
     return prof
 
 
+class Number:
+    """The argparse type of a numeric flag with a lower bound (`positive_int`, `non_negative_float`, `at_least`).
+
+    argparse only converts with it (an unparsable value is argparse's usual error); the bound is checked once the
+    value is known, wherever it came from: a profile's value by `profile_defaults` (naming benchmarks.yaml), the
+    command line's and the defaults by `check_flag_values`, one line each. NaN and infinities are no numbers here."""
+
+    def __init__(self, base, low, strict, why=""):
+        self.base, self.low, self.strict, self.why = base, low, strict, why
+        self.__name__ = base.__name__  # argparse: "invalid int value: 'x'"
+
+    def __call__(self, text):
+        return self.base(text)
+
+    def problem(self, value):
+        """Why `value` is refused, or None."""
+        if not math.isfinite(value):
+            return "must be a finite number"
+        if value > self.low or (value == self.low and not self.strict):
+            return None
+        if self.low == 0:
+            return "must be positive" if self.strict else "must be 0 or more"
+        return f"must be {'more than' if self.strict else 'at least'} {self.low:g}{self.why}"
+
+
+positive_int, positive_float = Number(int, 0, strict=True), Number(float, 0, strict=True)
+non_negative_int, non_negative_float = Number(int, 0, strict=False), Number(float, 0, strict=False)
+
+
+def at_least(low, why=""):
+    """An integer flag of at least `low`; `why` (e.g. " (BCa needs ...)") goes into the refusal."""
+    return Number(int, low, strict=False, why=why)
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _values(value):
+    return value if isinstance(value, (list, tuple)) else [value]
+
+
+def flag_name(action):
+    return max(action.option_strings, key=len) if action.option_strings else action.dest
+
+
+def check_flag_values(parser, args):
+    """One line for the first flag whose value breaks its bound (see Number), and for --resume with --overwrite."""
+    for action in parser._actions:
+        if isinstance(action.type, Number):
+            for value in _values(getattr(args, action.dest, None)):
+                problem = _is_number(value) and action.type.problem(value)
+                if problem:
+                    raise CebenchError(f"{flag_name(action)} {problem}, got {value:g}")
+    if getattr(args, "resume", False) and getattr(args, "overwrite", False):
+        # the one rule of every entry point that has both: neither wins, the pair is refused
+        raise CebenchError("--resume and --overwrite contradict each other (--resume continues the run in place, "
+                           "--overwrite starts afresh and replaces it): pass one")
+
+
 def _check_type(action, key, value, where):
     expect = None
+    base = getattr(action.type, "base", action.type)
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         expect, ok = "true/false", isinstance(value, bool)
     elif action.nargs not in (None, "?"):
         expect, ok = "a list", isinstance(value, list)
-    elif action.type is float:
+    elif base is float:
         expect, ok = "a number", isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif action.type is int:
+    elif base is int:
         expect, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
     else:
         ok = value is None or isinstance(value, (str, int, float))
@@ -117,6 +181,11 @@ def _check_type(action, key, value, where):
         raise CebenchError(f"{where}: {key} must be {expect}, got {value!r}{hint}")
     if action.choices is not None and value not in action.choices:
         raise CebenchError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
+    if isinstance(action.type, Number):
+        for item in _values(value):
+            problem = _is_number(item) and action.type.problem(item)
+            if problem:
+                raise CebenchError(f"{where}: {key} {problem}, got {item!r}")
 
 
 def _resolve_path(key, value, base, action):
@@ -174,6 +243,7 @@ def parse_with_profile(parser, argv, stage):
     profile = get_profile(known.profile)
     parser.set_defaults(**profile_defaults(parser, stage, profile))
     args = parser.parse_args(argv)
+    check_flag_values(parser, args)
     args.profile = profile["_name"]
     return args
 

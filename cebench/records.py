@@ -16,6 +16,7 @@ from pathlib import Path
 from cebench.config import benchmarks_path
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, refuse_non_finite
+from cebench.names import check_name
 from cebench.stages import RECORD_TASKS, STAGES
 
 TASKS = RECORD_TASKS  # one per stage that writes records (cebench.stages)
@@ -28,13 +29,17 @@ _PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "faiss-cpu", "open
 def record_name(stage, init, variant=""):
     """The one naming scheme of records, `<stage>_<init>[_<variant>].json`, whoever runs the stage (the suite or
     a user): `stage` is the entry point's section of benchmarks.yaml (classify, detect, segment, retrieval,
-    inpainting), `init` the initialisation's label, `variant` a second record of one run (e.g. decoder)."""
+    inpainting), `init` the initialisation's label, `variant` a second record of one run (e.g. decoder). Labels
+    come from flags and weights files: each must be a name (cebench.files.check_name), never a path."""
+    check_name(init, "init label")
+    if variant:
+        check_name(variant, "record variant")
     return f"{stage}_{init}" + (f"_{variant}" if variant else "") + ".json"
 
 
 def results_dir(profile):
     """results/<profile>/ beside benchmarks.yaml: where records go when no --out or --results says otherwise."""
-    return benchmarks_path().parent / "results" / profile
+    return benchmarks_path().parent / "results" / check_name(profile, "profile")
 
 
 def default_record_path(profile, stage, init, variant=""):

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cebench.config import parse_with_profile, resolved_config
+from cebench.config import non_negative_int, parse_with_profile, resolved_config
 from cebench.errors import CebenchError
 from cebench.logs import get_logger
 
@@ -159,7 +159,8 @@ def default_num_workers():
 
 def add_threads_flag(group, what="torch CPU threads"):
     """--threads, shared by every entry point where torch computes (0 = torch's default)."""
-    group.add_argument("--threads", type=int, default=0, help=f"{what} (0: torch's default; use 1 when other jobs "
+    group.add_argument("--threads", type=non_negative_int,
+                       default=0, help=f"{what} (0: torch's default; use 1 when other jobs "
                        "share the cores, as over-subscribed threads stall each other)")
 
 

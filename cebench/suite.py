@@ -18,12 +18,14 @@ import shlex
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cebench.config import get_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
+from cebench.locks import hold_outputs
 from cebench.processes import Tee, child_env, run_process
 from cebench.records import git_info, read_record, record_name, results_dir
 from cebench.stages import BY_NAME, PASS_THROUGH_KEYS, STAGES, Stage
@@ -165,8 +167,29 @@ def plan(profile, opts):
     return jobs, results
 
 
+def check_stage_sections(profile, jobs, env=None):
+    """Every stage section of the profile against its entry point's flags, and every stage's command line as the
+    stage will parse it, in one child process (cebench.preflight): a typo in any section fails now, with one line
+    per problem, not hours into the run. A stage that run.stages points at a module of its own is left to it."""
+    stages = (profile.get("run") or {}).get("stages") or {}
+    ours = {row.name for row in STAGES if (stages.get(row.name) or {}).get("module", row.module) == row.module}
+    request = {"profile": profile["_name"],
+               "sections": {row.name: row.module for row in STAGES if row.name in ours and profile.get(row.name)},
+               "jobs": [{"stage": j.stage, "module": j.argv[1], "argv": j.argv[2:]} for j in jobs if j.stage in ours]}
+    if not request["sections"] and not request["jobs"]:
+        return
+    proc = subprocess.run([sys.executable, "-m", "cebench.preflight"], input=json.dumps(request), cwd=REPO,
+                          env=env or child_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [line for line in proc.stderr.splitlines() if line.strip()] or [f"exit status {proc.returncode}"]
+        if "Traceback" in proc.stderr:  # a bug of the check itself: its last line
+            lines = lines[-1:]
+        raise CebenchError(f"profile {profile['_name']!r} does not pass the check of its stages: " + "; ".join(lines))
+
+
 def preflight(profile, jobs, opts):
-    """Clear errors for missing data before anything runs (the paper profile needs the user's data)."""
+    """Clear errors for missing data and for stage sections or flags that a stage would refuse, before anything runs
+    (the paper profile needs the user's data)."""
     made = [j.out for j in jobs if j.stage == "data"]  # exists once the data job has run
     problems = [f"weights not found: {p}" for j in jobs for p in j.inputs if j.stage != "pretrain"
                 and not (p.is_file() or any(k.stage == "pretrain" and k.out == p for k in jobs))]
@@ -187,6 +210,7 @@ def preflight(profile, jobs, opts):
             problems.append(f"no {what} at {path}: pass {flag} DIR ({hint})")
     if problems:
         raise CebenchError(f"profile {profile['_name']!r}: " + "; ".join(dict.fromkeys(problems)))
+    check_stage_sections(profile, jobs)
 
 
 _DIGESTS = {}
@@ -337,6 +361,14 @@ def main(argv=None):
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)
+    # one suite per results folder at a time (cebench.locks); a dry run writes nothing and takes no lock
+    if not args.dry_run:
+        make_dirs(results)  # a file in its way: one line naming the results folder
+    with nullcontext() if args.dry_run else hold_outputs([results]):
+        return _run_jobs(args, argv, profile, jobs, results, synthetic)
+
+
+def _run_jobs(args, argv, profile, jobs, results, synthetic):
     tee = Tee(None if args.dry_run else make_dirs(results) / "run.log")
     env, rows = child_env(), []
     try:

@@ -16,9 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from cebench.config import benchmarks_path, entry_parser, parse_with_profile, resolved_config
+from cebench.config import benchmarks_path, entry_parser, parse_with_profile, positive_int, resolved_config
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text
+from cebench.locks import hold_outputs
 from cebench.logs import get_logger
 from cebench.records import read_record
 from cebench.runtime import add_threads_flag, resolve_device, set_threads
@@ -45,10 +46,11 @@ def get_args_parser():
     g = p.add_argument_group("curve")
     g.add_argument("--fractions", type=float, nargs="+", default=list(FRACTIONS), help="checkpoints as fractions "
                    "of the pretraining budget")
-    g.add_argument("--max-steps", type=int, default=None, help="pretraining budget in steps (default: the "
+    g.add_argument("--max-steps", type=positive_int, default=None, help="pretraining budget in steps (default: the "
                    "profile's pretrain steps); the fractions are of this")
-    g.add_argument("--loss-images", type=int, default=None, help="at most this many loss images (default: all)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per batch of the loss")
+    g.add_argument("--loss-images", type=positive_int,
+                   default=None, help="at most this many loss images (default: all)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per batch of the loss")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="pretraining, probes, loss crops and masks")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -127,22 +129,23 @@ def main(argv=None):
     log = get_logger("curve")
     out_dir = Path(cfg["out_dir"] or benchmarks_path().parent / "results" / f"{cfg['profile']}-curve")
     budget, steps = budget_steps(cfg, pretrain_cfg)
-    # pretraining with a checkpoint at every fraction of the budget
-    weights = pretrain_with_snapshots(cfg, out_dir, budget, steps, log)
-    # data: the held-out images of the inpainting loss
-    loss_paths = load_split(cfg["voc_root"], cfg["year"], cfg["loss_split"], check_images=False).image_paths
-    loss_paths = loss_paths[:cfg["loss_images"]] if cfg["loss_images"] else loss_paths
-    # probes and loss at each checkpoint
-    device = resolve_device(cfg["device"])
-    rows = [checkpoint_row(w, s, budget, cfg, out_dir, loss_paths, pretrain_cfg["load_size"], device, log)
-            for w, s in zip(weights, steps, strict=True)]
-    table = pd.DataFrame(rows)
-    csv = out_dir / "curve.csv"
-    atomic_write_text(csv, table.to_csv(index=False, float_format="%.6g"))
-    layers = [c for c in table.columns if c.startswith("conv") and " " not in c]
-    png = curve_plot(out_dir / "curve.png", table, layers, f"pretraining curve ({cfg['profile']}, {budget} steps)")
-    log.info("wrote %s and %s", csv, png)
-    return {"csv": str(csv), "png": str(png), "table": table}
+    with hold_outputs([out_dir]):  # a second curve into the same folder is refused (cebench.locks)
+        # pretraining with a checkpoint at every fraction of the budget
+        weights = pretrain_with_snapshots(cfg, out_dir, budget, steps, log)
+        # data: the held-out images of the inpainting loss
+        loss_paths = load_split(cfg["voc_root"], cfg["year"], cfg["loss_split"], check_images=False).image_paths
+        loss_paths = loss_paths[:cfg["loss_images"]] if cfg["loss_images"] else loss_paths
+        # probes and loss at each checkpoint
+        device = resolve_device(cfg["device"])
+        rows = [checkpoint_row(w, s, budget, cfg, out_dir, loss_paths, pretrain_cfg["load_size"], device, log)
+                for w, s in zip(weights, steps, strict=True)]
+        table = pd.DataFrame(rows)
+        csv = out_dir / "curve.csv"
+        atomic_write_text(csv, table.to_csv(index=False, float_format="%.6g"))
+        layers = [c for c in table.columns if c.startswith("conv") and " " not in c]
+        png = curve_plot(out_dir / "curve.png", table, layers, f"pretraining curve ({cfg['profile']}, {budget} steps)")
+        log.info("wrote %s and %s", csv, png)
+        return {"csv": str(csv), "png": str(png), "table": table}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
+from cebench.locks import hold_outputs
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import start_run
 from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
@@ -94,50 +95,53 @@ def main(argv=None):
     decoder = load_decoder(cfg, info)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
     out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")
-    for path in (out, out_decoder) if decoder is not None else (out,):
-        refuse_overwrite(path, cfg["overwrite"])
-    check_writable(out.parent)  # created when the outputs are written, at the end
-    # nearest neighbour of every held-out context in the gallery (exact cosine search, faiss)
-    opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
-    gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
-    query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="held-out", **opts)
-    if cfg["center"]:
-        center_on_gallery(gallery_feats, query_feats)
-    _, nearest = KnnIndex(gallery_feats, "cosine").search(query_feats, 1)
-    # fill and score, streaming held-out images and their neighbours
-    keep = np.random.default_rng(cfg["seed"]).choice(len(nearest), min(cfg["examples"], len(nearest)), replace=False)
-    errors, examples = evaluate_fills(queries.paths[:len(nearest)], gallery.paths, nearest[:, 0], cfg["input_size"],
-                                      model=decoder, device=rt.device, batch_size=cfg["batch_size"],
-                                      workers=cfg["workers"], keep=keep)
-    examples_png = inpainting_grid(out.with_name(f"{out.stem}.png"), examples, hole_mask(cfg["input_size"])[0, 0]
-                                   .numpy(), f"held-out {dataset_name(cfg)} {cfg['query_split']}: NN with "
-                                   + ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}"))
-    # result records
-    protocol = {"hole": "central, half the height and width (1/4 of the area)", "pixels": "[0, 1], RGB",
-                "input": f"shorter side resized to {cfg['input_size']}, centre crop", "gallery": gallery.source,
-                "held_out": queries.source, "nn": "exact cosine search of context features"
-                + (" centred on the gallery mean" if cfg["center"] else "") + "; the neighbour's hole region pasted",
-                "metrics": "per image mean over hole pixels and channels of |error| (L1) and error^2 (L2); PSNR = "
-                           "10 log10(1/L2) per image; means over images",
-                "interval": interval_description(N_BOOT, over="held-out images"),
-                "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
-                "examples_png": str(examples_png)}
-    # --max-steps caps the batches of each image set: fewer images than the sets hold make a partial run
-    schedule = schedule_fields(len(gallery_feats) + len(query_feats), len(gallery) + len(queries), "images",
-                               info["meta"])
-    records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol, schedule,
-                                  encoder_health(extractor.encoder, gallery, cfg, rt.device))}
-    if decoder is not None:
-        records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
-                                             dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
-                                                  trained_mask=info["meta"].get("mask")), schedule,
-                                             encoder_health(decoder.encoder, gallery, cfg, rt.device))
-    for path, record in records.items():
-        write_record(path, record)
-        s = record["scores"]
-        log.info("%s %s: L1 %.2f%%, L2 %.2f%%, PSNR %.2f dB -> %s", record["method"], record["init"],
-                 s["l1"]["value"], s["l2"]["value"], s["psnr"]["value"], path)
-    return {"records": {str(p): r["scores"] for p, r in records.items()}, "examples": str(examples_png)}
+    with hold_outputs([out, out_decoder], rt):  # a second run on the same --out is refused (cebench.locks)
+        for path in (out, out_decoder) if decoder is not None else (out,):
+            refuse_overwrite(path, cfg["overwrite"])
+        check_writable(out.parent)  # created when the outputs are written, at the end
+        # nearest neighbour of every held-out context in the gallery (exact cosine search, faiss)
+        opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
+        gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
+        query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="held-out", **opts)
+        if cfg["center"]:
+            center_on_gallery(gallery_feats, query_feats)
+        _, nearest = KnnIndex(gallery_feats, "cosine").search(query_feats, 1)
+        # fill and score, streaming held-out images and their neighbours
+        keep = np.random.default_rng(cfg["seed"]).choice(len(nearest), min(cfg["examples"], len(nearest)),
+                                                          replace=False)
+        errors, examples = evaluate_fills(queries.paths[:len(nearest)], gallery.paths, nearest[:, 0], cfg["input_size"],
+                                          model=decoder, device=rt.device, batch_size=cfg["batch_size"],
+                                          workers=cfg["workers"], keep=keep)
+        examples_png = inpainting_grid(out.with_name(f"{out.stem}.png"), examples, hole_mask(cfg["input_size"])[0, 0]
+                                       .numpy(), f"held-out {dataset_name(cfg)} {cfg['query_split']}: NN with "
+                                       + ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}"))
+        # result records
+        protocol = {"hole": "central, half the height and width (1/4 of the area)", "pixels": "[0, 1], RGB",
+                    "input": f"shorter side resized to {cfg['input_size']}, centre crop", "gallery": gallery.source,
+                    "held_out": queries.source, "nn": "exact cosine search of context features"
+                    + (" centred on the gallery mean" if cfg["center"] else "")
+                    + "; the neighbour's hole region pasted",
+                    "metrics": "per image mean over hole pixels and channels of |error| (L1) and error^2 (L2); PSNR = "
+                               "10 log10(1/L2) per image; means over images",
+                    "interval": interval_description(N_BOOT, over="held-out images"),
+                    "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"],
+                    "examples_png": str(examples_png)}
+        # --max-steps caps the batches of each image set: fewer images than the sets hold make a partial run
+        schedule = schedule_fields(len(gallery_feats) + len(query_feats), len(gallery) + len(queries), "images",
+                                   info["meta"])
+        records = {out: method_record(cfg, info, "nn-inpainting", errors["nn"], queries, started, protocol, schedule,
+                                      encoder_health(extractor.encoder, gallery, cfg, rt.device))}
+        if decoder is not None:
+            records[out_decoder] = method_record(cfg, info, "context-encoder", errors["decoder"], queries, started,
+                                                 dict(protocol, nn=None, decoder_arch=decoder.decoder_args(),
+                                                      trained_mask=info["meta"].get("mask")), schedule,
+                                                 encoder_health(decoder.encoder, gallery, cfg, rt.device))
+        for path, record in records.items():
+            write_record(path, record)
+            s = record["scores"]
+            log.info("%s %s: L1 %.2f%%, L2 %.2f%%, PSNR %.2f dB -> %s", record["method"], record["init"],
+                     s["l1"]["value"], s["l2"]["value"], s["psnr"]["value"], path)
+        return {"records": {str(p): r["scores"] for p, r in records.items()}, "examples": str(examples_png)}
 
 
 if __name__ == "__main__":

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from cebench.config import entry_parser
+from cebench.config import entry_parser, non_negative_int, positive_int
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
+from cebench.locks import hold_outputs
 from cebench.records import default_record_path, write_record
 from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers, start_run
 from evaluation.experiments import probe_run as run
@@ -37,18 +38,20 @@ def get_args_parser():
     g.add_argument("--test-split", default="test", help="split to score (voc-mini: val, a development split)")
     g = p.add_argument_group("model (as transfer.classify builds and rescales it)")
     add_init_args(g, rescale_images=160, rescale_what="training views (as transfer.classify draws them)")
-    g.add_argument("--input-size", type=int, default=227, help="square centre view fed to the network (Zhang et "
+    g.add_argument("--input-size", type=positive_int,
+                   default=227, help="square centre view fed to the network (Zhang et "
                    "al.: 227; voc-mini: 128, the size its encoder was pretrained at)")
-    g.add_argument("--fc-dim", type=int, default=4096, help="fc6/fc7 width of the rescaled backbone (match "
+    g.add_argument("--fc-dim", type=positive_int, default=4096, help="fc6/fc7 width of the rescaled backbone (match "
                    "transfer.classify: rescaling equalises every layer up to fc7)")
-    g.add_argument("--base-size", type=int, default=500, help="longer image side at scale 1 of the rescaling views "
+    g.add_argument("--base-size", type=positive_int,
+                   default=500, help="longer image side at scale 1 of the rescaling views "
                    "(match transfer.classify)")
     g = p.add_argument_group("probe")
     g.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS, help="layers to probe")
     g.add_argument("--cs", type=float, nargs="+", default=[1.0e-3, 1.0e-2, 1.0e-1], help="inverse L2 strengths "
                    "tried per layer on the held-out part of the training split; one value fixes C")
     g.add_argument("--held-out", type=float, default=0.2, help="share of the training images that picks C")
-    g.add_argument("--max-iter", type=int, default=500, help="L-BFGS iterations per logistic regression")
+    g.add_argument("--max-iter", type=positive_int, default=500, help="L-BFGS iterations per logistic regression")
     add_n_boot_flag(g, "the test images per layer")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
@@ -56,9 +59,10 @@ def get_args_parser():
     add_precision_flag(g)
     add_threads_flag(g, "torch threads, and classes fitted in parallel (each with one BLAS thread; 0: one class "
                      "at a time)")
-    g.add_argument("--max-steps", type=int, default=None, help="cap on feature batches per split (quick runs)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per feature batch")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--max-steps", type=positive_int, default=None, help="cap on feature batches per split (quick runs)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch")
+    g.add_argument("--workers", type=non_negative_int,
+                   default=None, help="DataLoader workers (default: one per spare core)")
     g.add_argument("--out", default=None, help="result record (default results/<profile>/probe_<init>.json)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing record")
     return p
@@ -95,31 +99,32 @@ def main(argv=None):
     backbone, info = run.build(cfg)
     label = init_label(cfg, info)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
-    refuse_overwrite(out, cfg["overwrite"])
-    rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
-    # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change
-    before = state_fingerprint(backbone)
-    with autocast(rt.device, rt.precision):  # features come out float32 whatever the arithmetic
-        train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
-        test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
-    assert_unchanged(backbone, before)
-    # probes: per layer a logistic regression per class, C chosen on held-out training images, scored on test
-    train_y = train.labels[:len(train_x[cfg["layers"][0]])]
-    test_y = test.labels[:len(test_x[cfg["layers"][0]])]
-    layers = {}
-    with threadpool_limits(limits=1 if cfg["threads"] else None):  # --threads: one BLAS thread per class fitted
-        for name in cfg["layers"]:
-            layers[name] = run.probe_layer(train_x.pop(name), train_y, test_x.pop(name), test_y, cfg)
-            log.info("%s %s: mAP %.2f [%.2f, %.2f] (C %g)", label, name, layers[name]["value"],
-                     *layers[name]["ci95"], layers[name]["c"])
-    # result record: one per initialisation, every layer in it; value = the deepest layer probed
-    shapes = layer_shapes(backbone.encoder, cfg["input_size"])
-    record = run.make_probe_record(cfg, info, label, rescaling, layers, shapes, len(train_y), len(test_y),
-                                   time.time() - started)
-    write_record(out, record)
-    log.info("%s: wrote %s (%.0f s)", label, out, record["wall_time_s"])
-    return {"out": str(out), "init": label, "layers": {n: (v["value"], v["ci95"]) for n, v in layers.items()},
-            "wall_time_s": record["wall_time_s"]}
+    with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
+        refuse_overwrite(out, cfg["overwrite"])
+        rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
+        # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change
+        before = state_fingerprint(backbone)
+        with autocast(rt.device, rt.precision):  # features come out float32 whatever the arithmetic
+            train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
+            test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
+        assert_unchanged(backbone, before)
+        # probes: per layer a logistic regression per class, C chosen on held-out training images, scored on test
+        train_y = train.labels[:len(train_x[cfg["layers"][0]])]
+        test_y = test.labels[:len(test_x[cfg["layers"][0]])]
+        layers = {}
+        with threadpool_limits(limits=1 if cfg["threads"] else None):  # --threads: one BLAS thread per class fitted
+            for name in cfg["layers"]:
+                layers[name] = run.probe_layer(train_x.pop(name), train_y, test_x.pop(name), test_y, cfg)
+                log.info("%s %s: mAP %.2f [%.2f, %.2f] (C %g)", label, name, layers[name]["value"],
+                         *layers[name]["ci95"], layers[name]["c"])
+        # result record: one per initialisation, every layer in it; value = the deepest layer probed
+        shapes = layer_shapes(backbone.encoder, cfg["input_size"])
+        record = run.make_probe_record(cfg, info, label, rescaling, layers, shapes, len(train_y), len(test_y),
+                                       time.time() - started)
+        write_record(out, record)
+        log.info("%s: wrote %s (%.0f s)", label, out, record["wall_time_s"])
+        return {"out": str(out), "init": label, "layers": {n: (v["value"], v["ci95"]) for n, v in layers.items()},
+                "wall_time_s": record["wall_time_s"]}
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import numpy as np
 from cebench.config import entry_parser
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
+from cebench.locks import hold_outputs
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
 from cebench.runtime import start_run
 from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
@@ -63,56 +64,58 @@ def main(argv=None):
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
     extractor, info = build_extractor(cfg, rt.device, rt.precision)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", info["init"]))
-    refuse_overwrite(out, cfg["overwrite"])
-    check_writable(out.parent)  # created when the outputs are written, at the end
-    opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
-    gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
-    query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="queries", **opts)
-    n_gallery, n_queries = len(gallery_feats), len(query_feats)
-    if cfg["center"]:
-        center_on_gallery(gallery_feats, query_feats)
-    if cfg["k"] > n_gallery:
-        raise CebenchError(f"--k {cfg['k']} exceeds the gallery's {n_gallery} images")
-    # search: faiss, exact by default
-    index = KnnIndex(gallery_feats, cfg["metric"], cfg["index"], seed=cfg["seed"])
-    _, neighbours = index.search(query_feats, cfg["k"])  # (Q, k) gallery rows, nearest first
-    # score: precision@k when both sets have VOC labels
-    score = None
-    if gallery.labels is not None and queries.labels is not None:
-        score = precision_at_k(present(queries.labels[:n_queries]), present(gallery.labels[:n_gallery]),
-                               neighbours, seed=cfg["seed"])
-    title = ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}") + f", {n_queries} queries: " + (
-        f"precision@{cfg['k']} {100 * score['precision']:.1f}% (chance {100 * score['chance']:.1f}%)"
-        if score else "unlabelled images")
-    grid = draw_grid(out.with_suffix(".png"), cfg, gallery, queries, neighbours,
-                     score["relevant"] if score else None, title)
-    # result record
-    protocol = {"features": cfg["features"], "input": f"shorter side resized to {cfg['input_size']}, centre crop",
-                "hole": "central, half the height and width (1/4 of the area), filled with the dataset mean",
-                "centered": cfg["center"], "search": index.params, "k": cfg["k"], "gallery": gallery.source,
-                "queries": queries.source,
-                "relevance": "a neighbour is relevant when it holds an object (difficult included) of a class its "
-                             "query holds; per_class: among queries holding the class, share of neighbours holding it",
-                "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"]}
-    if score:
-        protocol["interval"] = score["interval"]
-    if "hog_params" in info:
-        protocol["hog_params"] = info["hog_params"]
-    record = make_record(
-        task="retrieval", init=info["init"], dataset=dataset_name(cfg), split=cfg["query_split"],
-        metric=f"precision@{cfg['k']}", value=score["precision"] if score else None,
-        ci95=score["ci95"] if score else None,
-        per_class=dict(zip(class_names(), score["per_class"], strict=True)) if score else {}, n_images=n_queries,
-        seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=protocol,
-        chance=round(100 * score["chance"], 4) if score else None, n_gallery=n_gallery,
-        feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"],
-        feature_health=encoder_health(extractor.encoder, gallery, cfg, rt.device),
-        **schedule_fields(n_gallery + n_queries, len(gallery) + len(queries), "images", info["meta"]))
-    write_record(out, record)
-    log.info("%s: %s = %s (chance %s), wrote %s and %s", record["init"], record["metric"], record["value"],
-             record["chance"], out, grid)
-    return {"out": str(out), "grid": str(grid), "value": record["value"], "ci95": record["ci95"],
-            "chance": record["chance"], "neighbours": neighbours}
+    with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
+        refuse_overwrite(out, cfg["overwrite"])
+        check_writable(out.parent)  # created when the outputs are written, at the end
+        opts = {"batch_size": cfg["batch_size"], "workers": cfg["workers"], "max_batches": cfg["max_steps"]}
+        gallery_feats = extract_features(gallery.paths, extractor, cfg["input_size"], desc="gallery", **opts)
+        query_feats = extract_features(queries.paths, extractor, cfg["input_size"], desc="queries", **opts)
+        n_gallery, n_queries = len(gallery_feats), len(query_feats)
+        if cfg["center"]:
+            center_on_gallery(gallery_feats, query_feats)
+        if cfg["k"] > n_gallery:
+            raise CebenchError(f"--k {cfg['k']} exceeds the gallery's {n_gallery} images")
+        # search: faiss, exact by default
+        index = KnnIndex(gallery_feats, cfg["metric"], cfg["index"], seed=cfg["seed"])
+        _, neighbours = index.search(query_feats, cfg["k"])  # (Q, k) gallery rows, nearest first
+        # score: precision@k when both sets have VOC labels
+        score = None
+        if gallery.labels is not None and queries.labels is not None:
+            score = precision_at_k(present(queries.labels[:n_queries]), present(gallery.labels[:n_gallery]),
+                                   neighbours, seed=cfg["seed"])
+        title = ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}") + f", {n_queries} queries: " + (
+            f"precision@{cfg['k']} {100 * score['precision']:.1f}% (chance {100 * score['chance']:.1f}%)"
+            if score else "unlabelled images")
+        grid = draw_grid(out.with_suffix(".png"), cfg, gallery, queries, neighbours,
+                         score["relevant"] if score else None, title)
+        # result record
+        protocol = {"features": cfg["features"], "input": f"shorter side resized to {cfg['input_size']}, centre crop",
+                    "hole": "central, half the height and width (1/4 of the area), filled with the dataset mean",
+                    "centered": cfg["center"], "search": index.params, "k": cfg["k"], "gallery": gallery.source,
+                    "queries": queries.source,
+                    "relevance": "a neighbour is relevant when it holds an object (difficult included) of a class "
+                                 "its query holds; per_class: among queries holding the class, share of neighbours "
+                                 "holding it",
+                    "architecture": info["arch"], "weights": info["source"], "pretrain_meta": info["meta"]}
+        if score:
+            protocol["interval"] = score["interval"]
+        if "hog_params" in info:
+            protocol["hog_params"] = info["hog_params"]
+        record = make_record(
+            task="retrieval", init=info["init"], dataset=dataset_name(cfg), split=cfg["query_split"],
+            metric=f"precision@{cfg['k']}", value=score["precision"] if score else None,
+            ci95=score["ci95"] if score else None,
+            per_class=dict(zip(class_names(), score["per_class"], strict=True)) if score else {}, n_images=n_queries,
+            seed=cfg["seed"], wall_time_s=time.time() - started, config=cfg, protocol=protocol,
+            chance=round(100 * score["chance"], 4) if score else None, n_gallery=n_gallery,
+            feature_dim=int(gallery_feats.shape[1]), grid_png=str(grid), weights_meta=info["meta"],
+            feature_health=encoder_health(extractor.encoder, gallery, cfg, rt.device),
+            **schedule_fields(n_gallery + n_queries, len(gallery) + len(queries), "images", info["meta"]))
+        write_record(out, record)
+        log.info("%s: %s = %s (chance %s), wrote %s and %s", record["init"], record["metric"], record["value"],
+                 record["chance"], out, grid)
+        return {"out": str(out), "grid": str(grid), "value": record["value"], "ci95": record["ci95"],
+                "chance": record["chance"], "neighbours": neighbours}
 
 
 if __name__ == "__main__":

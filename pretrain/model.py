@@ -99,6 +99,12 @@ class AlexNetEncoder(nn.Module):
         return {"arch": self.arch, "pool_free": self.pool_free, "width": self.width, "lrn": self.lrn}
 
 
+def min_input_size(arch="caffenet", pool_free=False):
+    """The smallest square input whose pool5 is at least 1x1 (CaffeNet: 39 px; a smaller one has no features)."""
+    encoder = AlexNetEncoder(arch, pool_free=pool_free, width=0.1)  # pool5's size does not depend on the width
+    return next(size for size in range(1, 1024) if min(encoder.feature_shape(size)[1:]) >= 1)
+
+
 def _out_size(size, layer):
     k, s, p = (_pair0(layer.kernel_size), _pair0(layer.stride), _pair0(layer.padding))
     span = size + 2 * p - k

@@ -9,15 +9,18 @@ import time
 from pathlib import Path
 
 
-from cebench.config import add_skip_bad_flag, command_line_dests, entry_parser
+from cebench.config import (add_skip_bad_flag, command_line_dests, entry_parser, non_negative_float, non_negative_int,
+                            positive_float, positive_int)
 from cebench.curves import add_tensorboard_flag, tensorboard_dir
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
+from cebench.locks import hold_outputs
 from cebench.runs import keep_previous_run
 from cebench.runtime import add_precision_flag, add_threads_flag, barrier, cleanup_distributed, start_run
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
+from pretrain.model import min_input_size
 from pretrain.weights import save_checkpoint
 
 
@@ -45,7 +48,7 @@ def get_args_parser(run_files=True):
                       "image. Each is named in the log and in ce.pt's meta")
     g.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help="keep pre-resized images "
                    "in memory (auto: when they fit in 2 GB) so decoding never slows the step")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare "
+    g.add_argument("--workers", type=non_negative_int, default=None, help="DataLoader workers (default: one per spare "
                    "core; 0 prepares batches in the training process)")
     g.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded: "
                    "cpu = PIL in the loader's workers; gpu = the workers read file bytes and the GPU decodes the "
@@ -54,12 +57,12 @@ def get_args_parser(run_files=True):
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
     g.add_argument("--pool-free", action="store_true", help="replace max-pooling by strided convolutions")
-    g.add_argument("--width", type=float, default=1.0, help="encoder channel multiplier (1.0 = paper; "
+    g.add_argument("--width", type=positive_float, default=1.0, help="encoder channel multiplier (1.0 = paper; "
                    "smaller only for quick CPU checks)")
-    g.add_argument("--input-size", type=int, default=227, help="square crop fed to the network (paper: 227)")
-    g.add_argument("--load-size", type=int, default=256, help="shorter image side before the random crop")
+    g.add_argument("--input-size", type=positive_int, default=227, help="square crop fed to the network (paper: 227)")
+    g.add_argument("--load-size", type=positive_int, default=256, help="shorter image side before the random crop")
     g.add_argument("--dropout", type=float, default=0.5, help="dropout after the channel-wise FC layer")
-    g.add_argument("--decoder-width", type=float, default=1.0, help="decoder channel multiplier")
+    g.add_argument("--decoder-width", type=positive_float, default=1.0, help="decoder channel multiplier")
     g = p.add_argument_group("masks and loss")
     g.add_argument("--mask", default="random-region", choices=list(MASK_KINDS), help="region to drop; the "
                    "paper's features use random-region (central-region features latch onto the hole's border)")
@@ -69,21 +72,22 @@ def get_args_parser(run_files=True):
     g.add_argument("--region-shapes-split", default=None, metavar="SPLIT", help="only the PNGs listed in "
                    "ImageSets/Segmentation/SPLIT.txt beside --region-shapes (e.g. the pretraining split, so that no "
                    "test image lends its shapes); default every PNG of the folder")
-    g.add_argument("--overlap", type=int, default=0, help="px of context around the hole also reconstructed "
+    g.add_argument("--overlap", type=non_negative_int,
+                   default=0, help="px of context around the hole also reconstructed "
                    "(paper: 7 for its central-region inpainting model; 0 for feature learning)")
-    g.add_argument("--overlap-weight", type=float, default=10.0, help="L2 weight of the overlap band")
+    g.add_argument("--overlap-weight", type=non_negative_float, default=10.0, help="L2 weight of the overlap band")
     g.add_argument("--adv-weight", type=float, default=0.0, help="adversarial loss weight (paper: 0.001 for "
                    "inpainting quality); 0 = off, as for every feature-learning run")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=int, default=100_000, help="total steps of the schedule (paper: ~100K)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total "
+    g.add_argument("--steps", type=positive_int, default=100_000, help="total steps of the schedule (paper: ~100K)")
+    g.add_argument("--max-steps", type=non_negative_int, default=None, help="stop after this many steps in total "
                    "(a cap for quick runs; the schedule still follows --steps); 0 writes the untrained weights, "
                    "labelled ce-untrained (the paper's init scheme without what pretraining learns)")
-    g.add_argument("--batch-size", type=int, default=64, help="images per step per process")
-    g.add_argument("--lr", type=float, default=1.0e-4, help="Adam learning rate (paper: 1e-4 random region, "
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per step per process")
+    g.add_argument("--lr", type=positive_float, default=1.0e-4, help="Adam learning rate (paper: 1e-4 random region, "
                    "1e-3 central)")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1 (released code: 0.5)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="Adam weight decay (paper: none)")
+    g.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="Adam weight decay (paper: none)")
     g.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"],
                    help="constant as the paper, or cosine decay to zero over --steps")
     _add_run_args(p.add_argument_group("run"), run_files)
@@ -102,15 +106,17 @@ def _add_run_args(g, run_files):
         g.add_argument("--resume", action="store_true", help="continue from <stem>.last.pt if present")
     g.add_argument("--overwrite", action="store_true", help="start afresh even if --out exists; the previous run's "
                    "files stay aside (hidden .NAME.previous) and come back if the new run fails, until it succeeds")
-    g.add_argument("--ckpt-every", type=int, default=500, help="steps between run checkpoints")
-    g.add_argument("--log-every", type=int, default=20, help="steps between metrics.jsonl lines")
+    g.add_argument("--ckpt-every", type=positive_int, default=500, help="steps between run checkpoints")
+    g.add_argument("--log-every", type=positive_int, default=20, help="steps between metrics.jsonl lines")
     add_tensorboard_flag(g, "<stem>.tensorboard/ next to --out")
-    g.add_argument("--save-at", type=int, nargs="*", default=[], metavar="STEP", help="also write the encoder "
+    g.add_argument("--save-at", type=non_negative_int, nargs="*",
+                   default=[], metavar="STEP", help="also write the encoder "
                    "and decoder after these steps as <stem>.step<STEP>.pt (0 = before the first step), e.g. for "
                    "a pretraining curve (python -m evaluation.curve does this itself)")
     if run_files:
         g.add_argument("--no-figures", action="store_true", help="skip the loss curve and sample grid")
-    g.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
+    g.add_argument("--health-images", type=non_negative_int,
+                   default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                    "training images on which dead units and pool5's effective rank are measured at every checkpoint "
                    "(metrics.jsonl, ce.pt meta); 0 = off")
 
@@ -145,15 +151,10 @@ def check_args(args, given=()):
                                "--images to be a VOC JPEGImages folder; pass --image-split all to use every image)")
     if args.load_size < args.input_size:
         raise CebenchError(f"--load-size {args.load_size} is smaller than --input-size {args.input_size}")
-    for name in ("steps", "batch_size", "ckpt_every", "log_every"):
-        if getattr(args, name) < 1:
-            raise CebenchError(f"--{name.replace('_', '-')} must be positive")
-    if args.health_images < 0:
-        raise CebenchError("--health-images must be 0 (off) or positive")
-    if args.max_steps is not None and args.max_steps < 0:
-        raise CebenchError("--max-steps must be 0 (write the untrained weights) or more")
-    if any(s < 0 for s in args.save_at or ()):
-        raise CebenchError("--save-at takes step numbers of 0 or more")
+    smallest = min_input_size(args.arch, args.pool_free)  # the numbers' signs: their flag types (cebench.config)
+    if args.input_size < smallest:
+        raise CebenchError(f"--input-size {args.input_size} is too small for the {args.arch} trunk"
+                           f"{' (pool-free)' if args.pool_free else ''}: pool5 would be empty; use {smallest} or more")
     if not 0 <= args.adv_weight < 1:
         raise CebenchError("--adv-weight must be in [0, 1)")
     tensorboard_dir(args.tensorboard, ".")  # an explicit --tensorboard DIR without the package: refused now
@@ -176,16 +177,18 @@ def main(argv=None):
     cfg, rt, log = start_run(parser, argv, "pretrain",
                              check=lambda cfg: notes.append(check_config(cfg, command_line_dests(parser, argv))))
     paths = loop.run_paths(cfg["out"])
-    if not cfg["resume"] and not cfg["overwrite"]:
-        refuse_overwrite(paths["out"])
-        refuse_overwrite(paths["last"])
     if notes[0]:
         log.info(notes[0])
-    # the previous run stays whole until this one succeeds (cebench.runs)
-    fresh = not (cfg["resume"] and paths["last"].exists())
     try:
-        with keep_previous_run(paths.values(), fresh=fresh, checkpoint=paths["last"], enabled=rt.is_main):
-            return _run(cfg, rt, paths, log)
+        # the run's files are locked for its life (cebench.locks: a second run on them is refused), then the
+        # previous run stays whole until this one succeeds (cebench.runs)
+        with hold_outputs([paths["out"], paths["last"]], rt):
+            if not cfg["resume"] and not cfg["overwrite"]:
+                refuse_overwrite(paths["out"])
+                refuse_overwrite(paths["last"])
+            fresh = not (cfg["resume"] and paths["last"].exists())
+            with keep_previous_run(paths.values(), fresh=fresh, checkpoint=paths["last"], enabled=rt.is_main):
+                return _run(cfg, rt, paths, log)
     finally:
         cleanup_distributed()
 

@@ -12,6 +12,7 @@ import torch
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
+from cebench.names import check_name
 from pretrain.model import AlexNetEncoder, ContextEncoder, gaussian_init_
 
 FORMAT = "cebench.context-encoder"
@@ -126,10 +127,13 @@ def _encoder_from_state_dict(path, state, arch):
     return encoder, (fc if len(fc) == 4 else None)
 
 
-def ce_label(ckpt):
-    """The init label a ce.pt gives its records: meta's init_label (ce, autoencoder, ce-untrained), else ce."""
+def ce_label(ckpt, path):
+    """The init label a ce.pt gives its records: meta's init_label (ce, autoencoder, ce-untrained), else ce. It
+    names the record's file, so a label that is no name (a path such as '../../tmp/x') refuses the file."""
     label = ckpt["meta"].get("init_label")
-    return label if isinstance(label, str) and label else "ce"
+    if label is None or label == "":
+        return "ce"
+    return check_name(label, f"{path}: meta.init_label")
 
 
 TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the command line (--arch, --width, ...)
@@ -166,7 +170,7 @@ def load_encoder(spec, *, arch=None, seed=0):
         if isinstance(obj, dict) and "format" in obj:
             ckpt = read_checkpoint(path)
             encoder = _encoder_from_ce(path, ckpt)
-            info = {"init": ce_label(ckpt), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True}
+            info = {"init": ce_label(ckpt, path), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True}
         else:
             encoder, fc = _encoder_from_state_dict(path, _unwrap_state_dict(obj, path), None)
             info = {"init": "supervised", "source": str(path), "meta": {}, "fc": fc}
@@ -187,6 +191,6 @@ def load_context_encoder(path):
     model = ContextEncoder(_encoder_from_ce(path, ckpt), **ckpt["decoder_arch"])
     state = {f"encoder.{k}": v for k, v in ckpt["encoder"].items()} | ckpt["decoder"]
     _load_strict(model, state, path, "context encoder")
-    info = {"init": ce_label(ckpt), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True,
+    info = {"init": ce_label(ckpt, path), "source": str(path), "meta": ckpt["meta"], "fc": None, "ce_pt": True,
             "arch": model.encoder.constructor_args(), "decoder_arch": ckpt["decoder_arch"]}
     return model.eval(), info

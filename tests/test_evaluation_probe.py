@@ -14,7 +14,7 @@ from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, conv_features, f
                                            standardise_and_rotate)
 
 SMALL = ["--profile", "smoke", "--input-size", "64", "--width", "0.25", "--fc-dim", "32", "--base-size", "72",
-         "--rescale-images", "4", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--n-boot", "50",
+         "--rescale-images", "4", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--n-boot", "200",
          "--threads", "1"]
 
 
@@ -79,7 +79,7 @@ def test_probe_main_on_a_tiny_voc(voc, tmp_path):
     record = read_record(out)
     assert record["task"] == "probe" and record["init"] == "random" and record["metric"] == "mAP"
     assert list(record["layers"]) == list(LAYERS) and record["layer"] == "conv5"
-    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 50 resamples")  # --n-boot 50
+    assert record["protocol"]["interval"].startswith("BCa bootstrap 95%, 200 resamples")  # --n-boot 200
     for cell in record["layers"].values():
         assert 0 <= cell["value"] <= 100 and cell["c"] in (1e-3, 1e-1) and len(cell["held_out_map"]) == 2
         assert set(cell["per_class"]) >= {"aeroplane", "person"}
@@ -114,7 +114,7 @@ profiles:
     pretrain: {{images: {root}/VOC2007/JPEGImages, image_split: train, width: 0.25, input_size: 64, load_size: 72,
                mask: random-block, batch_size: 4, steps: 8, lr: 1.0e-3, ckpt_every: 4, workers: 0, no_figures: true}}
     probe: {{train_split: train, test_split: val, width: 0.25, input_size: 64, fc_dim: 32, base_size: 72,
-            rescale_images: 4, cs: [1.0e-2], n_boot: 20, batch_size: 8, workers: 0, threads: 1}}
+            rescale_images: 4, cs: [1.0e-2], n_boot: 200, batch_size: 8, workers: 0, threads: 1}}
     curve: {{loss_split: val, batch_size: 8, fractions: [0.0, 0.5, 1.0]}}
     run: {{stages: {{tables: {{}}}}}}
 """

@@ -18,7 +18,7 @@ from voc.devkit import load_mask
 TINY = ["--weights", "random", "--width", "0.25", "--fc-dim", "16", "--input-size", "96", "--steps", "2",
         "--batch-size", "2", "--accum-steps", "2", "--crop-size", "40", "--min-scale", "0.7", "--max-scale", "1.3",
         "--flip-prob", "0.5", "--rescale-images", "4", "--lr", "0.01", "--loss-normalization", "valid",
-        "--n-boot", "50", "--device", "cpu", "--examples", "2"]
+        "--n-boot", "200", "--device", "cpu", "--examples", "2"]
 
 
 @pytest.fixture(scope="module")

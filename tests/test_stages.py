@@ -1,7 +1,7 @@
 """The stage table (cebench.stages): every list of stages is read from it, and a new stage is one new row.
 
-The toy-stage test adds a row to a copy of the plumbing (cebench/ and run_all.sh, no model code) and sees the
-stage in `bash run_all.sh --dry-run`: the README's recipe for a new transfer task, checked.
+The toy-stage test adds a row to a copy of the plumbing (cebench/ and run_all.sh) and an entry point of its own, and
+sees the stage in `bash run_all.sh --dry-run`: the README's recipe for a new transfer task, checked.
 """
 
 import os
@@ -23,7 +23,7 @@ default_profile: toy
 profiles:
   toy:
     description: One toy stage.
-    common: {voc_root: voc}
+    common: {voc_root: vocdata}
     pretrain: {images: imgs}
     run:
       stages:
@@ -45,27 +45,31 @@ def test_the_lists_of_stages_are_read_from_the_table():
 
 
 def test_a_toy_stage_added_as_one_row_appears_in_the_dry_run(tmp_path):
-    for part in ("cebench", "run_all.sh"):  # the plumbing only: it imports no model code
+    for part in ("cebench", "run_all.sh", "transfer"):  # copies: the plumbing, and transfer/ for the new task
         copy = shutil.copytree if (REPO / part).is_dir() else shutil.copy
         copy(REPO / part, tmp_path / part)
+    for part in ("pretrain", "voc", "evaluation"):  # unchanged: the suite's preflight parses their commands
+        (tmp_path / part).symlink_to(REPO / part)
+    # the new task's entry point (a file it adds): here the classification transfer's flags under a new name
+    (tmp_path / "transfer" / "knn.py").write_text("from transfer.classify import get_args_parser  # noqa: F401\n")
     table = tmp_path / "cebench" / "stages.py"
     text = table.read_text()
     assert text.count('    Stage("curve"') == 1
     table.write_text(text.replace('    Stage("curve"', TOY_ROW + '    Stage("curve"'))  # the one edit
     (tmp_path / "benchmarks.yaml").write_text(TOY_PROFILE)
-    (tmp_path / "voc").mkdir()
+    (tmp_path / "vocdata").mkdir()
     (tmp_path / "imgs").mkdir()
     (tmp_path / ".venv").symlink_to(sys.prefix)  # run_all.sh picks .venv/bin/python: this interpreter
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     env.pop("CEBENCH_BENCHMARKS", None)
-    flags = ["--dry-run", "--voc-root", "voc", "--seed", "3", "--max-steps", "5"]
+    flags = ["--dry-run", "--voc-root", "vocdata", "--seed", "3", "--max-steps", "5"]
     run = subprocess.run(["bash", str(tmp_path / "run_all.sh"), *flags], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     commands = [line for line in run.stdout.splitlines() if line.startswith("$ python -m")]
     assert commands[0].startswith("$ python -m pretrain.train --profile toy --out results/toy/ce-untrained.pt")
     assert commands[1:] == [  # after pretraining, in the table's order; its flags from the row (no --max-steps)
-        f"$ python -m transfer.knn --profile toy --weights {w} --out results/toy/knn_{i}.json --voc-root voc --seed 3"
+        f"$ python -m transfer.knn --profile toy --weights {w} --out results/toy/knn_{i}.json --voc-root vocdata --seed 3"
         for w, i in (("random", "random"), ("results/toy/ce-untrained.pt", "ce-untrained"))]
 
 

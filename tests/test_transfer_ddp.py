@@ -43,7 +43,7 @@ DETECT = ["--train-split", "train", "--test-split", "val", "--scale", "96", "--m
           "--rois-per-image", "8", "--bg-iou-low", "0"]  # each image fills its 8 RoIs (test_detect_two_cpu_...)
 SEGMENT = ["--weights", "random", "--fc-dim", "16", "--input-size", "96", "--steps", "2", "--batch-size", "2",
            "--crop-size", "40", "--min-scale", "0.7", "--max-scale", "1.3", "--flip-prob", "0.5",
-           "--rescale-images", "4", "--lr", "0.01", "--loss-normalization", "valid", "--n-boot", "50",
+           "--rescale-images", "4", "--lr", "0.01", "--loss-normalization", "valid", "--n-boot", "200",
            "--examples", "2", "--workers", "0"]
 
 

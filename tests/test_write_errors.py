@@ -49,7 +49,7 @@ def _entry_points(data, out):
         "transfer.detect": ["--voc-root", data["voc"], *VOC, "--scale", "72", "--max-size", "96", "--ss-workers",
                             "1", "--proposals-cache", data["cache"], "--out", f"{out}/det.json"],
         "transfer.segment": ["--voc-root", data["voc"], *VOC, "--input-size", "96", "--batch-size", "2",
-                             "--accum-steps", "1", "--crop-size", "40", "--n-boot", "10", "--out", f"{out}/seg.json"],
+                             "--accum-steps", "1", "--crop-size", "40", "--n-boot", "200", "--out", f"{out}/seg.json"],
         "evaluation.retrieval": [*EVAL, "--voc-root", data["voc"], "--k", "2", "--out", f"{out}/r.json"],
         "evaluation.inpainting": [*EVAL, "--voc-root", data["voc"], "--out", f"{out}/i.json"],
         "evaluation.tables": ["--results", data["records"], "--out", str(out)],

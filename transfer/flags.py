@@ -11,13 +11,16 @@ names the protocol the defaults come from.
 
 import argparse
 
-from cebench.config import add_skip_bad_flag, entry_parser
+from cebench.config import (add_skip_bad_flag, at_least, entry_parser, non_negative_float, non_negative_int,
+                            positive_float, positive_int)
 from cebench.curves import add_tensorboard_flag
 from cebench.runtime import add_precision_flag, add_threads_flag
+from evaluation.metrics.bootstrap import MIN_BOOT
 from pretrain.health import HEALTH_IMAGES
 from pretrain.weights import RANDOM, weights_spec
 
 GROUPS = ("data", "model", "optimisation", "test", "run")
+N_BOOT_TYPE = at_least(MIN_BOOT, " (too few resamples for BCa's tail quantiles; 1000 is the default)")
 LR_SCHEDULES = ("step", "cosine", "constant")
 
 
@@ -48,7 +51,7 @@ def add_data_args(group, *, train_split, test_split, train_help, test_help, skip
     add_skip_bad_flag(group, skip_bad_help)
     if cache_help:
         group.add_argument("--cache", default="auto", choices=["auto", "on", "off"], help=cache_help)
-    group.add_argument("--workers", type=int, default=None, help=workers_help)
+    group.add_argument("--workers", type=non_negative_int, default=None, help=workers_help)
 
 
 def add_flip_flag(group, default, what="training images"):
@@ -65,15 +68,17 @@ def add_init_args(group, *, rescale_images, rescale_what):
                        "names (default: ce, random or supervised, from the weights)")
     group.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                        help="trunk for --weights random; a weights file brings its own (the record says which ran)")
-    group.add_argument("--width", type=float, default=1.0, help="channel multiplier for --weights random (match "
+    group.add_argument("--width", type=positive_float,
+                       default=1.0, help="channel multiplier for --weights random (match "
                        "the ce.pt you compare with)")
     group.add_argument("--pool-free", action="store_true", help="pool-free trunk for --weights random")
     group.add_argument("--rescale", dest="rescale", action="store_true", help="Krähenbühl et al.'s data-dependent "
                        "init and between-layer rescaling before fine-tuning (the paper's protocol; default on)")
     group.add_argument("--no-rescale", dest="rescale", action="store_false", help="fine-tune from the raw init")
-    group.add_argument("--rescale-images", type=int, default=rescale_images, help=f"{rescale_what} used for "
+    group.add_argument("--rescale-images", type=positive_int, default=rescale_images, help=f"{rescale_what} used for "
                        "rescaling")
-    group.add_argument("--rescale-iterations", type=int, default=10, help="between-layer rescaling iterations")
+    group.add_argument("--rescale-iterations", type=non_negative_int,
+                       default=10, help="between-layer rescaling iterations")
     add_health_arg(group)
     group.set_defaults(rescale=True)
 
@@ -81,50 +86,57 @@ def add_init_args(group, *, rescale_images, rescale_what):
 def add_head_args(group, input_size_help=None):
     """--input-size (when the task has one), --fc-dim and --dropout of the backbone's fully-connected layers."""
     if input_size_help:
-        group.add_argument("--input-size", type=int, default=227, help=input_size_help)
-    group.add_argument("--fc-dim", type=int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
+        group.add_argument("--input-size", type=positive_int, default=227, help=input_size_help)
+    group.add_argument("--fc-dim", type=positive_int, default=4096, help="width of fc6 and fc7 (AlexNet: 4096)")
     group.add_argument("--dropout", type=float, default=0.5, help="dropout after fc6 and fc7")
 
 
 def add_health_arg(group):
     """--health-images: the record's feature health (dead units, pool5 effective rank) of the init it used."""
-    group.add_argument("--health-images", type=int, default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
+    group.add_argument("--health-images", type=non_negative_int,
+                       default=HEALTH_IMAGES, help="fixed seeded centre crops of the "
                        "training images on which the record measures the init's dead units and pool5 effective rank "
                        "(after rescaling when it rescales); 0 = off")
 
 
 def add_max_steps_flag(group, unit="iterations"):
     """--max-steps: a cap for quick runs; the schedule keeps its length."""
-    group.add_argument("--max-steps", type=int, default=None, help=f"stop after this many {unit} in total (the "
+    group.add_argument("--max-steps", type=positive_int,
+                       default=None, help=f"stop after this many {unit} in total (the "
                        "schedule still follows --steps); rerun with --resume to continue")
 
 
 def add_optimisation_args(group, *, steps, batch_size, lr, lr_schedule, lr_step, lr_gamma, weight_decay, clip_grad,
                           accum_steps=1, lr_help="base learning rate (biases learn at 2x)"):
     """Momentum SGD over a schedule of --steps iterations (the defaults are the task protocol's)."""
-    group.add_argument("--steps", type=int, default=steps, help="length of the schedule in iterations")
+    group.add_argument("--steps", type=positive_int, default=steps, help="length of the schedule in iterations")
     add_max_steps_flag(group)
-    group.add_argument("--batch-size", type=int, default=batch_size, help="images per iteration, over all processes")
-    group.add_argument("--accum-steps", type=int, default=accum_steps, help="micro-batches per iteration (Caffe's "
+    group.add_argument("--batch-size", type=positive_int,
+                       default=batch_size, help="images per iteration, over all processes")
+    group.add_argument("--accum-steps", type=positive_int,
+                       default=accum_steps, help="micro-batches per iteration (Caffe's "
                        "iter_size)")
-    group.add_argument("--lr", type=float, default=lr, help=lr_help)
+    group.add_argument("--lr", type=positive_float, default=lr, help=lr_help)
     group.add_argument("--lr-schedule", default=lr_schedule, choices=LR_SCHEDULES)
-    group.add_argument("--lr-step", type=int, default=lr_step, help="iterations between steps of the step schedule")
+    group.add_argument("--lr-step", type=positive_int,
+                       default=lr_step, help="iterations between steps of the step schedule")
     group.add_argument("--lr-gamma", type=float, default=lr_gamma, help="factor of each step of the step schedule")
-    group.add_argument("--momentum", type=float, default=0.9)
-    group.add_argument("--weight-decay", type=float, default=weight_decay)
-    group.add_argument("--clip-grad", type=float, default=clip_grad, help="clip the gradients' global L2 norm "
+    group.add_argument("--momentum", type=non_negative_float, default=0.9)
+    group.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
+    group.add_argument("--clip-grad", type=non_negative_float,
+                       default=clip_grad, help="clip the gradients' global L2 norm "
                        "(0 = off)")
 
 
 def add_n_boot_flag(group, what="the test images"):
     """--n-boot: bootstrap resamples of the record's 95% interval."""
-    group.add_argument("--n-boot", type=int, default=1000, help=f"bootstrap resamples of {what} for ci95")
+    group.add_argument("--n-boot", type=N_BOOT_TYPE, default=1000, help=f"bootstrap resamples of {what} for ci95")
 
 
 def add_examples_flag(group, what, default=4):
     """--examples: how many test images are drawn (`what`)."""
-    group.add_argument("--examples", type=int, default=default, help=f"test images drawn {what} (0 = none)")
+    group.add_argument("--examples", type=non_negative_int,
+                       default=default, help=f"test images drawn {what} (0 = none)")
 
 
 def add_test_args(group, examples_what):
@@ -144,8 +156,8 @@ def add_run_args(group, *, out_help):
     group.add_argument("--overwrite", action="store_true", help="start afresh even if the record or run exists; the "
                        "previous run stays aside (hidden .NAME.previous), comes back if the new run fails and is "
                        "deleted once it succeeds")
-    group.add_argument("--ckpt-every", type=int, default=1000, help="iterations between run checkpoints")
-    group.add_argument("--eval-every", type=int, default=0, help="iterations between test evaluations "
+    group.add_argument("--ckpt-every", type=positive_int, default=1000, help="iterations between run checkpoints")
+    group.add_argument("--eval-every", type=non_negative_int, default=0, help="iterations between test evaluations "
                        "(0 = end only)")
-    group.add_argument("--log-every", type=int, default=20, help="iterations between metrics.jsonl lines")
+    group.add_argument("--log-every", type=positive_int, default=20, help="iterations between metrics.jsonl lines")
     add_tensorboard_flag(group, "tensorboard/ in the run folder beside the record")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, make_dirs, refuse_overwrite
+from cebench.locks import hold_outputs
+from cebench.names import check_name
 from cebench.records import default_record_path, make_record
 from cebench.runs import keep_previous_run
 from cebench.runtime import barrier, cleanup_distributed, default_num_workers, start_run
@@ -52,8 +54,18 @@ def check_positive(cfg, names):
 
 
 def init_label(cfg, info):
-    """The initialisation's name in the record and file names: --init-label, else what the weights turned out to be."""
-    return cfg["init_label"] or info["init"]
+    """The initialisation's name in the record and file names: --init-label, else what the weights turned out to be
+    (a name, never a path: cebench.files.check_name)."""
+    if cfg["init_label"] is not None:
+        return check_name(cfg["init_label"], "--init-label")
+    return info["init"]
+
+
+def check_ids(ids, where):
+    """Image ids from a split list or a COCO file become file names of the outputs (prediction and example PNGs):
+    each must be a name, checked before any work is done."""
+    for image_id in ids:
+        check_name(str(image_id), f"{where}: image id")
 
 
 def backbone_from_flags(cfg, input_size):
@@ -96,19 +108,21 @@ def output_paths(cfg, stage, label, variant=""):
 
 @contextmanager
 def run_outputs(paths, cfg, rt, extra=(), guarded=()):
-    """The outputs of a run: an existing record or checkpoint (and the `guarded` files) is refused unless --resume
-    or --overwrite; the previous run (record, run folder, `extra`) stays aside until this one has written its
-    record (cebench.runs); the run folder exists on rank 0 before any rank looks for a checkpoint in it."""
-    if not (cfg["resume"] or cfg["overwrite"]):
-        for path in (paths["out"], paths["checkpoint"], *guarded):
-            refuse_overwrite(path)
-    fresh = not (cfg["resume"] and paths["checkpoint"].is_file())
-    with keep_previous_run([paths["out"], paths["run_dir"], *extra], fresh=fresh, checkpoint=paths["checkpoint"],
-                           enabled=rt.is_main):
-        if rt.is_main:
-            make_dirs(paths["run_dir"])
-        barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
-        yield
+    """The outputs of a run: locked for its life against a second run writing them (cebench.locks); an existing
+    record or checkpoint (and the `guarded` files) is refused unless --resume or --overwrite; the previous run
+    (record, run folder, `extra`) stays aside until this one has written its record (cebench.runs); the run folder
+    exists on rank 0 before any rank looks for a checkpoint in it."""
+    with hold_outputs([paths["out"], paths["run_dir"]], rt):
+        if not (cfg["resume"] or cfg["overwrite"]):
+            for path in (paths["out"], paths["checkpoint"], *guarded):
+                refuse_overwrite(path)
+        fresh = not (cfg["resume"] and paths["checkpoint"].is_file())
+        with keep_previous_run([paths["out"], paths["run_dir"], *extra], fresh=fresh,
+                               checkpoint=paths["checkpoint"], enabled=rt.is_main):
+            if rt.is_main:
+                make_dirs(paths["run_dir"])
+            barrier(rt)  # no rank looks for a checkpoint before rank 0 has moved a previous run aside
+            yield
 
 
 def rescale_once(cfg, paths, rt, log, compute):

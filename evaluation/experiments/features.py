@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
+from cebench.config import non_negative_int, positive_float, positive_int
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, worker_seed_init)
@@ -137,7 +138,8 @@ def add_feature_args(parser):
                    "AlexNet state_dict (the ImageNet row), or 'random' (the paper's Gaussian initialisation, seeded)")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="trunk for --weights random; weight files bring their own")
-    g.add_argument("--width", type=float, default=1.0, help="channel multiplier for --weights random (match the "
+    g.add_argument("--width", type=positive_float,
+                   default=1.0, help="channel multiplier for --weights random (match the "
                    "ce.pt you compare with)")
     g.add_argument("--center", dest="center", action="store_true", help="centre features on the gallery mean "
                    "before the (cosine) search: removes the component shared by all images that otherwise makes a "
@@ -145,7 +147,7 @@ def add_feature_args(parser):
     g.add_argument("--no-center", dest="center", action="store_false", help="search the raw features")
     parser.set_defaults(center=True)
     add_health_arg(g)
-    g.add_argument("--input-size", type=int, default=227, help="images are resized and centre-cropped to this "
+    g.add_argument("--input-size", type=positive_int, default=227, help="images are resized and centre-cropped to this "
                    "square; the hole is its central half (paper: 227 for features; voc-mini: 128)")
     add_precision_flag(g)
     return g
@@ -157,9 +159,10 @@ def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replac
     g.add_argument("--seed", type=int, default=0, help=seed_help)
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_threads_flag(g)
-    g.add_argument("--max-steps", type=int, default=None, help=f"cap on {batches} per image set (quick runs)")
-    g.add_argument("--batch-size", type=int, default=64, help=f"images per {batches[:-2]}")
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: one per spare core)")
+    g.add_argument("--max-steps", type=positive_int, default=None, help=f"cap on {batches} per image set (quick runs)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help=f"images per {batches[:-2]}")
+    g.add_argument("--workers", type=non_negative_int,
+                   default=None, help="DataLoader workers (default: one per spare core)")
     g.add_argument("--out", default=None, help=out_help)
     g.add_argument("--overwrite", action="store_true", help=overwrite_help)
     return g

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cebench.config import positive_int
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from pretrain.data import list_images
@@ -112,8 +113,10 @@ def add_data_args(parser, queries="query"):
                    "labels, so no precision score. Queries come from --query-list or a seeded draw")
     g.add_argument("--gallery-list", default=None, help="with --images: file of gallery image ids (file stems)")
     g.add_argument("--query-list", default=None, help=f"with --images: file of {queries} image ids")
-    g.add_argument("--max-gallery", type=int, default=None, help="seeded random subset of the gallery (quick runs)")
-    g.add_argument("--max-queries", type=int, default=None, help=f"seeded random subset of the {queries} images")
+    g.add_argument("--max-gallery", type=positive_int,
+                   default=None, help="seeded random subset of the gallery (quick runs)")
+    g.add_argument("--max-queries", type=positive_int,
+                   default=None, help=f"seeded random subset of the {queries} images")
     return g
 
 

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_text
+from cebench.names import check_name
 from cebench.records import percent, schedule_fields, write_record
 from cebench.runtime import barrier
 from evaluation.metrics import detection_map_ci
@@ -36,6 +37,7 @@ def check_config(cfg):
         raise CebenchError("--lr must be positive and --nms in (0, 1]")
     if bool(cfg["coco_json"]) != bool(cfg["coco_test_json"]) or (cfg["coco_json"] and not cfg["coco_images"]):
         raise CebenchError("COCO data needs --coco-json (train), --coco-test-json (test) and --coco-images")
+    check_name(cfg["test_split"], "--test-split")  # it names the devkit's results files
 
 
 def load_splits(cfg, log):
@@ -49,6 +51,9 @@ def load_splits(cfg, log):
         splits = [from_voc(load_split(cfg["voc_root"], cfg["year"], cfg[k], skip_bad=cfg["skip_bad"]),
                            skip_bad=cfg["skip_bad"]) for k in ("train_split", "test_split")]
     for s in splits:
+        stages.check_ids(s.ids, s.name)  # they name the example PNGs
+        for name in s.classes:  # they name the devkit's results files (COCO's may hold spaces)
+            check_name(str(name).replace(" ", "_"), f"{s.name}: class name")
         log.info("%s: %d images, %d objects%s%s", s.name, len(s), sum(len(b) for b in s.boxes),
                  f", {len(s.skipped)} skipped (--skip-bad)" if s.skipped else "",
                  f", {s.boxes_clipped} boxes partly outside their image clipped to it" if s.boxes_clipped else "")
@@ -165,6 +170,7 @@ def write_devkit(folder, split_name, classes, detections):
     Numbers are written at full precision (shortest exact repr): rounded scores would tie many low-scoring
     detections, and any evaluator would then rank them differently from the record."""
     folder = Path(folder)
+    check_name(split_name, "--test-split")
     per_class = voc_detections(detections, len(classes))
     for c, name in enumerate(classes):
         lines = [f"{d[0]} " + " ".join(repr(float(v)) for v in d[1:6]) + "\n" for d in per_class[c]]

@@ -35,6 +35,7 @@ def load_data(cfg, log):
     train_ds, test_ds = (VOCSegmentation(cfg["voc_root"], cfg[split], cfg["year"], transform=t, cache=cfg["cache"],
                                          skip_bad=cfg["skip_bad"])
                          for split, t in (("train_split", transform), ("test_split", SegTransform())))
+    stages.check_ids(test_ds.ids, f"VOC{test_ds.year} {cfg['test_split']}")  # they name the prediction PNGs
     log.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, cfg["train_split"], len(train_ds),
              test_ds.year, cfg["test_split"], len(test_ds))
     return train_ds, test_ds, transform
