@@ -14,7 +14,6 @@ class name, a missing image or a truncated JPEG is a CebenchError naming the fil
 the image is left out and listed in ``VocSplit.skipped``.
 """
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from torchvision.datasets import VOCDetection
 
 from cebench.errors import CebenchError
 from cebench.images import read_labels, read_rgb
-from cebench.files import atomic_write
+from cebench.files import atomic_write, read_json
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -303,7 +302,7 @@ def synthetic_info(voc_root):
         stamp = folder / STAMP_NAME
         if stamp.is_file():
             try:
-                return json.loads(stamp.read_text())
-            except (OSError, json.JSONDecodeError):
+                return read_json(stamp)
+            except (OSError, ValueError):
                 return None
     return None
