@@ -61,9 +61,9 @@ def read_image(path, short_side):
     return np.asarray(img, dtype=np.uint8)
 
 
-def check_images(paths, skip_bad):
-    """With skip_bad, drop files PIL cannot parse or that exceed cebench.images' bound (header check); returns
-    (kept paths, skipped paths).
+def check_images(paths, skip_bad, short_side=None):
+    """With skip_bad, drop files PIL cannot parse or that exceed cebench.images' bound when decoded for
+    `short_side` as read_image decodes them (header check); returns (kept paths, skipped paths).
 
     Only headers are read here (a full decode of an ImageNet-sized folder takes hours): a file that fails to
     decode later is replaced in the stream (InpaintingStream with skip_bad) and reported by the training loop."""
@@ -72,7 +72,8 @@ def check_images(paths, skip_bad):
     good, bad = [], []
     for path in progress(paths, desc="checking images", leave=False):
         try:
-            with open_image(path) as img:
+            with open_image(path, None if short_side is None else
+                            (lambda w, h: resized_size(w, h, short_side))) as img:
                 img.verify()
             good.append(path)
         except CebenchError:  # any parse failure means the file is skipped; the count is reported

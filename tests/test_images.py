@@ -89,6 +89,8 @@ def test_the_size_bound_refuses_before_decoding_and_counts_a_jpegs_reduced_decod
     # ... at 16 px, at 1/4 scale (16x16): within the bound, decoded
     assert read_image(jpeg, 16).shape == (16, 16, 3)
     assert load_image(jpeg, draft=True).size == (8, 8)  # the devkit's cheap check decodes at 1/8
+    # --skip-bad's header check judges a file as read_image will decode it
+    assert check_images([jpeg, png], skip_bad=True, short_side=16) == ([jpeg], [png])
 
 
 def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path):
