@@ -6,6 +6,8 @@ import math
 import os
 import pickle
 import re
+import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -149,6 +151,24 @@ def atomic_torch_save(obj, path):
     return atomic_write(path, lambda f: torch.save(obj, f), "wb", raw=True)
 
 
+@contextlib.contextmanager
+def staged_files(folder):
+    """Write a set of files as one unit: yields a temporary folder inside `folder`; when the block succeeds its
+    files replace their namesakes in `folder` (os.replace, which a full disk cannot stop), else none does and the
+    temporary folder is removed. Returns nothing; the caller names the final paths."""
+    folder = make_dirs(folder)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=folder))
+    except OSError as err:
+        raise write_error(folder, err) from None
+    try:
+        yield stage
+        for path in sorted(stage.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def remove_stale_temps(*paths):
     """Delete temporary files that atomic_write left for `paths` when a process was killed mid-write.
 
@@ -187,6 +207,47 @@ def _parses(line):
     except json.JSONDecodeError:  # a line cut short by a kill
         return False
     return True
+
+
+MAX_JSON_BYTES = 64 * 1024**2  # a result record is kilobytes; anything this large is not one
+MAX_JSON_DEPTH = 64  # a record nests a handful of levels (config, protocol, per_class)
+
+
+def _depth(obj):
+    """Nesting depth of parsed JSON (0 for a scalar), without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            stack += [(v, level + 1) for v in (item.values() if isinstance(item, dict) else item)]
+    return deepest
+
+
+def read_json(path, max_bytes=None, max_depth=None, **loads_kwargs):
+    """Parse a JSON file that may be hostile: a regular file only (a FIFO or device named *.json is refused
+    without blocking), at most `max_bytes` (default MAX_JSON_BYTES), nested at most `max_depth` deep (default
+    MAX_JSON_DEPTH); ValueError with the reason otherwise (OSError when it cannot be read)."""
+    max_bytes = MAX_JSON_BYTES if max_bytes is None else max_bytes
+    max_depth = MAX_JSON_DEPTH if max_depth is None else max_depth
+    # O_NONBLOCK: opening a FIFO for reading would wait for a writer forever; on a regular file it changes nothing
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{info.st_size:,} bytes, above the limit of {max_bytes:,}")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"above the limit of {max_bytes:,} bytes")
+    try:
+        obj = json.loads(data, **loads_kwargs)
+    except RecursionError:  # json's parser recurses once per level: this is far deeper than max_depth
+        raise ValueError(f"nested deeper than {max_depth} levels") from None
+    if _depth(obj) > max_depth:
+        raise ValueError(f"nested deeper than {max_depth} levels")
+    return obj
 
 
 def safe_torch_load(path, what="checkpoint"):

@@ -5,7 +5,6 @@ of a class without a positive is nan) is stored as null, and `null_reasons` says
 value, or any other NaN/Inf, is an error that names the file (a run that diverged must not become a number).
 """
 
-import json
 import math
 import platform
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from cebench.config import benchmarks_path
 from cebench.errors import CebenchError
-from cebench.files import atomic_write_json, refuse_non_finite
+from cebench.files import atomic_write_json, read_json, refuse_non_finite
 from cebench.names import check_name
 from cebench.stages import RECORD_TASKS, STAGES
 
@@ -149,7 +148,8 @@ def _refuse_constant(name):
 def read_record(path):
     """Load one record, refusing files that are not records with one line naming the file."""
     try:
-        record = json.loads(Path(path).read_text(), parse_constant=_refuse_constant)  # no NaN/Infinity tokens
+        # a regular file, bounded in size and depth (a FIFO or a hostile nesting is refused); no NaN/Infinity
+        record = read_json(path, parse_constant=_refuse_constant)
     except (OSError, ValueError) as err:
         raise CebenchError(f"{path}: not a readable result record ({err})") from None
     missing = [k for k in REQUIRED if k not in record] if isinstance(record, dict) else list(REQUIRED)

@@ -5,22 +5,21 @@ grids and provenance, readable offline (images inline as data URIs, CSS inline, 
     python -m evaluation.report --profile smoke --out /tmp/smoke.html
 """
 
-import json
 import re
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from cebench.config import benchmarks_path, entry_parser, parse_with_profile
+from cebench.config import benchmarks_path, command_line_dests, entry_parser, parse_with_profile
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_text, display_path
+from cebench.files import atomic_write_text, display_path, read_json
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from cebench.stages import STAGES
 from evaluation.reporting import report_html as h
 from evaluation.reporting.cells import is_complete
-from evaluation.reporting.paper_tables import add_results_args, load_records, variant_of
+from evaluation.reporting.paper_tables import add_results_args, load_records, one_profile, variant_of
 from evaluation.tables import provenance
 
 EXAMPLE_TITLES = {s.examples: s.example_title for s in STAGES if s.examples}  # file-name prefix -> heading
@@ -112,8 +111,10 @@ def _stamps(results):
     rows = []
     for path in sorted(results.glob("*.stamp")):
         try:
-            stamp = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+            stamp = read_json(path)
+        except (OSError, ValueError):  # damaged, not a regular file, too large or too deep
+            continue
+        if not isinstance(stamp, dict):
             continue
         rows.append({"output": path.name.removesuffix(".stamp"), "status": stamp.get("status", ""),
                      "wall time (s)": stamp.get("wall_time_s", ""), "command": " ".join(stamp.get("command", []))})
@@ -147,12 +148,15 @@ def provenance_html(results, records, lines):
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "report")
+    parser = get_args_parser()
+    args = parse_with_profile(parser, argv, "report")
     repo = benchmarks_path().parent
     results = Path(args.results or results_dir(args.profile))
     out = Path(args.out) if args.out else results / "report.html"
     # data: the records (the tables' only input) and the files the runs wrote beside them
     records, other, _unreadable = load_records(results)  # the tables' footers name what they left out
+    wanted = args.profile if "profile" in command_line_dests(parser, argv) else None
+    _, records, _other_profiles = one_profile(records, results, wanted)  # one profile, as the tables show
     if not records and not list(results.glob("table*.csv")):
         raise CebenchError(f"no result records or tables under {results}: run the transfer/evaluation entry points "
                            "first")

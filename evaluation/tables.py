@@ -5,7 +5,8 @@ of Table 2 with 95% intervals (table2.png); with probe records (python -m evalua
 per-layer linear probes (inits x layers, table3.csv/.md) and its figure (table3.png, mAP vs layer). Missing runs
 are empty cells, never zeros. A cell averages the seeds of one configuration only (complete runs before partial
 ones, see evaluation.reporting.cells); each table's footer names the records it left out and why, and the unreadable
-files.
+files. The tables show one profile (--profile when given, else the folder's: see paper_tables.one_profile); records
+of other profiles are left out and named. The set of files is written as one unit (cebench.files.staged_files).
 
     python -m evaluation.tables --results results/voc-mini
     python -m evaluation.tables --profile smoke          # results/smoke
@@ -14,14 +15,14 @@ files.
 from collections import Counter
 from pathlib import Path
 
-from cebench.config import benchmarks_path, entry_parser, parse_with_profile
+from cebench.config import benchmarks_path, command_line_dests, entry_parser, parse_with_profile
 from cebench.errors import CebenchError, run_cli
-from cebench.files import atomic_write_text, display_path, make_dirs
+from cebench.files import atomic_write_text, display_path, staged_files
 from cebench.logs import get_logger
 from cebench.records import results_dir
 from evaluation.reporting.figures import layer_lines, table_bars
 from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
-                                               markdown, read_published, table1, table2, table3)
+                                               markdown, one_profile, read_published, table1, table2, table3)
 
 
 def get_args_parser():
@@ -64,9 +65,9 @@ def provenance(profile, results, records, other, published):
             "columns of the CSV count the records behind each cell."]
 
 
-def left_out_notes(report, unreadable, results):
-    """Footer lines naming every record a table left out and why, the cells shown from partial runs only, and
-    the files that could not be read at all."""
+def left_out_notes(report, unreadable, results, other_profiles=()):
+    """Footer lines naming every record a table left out and why, the cells shown from partial runs only, the
+    records of other profiles, and the files that could not be read at all."""
     def name(path):
         path = Path(path)
         return str(path.relative_to(results)) if path.is_relative_to(results) else str(path)
@@ -79,6 +80,9 @@ def left_out_notes(report, unreadable, results):
     if report["partial"]:
         lines += ["", "Partial runs shown (no complete run of the cell): "
                   + "; ".join(f"{cell} ({note})" for cell, note in report["partial"]) + "."]
+    if other_profiles:
+        lines += ["", "Other profiles (left out: a table shows one profile's data): "
+                  + "; ".join(f"{name(p)} (profile {profile})" for p, profile in other_profiles) + "."]
     if unreadable:
         lines += ["", "Unreadable files (left out): " + "; ".join(f"{name(p)}: {why}" for p, why in unreadable) + "."]
     return lines
@@ -96,16 +100,21 @@ def write_table(out_dir, name, title, table, columns, text_columns, notes, foote
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
-    args = parse_with_profile(get_args_parser(), argv, "tables")
+    parser = get_args_parser()
+    args = parse_with_profile(parser, argv, "tables")
     log = get_logger("tables")
     results = Path(args.results or results_dir(args.profile))
     out_dir = Path(args.out) if args.out else results
-    # data: the records and the paper's numbers
+    # data: the records of one profile and the paper's numbers
     records, other, unreadable = load_records(results)
     if not records:
         raise CebenchError(f"no result records under {results}: run the transfer/evaluation entry points first")
+    wanted = args.profile if "profile" in command_line_dests(parser, argv) else None
+    profile, records, other_profiles = one_profile(records, results, wanted)
+    if not records:
+        raise CebenchError(f"no result records of profile {profile!r} under {results} (it holds records of "
+                           f"{', '.join(sorted({p for _, p in other_profiles}))})")
     published = read_published(args.published)
-    profile = ", ".join(sorted({str((r.get("config") or {}).get("profile")) for r in records} - {"None"}))
     profile = profile or args.profile  # the records know which profile made them
     # files inside the checkout are named by their place in it, not by this machine's absolute path
     repo = benchmarks_path().parent
@@ -113,9 +122,36 @@ def main(argv=None):
     def footer(report):  # provenance of the records shown, then what was left out
         lines = provenance(profile, display_path(results, repo), report["shown"], other,
                            display_path(args.published, repo))
-        return lines + left_out_notes(report, unreadable, results)
+        return lines + left_out_notes(report, unreadable, results, other_profiles)
 
-    make_dirs(out_dir)
+    # every file into a temporary folder first, moved in together once all are written (a full disk or a crash
+    # leaves the previous set whole, never old and new tables mixed); a table no longer made is removed
+    with staged_files(out_dir) as stage:
+        tables, charts, left_out = write_tables(stage, records, published, profile, footer)
+    stale = [out_dir / f"table3.{ext}" for ext in ("csv", "md", "png")] if tables["table3"] is None else []
+    for path in stale:
+        if path.exists():
+            path.unlink()
+            log.info("removed %s (no probe records now)", path)
+    paths = [out_dir / Path(p).name for p in (*tables["files"], *charts)]
+    for cell, path, reason in left_out:
+        log.warning("left out of %s: %s (%s)", cell, display_path(path, repo), reason)
+    for path, name in other_profiles:
+        log.warning("left out, profile %s (the tables show %s): %s", name, profile, display_path(path, repo))
+    for path, reason in unreadable:
+        log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
+    for path in paths:
+        log.info("wrote %s", path)
+    return {"table1": tables["table1"], "table2": tables["table2"], "table3": tables["table3"],
+            "files": [str(p) for p in paths], "profile": profile,
+            "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
+            "other_profiles": [(str(path), name) for path, name in other_profiles],
+            "unreadable": [(str(path), reason) for path, reason in unreadable]}
+
+
+def write_tables(out_dir, records, published, profile, footer):
+    """Tables 2, 1 and (with probe records) 3 with their charts into `out_dir`: ({table1, table2, table3, files},
+    charts, [(cell, path, reason) left out])."""
     # Table 2: transfer tasks (and retrieval) per initialisation, one configuration per cell
     t2, columns2, report2 = table2(records, published)
     notes2 = column_notes(report2["shown"], columns2, column_of)
@@ -140,15 +176,7 @@ def main(argv=None):
         charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
                                   f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
         left_out += report3["left_out"]
-    for cell, path, reason in left_out:
-        log.warning("left out of %s: %s (%s)", cell, display_path(path, repo), reason)
-    for path, reason in unreadable:
-        log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
-    for path in (*paths, *charts):
-        log.info("wrote %s", path)
-    return {"table1": t1, "table2": t2, "table3": t3, "files": [str(p) for p in (*paths, *charts)],
-            "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
-            "unreadable": [(str(path), reason) for path, reason in unreadable]}
+    return {"table1": t1, "table2": t2, "table3": t3, "files": paths}, charts, left_out
 
 
 if __name__ == "__main__":

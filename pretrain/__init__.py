@@ -3,3 +3,4 @@
 Importing the package registers the encoder with timm (`timm.create_model("cebench_caffenet")`, see timm_models).
 """
 
+from pretrain import timm_models  # noqa: F401  (registers cebench_caffenet and cebench_alexnet with timm)

@@ -5,15 +5,15 @@ by (seed, epoch)), its crop and flip, and its mask. A run resumed at step k ther
 uninterrupted run would, and DDP ranks read disjoint positions of the same stream.
 """
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cebench.errors import CebenchError
+from cebench.images import open_image, read_rgb
 from cebench.logs import progress
 from cebench.runtime import default_num_workers, worker_seed_init
 from pretrain.masks import make_masks
@@ -51,21 +51,19 @@ def resized_size(width, height, short_side):
 
 
 def read_image(path, short_side):
-    """Decode an image as RGB uint8 (H, W, 3) with its shorter side resized to `short_side`."""
-    try:
-        with Image.open(path) as img:
-            size = resized_size(img.width, img.height, short_side)
-            img.draft("RGB", size)  # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is enough
-            img = img.convert("RGB")
-            if img.size != size:
-                img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
-            return np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
-        raise CebenchError(f"{path}: unreadable image ({type(err).__name__}: {str(err)[:120]})") from None
+    """Decode an image as RGB uint8 (H, W, 3) with its shorter side resized to `short_side` (cebench.images: a bad,
+    16-bit or too large file is handled or refused there, with one line naming it)."""
+    # JPEG: let libjpeg decode at 1/2, 1/4 or 1/8 scale when that is enough
+    img, stored = read_rgb(path, draft_size=lambda w, h: resized_size(w, h, short_side))
+    size = resized_size(*stored, short_side)
+    if img.size != size:
+        img = img.resize(size, Image.BILINEAR, reducing_gap=2.0)
+    return np.asarray(img, dtype=np.uint8)
 
 
-def check_images(paths, skip_bad):
-    """With skip_bad, drop files PIL cannot parse (header check); returns (kept paths, skipped paths).
+def check_images(paths, skip_bad, short_side=None):
+    """With skip_bad, drop files PIL cannot parse or that exceed cebench.images' bound when decoded for
+    `short_side` as read_image decodes them (header check); returns (kept paths, skipped paths).
 
     Only headers are read here (a full decode of an ImageNet-sized folder takes hours): a file that fails to
     decode later is replaced in the stream (InpaintingStream with skip_bad) and reported by the training loop."""
@@ -74,10 +72,11 @@ def check_images(paths, skip_bad):
     good, bad = [], []
     for path in progress(paths, desc="checking images", leave=False):
         try:
-            with Image.open(path) as img:
+            with open_image(path, None if short_side is None else
+                            (lambda w, h: resized_size(w, h, short_side))) as img:
                 img.verify()
             good.append(path)
-        except Exception:  # any parse failure means the file is skipped; the count is reported
+        except CebenchError:  # any parse failure means the file is skipped; the count is reported
             bad.append(path)
     if not good:
         raise CebenchError("no readable images left after skipping bad files")
@@ -88,6 +87,8 @@ class ImageCache:
     """All images pre-resized into one flat uint8 buffer (fork-friendly: workers share its pages)."""
 
     def __init__(self, paths, short_side, skip_bad=False, threads=None):
+        """threads: decoding threads (None: torch.get_num_threads(), i.e. the entry point's --threads)."""
+
         def load(path):
             try:
                 return read_image(path, short_side)
@@ -96,7 +97,9 @@ class ImageCache:
                     return None
                 raise
 
-        with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:  # PIL releases the GIL
+        # PIL releases the GIL; --threads (torch's count, which start_run set from it) bounds the decoders and so
+        # the memory of images in flight (each at most cebench.images.MAX_PIXELS)
+        with ThreadPoolExecutor(max_workers=threads or torch.get_num_threads()) as pool:
             arrays = list(progress(pool.map(load, paths), total=len(paths), desc="caching images", leave=False))
         self.paths = [p for p, a in zip(paths, arrays, strict=True) if a is not None]
         self.skipped = [p for p, a in zip(paths, arrays, strict=True) if a is None]

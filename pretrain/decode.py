@@ -3,22 +3,48 @@
 On a GPU, decoding full-size JPEGs on the CPU bounds the paper profile's pretraining (the model step is faster
 than two decodes per core can feed). Here the loader's workers only read each file's bytes, its size (from the
 header) and the sample's random choices — the very ones `InpaintingStream` draws, from the same (seed, position)
-— and `decode_batch` decodes the whole batch on the device (`torchvision.io.decode_jpeg(..., device="cuda")`,
-nvJPEG), resizes the shorter side to --load-size (bilinear, antialiased), crops and flips. The result is the CPU
-path's batch up to the decoders' rounding (libjpeg's DCT-domain downscaling and PIL's resize on one side,
+— and `decode_batch` decodes the whole batch on the device (`decode_jpeg(..., device="cuda")`, nvJPEG), resizes
+the shorter side to --load-size (bilinear, antialiased), crops and flips. The result is the CPU path's batch up
+to the decoders' rounding (libjpeg's DCT-domain downscaling and PIL's resize on one side,
 a full decode and torchvision's resize on the other). The same functions run with device="cpu" in the tests.
+
+The JPEG decoder: torchvision 0.29 deprecated its image decoders for TorchCodec's (torchcodec >= 0.16, the same
+API and the same libjpeg/nvJPEG output); `decode_jpeg` is TorchCodec's when it is installed (`pip install -e
+'.[gpu-decode]'`), else torchvision's, whose DeprecationWarning is silenced here only (it is not yet a
+dependency, so that a plain install runs, and is tested on, the decoder every machine has). Files that are not JPEGs
+decode with PIL through cebench.images, as on the CPU path, so 16-bit PNGs and the size bound are handled once.
 """
 
+import warnings
+
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from cebench.errors import CebenchError
+from cebench.images import image_size, read_rgb
 from cebench.runtime import default_num_workers, worker_seed_init
 from pretrain.data import StepBatchSampler, resized_size
 
 JPEG_MAGIC = (0xFF, 0xD8)
+
+
+def jpeg_decoder():
+    """(decode_jpeg(list of byte tensors, device) -> list of uint8 (3, H, W), its library): TorchCodec's, the one
+    torchvision recommends since 0.29, else torchvision's own."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+    except ImportError:  # not installed (or its FFmpeg libraries are missing): torchvision's, same output
+        from torchvision.io import ImageReadMode, decode_jpeg as tv_decode_jpeg
+
+        def decode(datas, device):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "The image decoding and encoding capabilities of TorchVision",
+                                        DeprecationWarning)
+                return tv_decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+
+        return decode, "torchvision"
+    return (lambda datas, device: decode_jpeg(datas, mode="RGB", device=device)), "torchcodec"
 
 
 class EncodedStream(torch.utils.data.Dataset):
@@ -32,12 +58,11 @@ class EncodedStream(torch.utils.data.Dataset):
 
     def __getitem__(self, position):
         path = self.stream.paths[self.stream.image_index(position)]
+        width, height = resized_size(*image_size(path), self.stream.load_size)  # the header only (cebench.images)
         try:
-            with Image.open(path) as img:  # the header only: no pixels are decoded here
-                width, height = resized_size(img.width, img.height, self.stream.load_size)
             data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)  # (L,)
-        except (OSError, SyntaxError, UnidentifiedImageError, RuntimeError) as err:
-            raise CebenchError(f"{path}: unreadable image ({type(err).__name__}: {str(err)[:120]})") from None
+        except OSError as err:
+            raise CebenchError(f"{path}: unreadable image ({err.strerror or err})") from None
         top, left, flip, mask = self.stream.draw(position, height, width)
         return str(path), data, torch.tensor([height, width, top, left, int(flip)]), mask
 
@@ -49,20 +74,22 @@ def collate_encoded(items):
 
 
 def _decode_all(paths, datas, device):
-    """RGB uint8 (3, H, W) images on `device`: JPEGs as one batched decode there, other formats on the CPU."""
+    """RGB uint8 (3, H, W) images on `device`: JPEGs as one batched decode there, other formats with PIL on the CPU
+    (cebench.images)."""
+    decode, _ = jpeg_decoder()
     jpeg = [tuple(d[:2].tolist()) == JPEG_MAGIC for d in datas]
     try:
-        decoded = iter(decode_jpeg([d for d, j in zip(datas, jpeg, strict=True) if j], mode=ImageReadMode.RGB,
-                                   device=device) if any(jpeg) else [])
-        return [next(decoded) if j else decode_image(d, mode=ImageReadMode.RGB).to(device)
-                for d, j in zip(datas, jpeg, strict=True)]
+        decoded = iter(decode([d for d, j in zip(datas, jpeg, strict=True) if j], device) if any(jpeg) else [])
     except RuntimeError as err:  # a batched decode does not say which file failed: find it
         for path, data, j in zip(paths, datas, jpeg, strict=True):
             try:
-                (decode_jpeg if j else decode_image)(data, mode=ImageReadMode.RGB)
+                if j:
+                    decode([data], "cpu")
             except RuntimeError:
                 raise CebenchError(f"{path}: unreadable image ({str(err)[:120]})") from None
         raise
+    return [next(decoded) if j else torch.from_numpy(np.array(read_rgb(path)[0])).permute(2, 0, 1).to(device)
+            for path, j in zip(paths, jpeg, strict=True)]
 
 
 def decode_batch(paths, datas, params, size, device):

@@ -59,7 +59,7 @@ def build_model(cfg):
 def build_dataset(cfg, logger=None):
     """The replayable sample stream over --images (cached in memory when small enough or asked to), and the
     names of the files skipped as unreadable so far (header check; full decode when cached)."""
-    paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad"])
+    paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad"], cfg["load_size"])
     use_cache = cfg["cache"] == "on" or (cfg["cache"] == "auto" and ImageCache.fits(len(paths), cfg["load_size"]))
     cache = ImageCache(paths, cfg["load_size"], skip_bad=cfg["skip_bad"]) if use_cache else None
     skipped = [image_name(p, cfg) for p in skipped + (cache.skipped if cache is not None else [])]

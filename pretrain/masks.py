@@ -84,14 +84,14 @@ def load_region_shapes(folder, max_side=64, min_pixels=64, ids=None):
     from pathlib import Path
 
     import numpy as np
-    from PIL import Image
+
+    from cebench.images import read_labels
 
     shapes, keep = [], None if ids is None else set(ids)
     for path in sorted(Path(folder).rglob("*.png")):
         if keep is not None and path.stem not in keep:
             continue
-        with Image.open(path) as img:
-            labels = np.asarray(img)
+        labels = read_labels(path)  # (H, W) uint8 label values
         for value in np.unique(labels):
             if value in (0, 255):  # background and VOC's void border
                 continue

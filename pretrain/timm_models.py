@@ -11,8 +11,13 @@
 torchvision-shaped one (its `features.*` keys are torchvision's). A ce.pt goes through timm's own loader
 (`load_pretrained`, weights_only=True) and `checkpoint_filter_fn`, which takes its encoder; the trunk's width,
 pool-free variant and input size come from the file unless given. `checkpoint_path=` takes the file that
-`python -m pretrain.export --format timm` writes (or a ce.pt of the model's width).
+`python -m pretrain.export --format timm` writes (or a ce.pt of the model's width); given as
+`pretrained_cfg_overlay=dict(file=...)` instead, an export's own configuration (its `.safetensors` metadata, or
+the `<name>.config.json` beside it) sets the width, pool-free variant and input size, as a ce.pt's does.
 """
+
+import json
+from pathlib import Path
 
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -24,6 +29,40 @@ from pretrain.model import AlexNetEncoder
 from pretrain.weights import FORMAT, check_checkpoint
 
 MODEL_NAMES = {"caffenet": "cebench_caffenet", "torchvision": "cebench_alexnet"}
+CONFIG_KEY = "cebench"  # the safetensors metadata key of an export's configuration (pretrain.export)
+
+
+def config_path(export):
+    """The configuration file beside an export: ce_caffenet.safetensors -> ce_caffenet.safetensors.config.json
+    (the whole name, so that two exports of one stem keep their own)."""
+    export = Path(export)
+    return export.with_name(f"{export.name}.config.json")
+
+
+def export_config(path):
+    """The configuration pretrain.export stored with `path` (safetensors metadata, else the file beside it), or
+    None for a file that has none."""
+    path = Path(path)
+    text = None
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as f:
+                text = (f.metadata() or {}).get(CONFIG_KEY)
+        except Exception as err:  # safetensors raises its own error types for damaged headers
+            raise CebenchError(f"{path}: not a readable safetensors file ({str(err)[:120]})") from None
+    if text is None and config_path(path).is_file():
+        text = config_path(path).read_text()
+    if text is None:
+        return None
+    try:
+        config = json.loads(text)
+    except ValueError:
+        raise CebenchError(f"{path}: its export configuration is not valid JSON") from None
+    if not isinstance(config, dict) or config.get("format") != "cebench.export":
+        raise CebenchError(f"{path}: its export configuration is not one pretrain.export wrote")
+    return config
 
 
 class TimmAlexNet(AlexNetEncoder):
@@ -96,17 +135,23 @@ def _checkpoint_settings(model_arch, pretrained, kwargs):
     path = overlay.get("file")
     if not pretrained or not path:
         return kwargs
-    obj = safe_torch_load(path, "weights file")
-    if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
-        return kwargs  # a plain state_dict: the model's kwargs decide, load_state_dict checks the shapes
-    arch = check_checkpoint(obj, path)["arch"]
+    exported = export_config(path)
+    if exported is not None:  # a file of pretrain.export: its configuration says what trunk it holds
+        arch = {"arch": exported["arch"], "width": exported["width"], "pool_free": exported["pool_free"]}
+        size = exported["input_size"][-1]
+    else:
+        obj = safe_torch_load(path, "weights file")
+        if not (isinstance(obj, dict) and obj.get("format") == FORMAT):
+            return kwargs  # a plain state_dict: the model's kwargs decide, load_state_dict checks the shapes
+        arch = check_checkpoint(obj, path)["arch"]
+        size = obj["meta"].get("input_size")
     if arch["arch"] != model_arch:
         raise CebenchError(f"{path}: holds a {arch['arch']} trunk; load it with "
                            f"timm.create_model({MODEL_NAMES[arch['arch']]!r}, ...)")
     kwargs = {"width": arch["width"], "pool_free": arch["pool_free"], **kwargs}
-    size = obj["meta"].get("input_size")
     if isinstance(size, int):
-        pool = AlexNetEncoder(**arch).feature_shape(size)[1:]  # (h, w) of pool5
+        trunk = AlexNetEncoder(arch=arch["arch"], width=arch["width"], pool_free=arch["pool_free"])
+        pool = trunk.feature_shape(size)[1:]  # (h, w) of pool5
         overlay = {"input_size": (3, size, size), "pool_size": pool, **overlay}
     return {**kwargs, "pretrained_cfg_overlay": overlay}
 

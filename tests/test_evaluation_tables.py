@@ -1,13 +1,16 @@
 """evaluation.tables: Table 1 and Table 2 from hand-written records, the paper's numbers beside ours."""
 
 import json
+import os
+import threading
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from cebench.errors import CebenchError
 from cebench.records import make_record, schedule_fields, write_record
-from evaluation import tables
+from evaluation import report, tables
 from evaluation.reporting.cells import is_complete, select
 from evaluation.reporting.paper_tables import load_records, read_published
 
@@ -223,3 +226,95 @@ def test_table3_inits_by_layers_from_probe_records(results):
     # probe records stay out of Table 2, whose rows are the paper's and whose columns are the transfer tasks
     assert not any(c.startswith("probe") for c in out["table2"].columns)
     assert pd.isna(out["table2"].at["autoencoder", "classification"])
+
+
+def _in_thread(fn, timeout=120):
+    """fn() in a daemon thread: a call that blocks forever (a FIFO opened for reading) fails the test, not CI."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001  (re-raised in the test's thread)
+            box["error"] = err
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert not worker.is_alive(), "blocked (reading a FIFO?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def test_hostile_files_named_json_are_unreadable_and_left_out(results, monkeypatch, tmp_path_factory):
+    (results / "deep.json").write_text("[" * 200_000 + "]" * 200_000)  # a RecursionError in json's parser
+    (results / "deepish.json").write_text('{"task": "retrieval", "x": ' + "[" * 100 + "]" * 100 + "}")
+    os.mkfifo(results / "pipe.json")  # would block a plain open() until a writer comes
+    os.mkfifo(results / "stage.stamp")  # the report reads run_all.sh's stamps too
+    out = _in_thread(lambda: tables.main(["--results", str(results)]))
+    reasons = {Path(p).name: why for p, why in out["unreadable"]}
+    assert set(reasons) == {"deep.json", "deepish.json", "pipe.json"}
+    assert "nested deeper than 64 levels" in reasons["deep.json"] and "nested deeper" in reasons["deepish.json"]
+    assert "not a regular file" in reasons["pipe.json"]
+    assert out["table2"].loc["ce", "classification"] == pytest.approx(40.0)  # the good records still count
+    assert "pipe.json: not a readable result record (not a regular file)" in (results / "table2.md").read_text()
+    (results / "big.json").write_text(json.dumps({"task": "classification", "pad": "x" * 5000}))
+    monkeypatch.setattr("cebench.files.MAX_JSON_BYTES", 4096)  # records are ~2 kB; the real bound is 64 MiB
+    reasons = {Path(p).name: why for p, why in tables.main(["--results", str(results)])["unreadable"]}
+    assert "above the limit of 4,096" in reasons["big.json"]
+    html = tmp_path_factory.mktemp("report") / "report.html"
+    _in_thread(lambda: report.main(["--results", str(results), "--out", str(html)]))
+    assert html.stat().st_size > 0
+
+
+def _profiled(profile, value, dataset):
+    record = _record("classification", "random", value, (value - 0.01, value + 0.01))
+    record.update(config={"profile": profile}, dataset=dataset)
+    return record
+
+
+def test_a_table_shows_one_profile_and_names_the_records_of_others(tmp_path):
+    folder = tmp_path / "smoke"
+    write_record(folder / "classify_random.json", _profiled("smoke", 0.395, "VOC2007 (synthetic)"))
+    write_record(folder / "classify_ce.json", _record("classification", "ce", 0.41, (0.40, 0.42)) | {
+        "config": {"profile": "smoke"}, "dataset": "VOC2007 (synthetic)"})
+    write_record(folder / "classify_random_voc.json", _profiled("voc-mini", 0.319, "VOC2007"))  # real VOC val
+    out = tables.main(["--results", str(folder)])
+    assert out["profile"] == "smoke"
+    assert out["table2"].loc["random", "classification"] == pytest.approx(39.5)
+    assert out["table2"].loc["random", "classification runs"] == 1  # the voc-mini record is not in the cell
+    assert [(Path(p).name, name) for p, name in out["other_profiles"]] == [("classify_random_voc.json", "voc-mini")]
+    md = (folder / "table2.md").read_text()
+    assert "Other profiles (left out" in md and "classify_random_voc.json (profile voc-mini)" in md
+    assert "VOC2007 (synthetic)" in md and "on VOC2007 val" not in md
+    # an explicit --profile chooses the other one, whatever the folder's name
+    other = tables.main(["--results", str(folder), "--profile", "voc-mini", "--out", str(tmp_path / "t")])
+    assert other["table2"].loc["random", "classification"] == pytest.approx(31.9)
+    assert {Path(p).name for p, _ in other["other_profiles"]} == {"classify_random.json", "classify_ce.json"}
+
+
+def test_a_failure_while_writing_leaves_the_previous_tables_whole(results, monkeypatch):
+    write_record(results / "probe_ce.json", _probe("ce", [20.0, 30.0]))
+    tables.main(["--results", str(results)])
+    names = ("table1.csv", "table1.md", "table2.csv", "table2.md", "table2.png", "table3.csv", "table3.md")
+    before = {n: (results / n).read_bytes() for n in names}
+    write_record(results / "classification_random_s2.json", _record("classification", "random", 0.9, (0.8, 1.0),
+                                                                     seed=2))
+    real = tables.atomic_write_text
+
+    def disk_full_at_table1_md(path, text):
+        if Path(path).name == "table1.md":
+            raise CebenchError(f"cannot write {path}: No space left on device")
+        return real(path, text)
+
+    monkeypatch.setattr(tables, "atomic_write_text", disk_full_at_table1_md)
+    with pytest.raises(CebenchError, match="No space left"):
+        tables.main(["--results", str(results)])
+    assert {n: (results / n).read_bytes() for n in names} == before  # table2 was not replaced alone
+    assert not list(results.glob(".staged.*"))  # no temporary folder left behind
+    monkeypatch.setattr(tables, "atomic_write_text", real)
+    (results / "probe_ce.json").unlink()  # no probe records now: the old Table 3 goes, the set stays one run's
+    out = tables.main(["--results", str(results)])
+    assert out["table3"] is None and not (results / "table3.md").exists() and not (results / "table3.csv").exists()
+    assert (results / "table2.md").read_bytes() != before["table2.md"]

@@ -2,6 +2,7 @@
 rounding), one clear line for a bad file, and the pretraining entry points with --precision and pretrain.speed."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from cebench.errors import CebenchError
 from pretrain import loop
 from pretrain.data import InpaintingStream, list_images, make_loader
-from pretrain.decode import EncodedStream, collate_encoded, decode_batch, make_decoding_loader
+from pretrain.decode import EncodedStream, collate_encoded, decode_batch, jpeg_decoder, make_decoding_loader
 from pretrain.speed import main as speed_main
 from pretrain.train import main as train_main
 
@@ -74,6 +75,19 @@ def test_unreadable_file_is_named(images, tmp_path):
     ds = InpaintingStream(list_images(bad), 40, 48, "central", seed=0)
     with pytest.raises(CebenchError, match="000009.jpg"):
         list(make_decoding_loader(ds, 0, 1, 3, "cpu", workers=0))
+
+
+def test_the_device_path_decodes_without_torchvisions_deprecated_decoders(images):
+    """TorchCodec's decode_jpeg when installed, else torchvision's with its DeprecationWarning (0.29) kept out of
+    the run's output; PNGs go through cebench.images, never torchvision.io."""
+    ds = stream(images)
+    paths, datas, params, _ = collate_encoded([EncodedStream(ds)[p] for p in range(7)])
+    assert any(p.endswith(".png") for p in paths) and any(p.endswith(".jpg") for p in paths)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        crops = decode_batch(paths, datas, params, 40, torch.device("cpu"))
+    assert crops.shape == (7, 3, 40, 40)
+    assert jpeg_decoder()[1] in ("torchcodec", "torchvision")
 
 
 def test_decode_gpu_needs_cuda(images):

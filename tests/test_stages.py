@@ -69,7 +69,8 @@ def test_a_toy_stage_added_as_one_row_appears_in_the_dry_run(tmp_path):
     commands = [line for line in run.stdout.splitlines() if line.startswith("$ python -m")]
     assert commands[0].startswith("$ python -m pretrain.train --profile toy --out results/toy/ce-untrained.pt")
     assert commands[1:] == [  # after pretraining, in the table's order; its flags from the row (no --max-steps)
-        f"$ python -m transfer.knn --profile toy --weights {w} --out results/toy/knn_{i}.json --voc-root vocdata --seed 3"
+        f"$ python -m transfer.knn --profile toy --weights {w} --out results/toy/knn_{i}.json --voc-root vocdata "
+        "--seed 3"
         for w, i in (("random", "random"), ("results/toy/ce-untrained.pt", "ce-untrained"))]
 
 

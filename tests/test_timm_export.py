@@ -152,3 +152,52 @@ def test_export_refusals(tmp_path, ce_pt):
     assert set(torch.load(out, weights_only=True)) == set(load_encoder(ce_pt)[0].state_dict())
     with pytest.raises(CebenchError, match="is the ce.pt itself"):
         export_main([str(ce_pt), "--format", "timm", "--out", str(ce_pt), "--overwrite"])
+
+
+def test_exports_carry_their_configuration(tmp_path, ce_pt):
+    import json
+
+    from safetensors import safe_open
+
+    safe = tmp_path / "e.safetensors"
+    export_main([str(ce_pt), "--format", "timm", "--out", str(safe)])
+    with safe_open(str(safe), "pt") as f:
+        stored = json.loads(f.metadata()["cebench"])
+    beside = json.loads((tmp_path / "e.safetensors.config.json").read_text())
+    assert stored == beside
+    assert {k: stored[k] for k in ("arch", "width", "pool_free", "input_size", "timm_model")} == {
+        "arch": "caffenet", "width": 0.25, "pool_free": False, "input_size": [3, 64, 64],
+        "timm_model": "cebench_caffenet"}
+    assert stored["mean"] == [0.485, 0.456, 0.406] and stored["std"] == [0.229, 0.224, 0.225]
+    assert stored["output"].startswith("pool5 (N, 64, 1, 1)")  # 64 px: conv5 3x3, pool5 1x1
+    # timm reads it: no width or input size to repeat (a .safetensors used to fall back to width 1, 227 px)
+    model = timm.create_model("cebench_caffenet", pretrained=True, pretrained_cfg_overlay={"file": str(safe)}).eval()
+    assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.constructor_args()["width"] == 0.25
+    encoder, _ = load_encoder(ce_pt)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), encoder.eval().forward_features(x))
+    # a .pth has its configuration beside it; that file too is never silently replaced
+    pth = tmp_path / "e.pth"
+    export_main([str(ce_pt), "--format", "timm", "--out", str(pth)])
+    other = timm.create_model("cebench_caffenet", pretrained=True, pretrained_cfg_overlay={"file": str(pth)})
+    assert other.constructor_args()["width"] == 0.25
+    pth.unlink()
+    with pytest.raises(CebenchError, match=r"e\.pth\.config\.json exists; pass --overwrite"):
+        export_main([str(ce_pt), "--format", "timm", "--out", str(pth)])
+
+
+def test_pt2_export_runs_any_batch_and_refuses_another_suffix(tmp_path, ce_pt):
+    with pytest.raises(CebenchError, match=r"name it \*\.pt2"):
+        export_main([str(ce_pt), "--format", "pt2", "--out", str(tmp_path / "e.pth")])
+    out = tmp_path / "e.pt2"
+    result = export_main([str(ce_pt), "--format", "pt2", "--out", str(out)])
+    assert "torch.export.load" in result["usage"]
+    program = torch.export.load(str(out)).module()
+    encoder, _ = load_encoder(ce_pt)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        # same kernels, same input, one thread (conftest): the exported graph gives the eager trunk's numbers
+        # to float32 rounding (torch.export may fuse or reorder ops), hence a tolerance and not torch.equal
+        torch.testing.assert_close(program(x), encoder.eval().forward_features(x), rtol=1e-5, atol=1e-6)
+        assert program(x[:1]).shape == (1, 64, 1, 1)

@@ -14,7 +14,6 @@ class name, a missing image or a truncated JPEG is a CebenchError naming the fil
 the image is left out and listed in ``VocSplit.skipped``.
 """
 
-import json
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ from PIL import Image
 from torchvision.datasets import VOCDetection
 
 from cebench.errors import CebenchError
-from cebench.files import atomic_write
+from cebench.images import read_labels, read_rgb
+from cebench.files import atomic_write, read_json
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -187,24 +187,15 @@ def image_labels(objects, num_classes=20):
 
 
 def load_image(path, draft=False):
-    """Decode an image fully to RGB (a truncated or unreadable file is a CebenchError naming it)."""
+    """Decode an image fully to RGB (cebench.images: a truncated, unreadable or too large file is a CebenchError
+    naming it)."""
     return _decode(path, draft)[0]
 
 
 def _decode(path, draft):
     """(RGB image, stored size); with draft=True a JPEG decodes at 1/8 scale, still reading every byte."""
-    path = Path(path)
-    if not path.is_file():
-        raise CebenchError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            if draft:  # DCT scaling: truncation still shows, at a fraction of the cost
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-            return img.convert("RGB"), size
-    except (OSError, SyntaxError, ValueError) as err:
-        raise CebenchError(f"{path}: unreadable image ({err})") from None
+    # DCT scaling: truncation still shows, at a fraction of the cost
+    return read_rgb(path, draft_size=(lambda w, h: (w // 8, h // 8)) if draft else None)
 
 
 def _check_image(path, ann):
@@ -254,13 +245,7 @@ def load_mask(path):
     path = Path(path)
     if not path.is_file():
         raise CebenchError(f"segmentation mask not found: {path}")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise CebenchError(f"{path}: expected a palette (P) or grey (L) PNG of class indices, not {img.mode}")
-            mask = np.array(img, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise CebenchError(f"{path}: unreadable mask ({err})") from None
+    mask = read_labels(path)
     bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(len(VOC_CLASSES) + 1), IGNORE_LABEL])
     if bad.size:
         raise CebenchError(f"{path}: mask holds values {bad[:5].tolist()} outside 0..20 and 255")
@@ -317,7 +302,7 @@ def synthetic_info(voc_root):
         stamp = folder / STAMP_NAME
         if stamp.is_file():
             try:
-                return json.loads(stamp.read_text())
-            except (OSError, json.JSONDecodeError):
+                return read_json(stamp)
+            except (OSError, ValueError):
                 return None
     return None

@@ -7,15 +7,15 @@ bootstrap bounds), the number of runs, whether they ran their whole schedule, an
 A missing run is NaN: an empty cell in the CSV and Markdown, never a zero.
 """
 
-import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cebench.errors import CebenchError
+from cebench.files import read_json
 from cebench.records import TASKS, read_record
 from cebench.stages import STAGES
 from evaluation.reporting.cells import is_complete, progress_note, select
@@ -39,8 +39,8 @@ def _other_json(path):
     """Valid JSON that does not claim to be a record (a run's config.json, a rescaling summary): not worth naming.
     A damaged file, or one with a record's `task` that read_record refuses, is named in the footers instead."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
+        data = read_json(path)
+    except (OSError, ValueError):
         return False
     return not (isinstance(data, dict) and data.get("task") in TASKS)
 
@@ -63,6 +63,33 @@ def load_records(results_dir):
         record["_path"] = str(path)
         records.append(record)
     return records, other, unreadable
+
+
+def record_profile(record):
+    """The benchmarks.yaml profile a record was made under (its resolved config's), or None for older records."""
+    profile = (record.get("config") or {}).get("profile")
+    return None if profile is None else str(profile)
+
+
+def one_profile(records, results, wanted=None):
+    """(profile, its records, [(path, profile)] of the others): a table never mixes profiles (smoke's synthetic data
+    beside voc-mini's real VOC). The profile is `wanted` (an explicit --profile), else the results folder's name when
+    records of that profile are there (results/<profile>/), else the one most records hold; a tie is refused.
+    Records that name no profile (older versions) stay."""
+    counts = Counter(p for p in map(record_profile, records) if p is not None)
+    if wanted is None and len(counts) > 1:
+        top = counts.most_common()
+        if Path(results).name in counts:
+            wanted = Path(results).name
+        elif top[0][1] == top[1][1]:
+            raise CebenchError(f"{results}: holds as many records of profile {top[0][0]!r} as of {top[1][0]!r}; pass "
+                               "--profile to choose the one the tables show")
+        else:
+            wanted = top[0][0]
+    wanted = wanted if wanted is not None else (next(iter(counts)) if counts else None)
+    kept = [r for r in records if record_profile(r) in (None, wanted)]
+    other = [(r["_path"], record_profile(r)) for r in records if record_profile(r) not in (None, wanted)]
+    return wanted, kept, other
 
 
 def add_results_args(parser, *, out_help, published_help):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
+from cebench.images import read_rgb
 from evaluation.reporting.paper_tables import display_table
 
 JPEG_ABOVE = 300_000  # bytes
@@ -59,8 +59,7 @@ def _inline(path):
     if len(data) <= JPEG_ABOVE:
         return "image/png", data
     buffer = io.BytesIO()
-    with Image.open(path) as picture:
-        picture.convert("RGB").save(buffer, format="JPEG", quality=88)
+    read_rgb(path)[0].save(buffer, format="JPEG", quality=88)
     return "image/jpeg", buffer.getvalue()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_text, make_dirs
+from cebench.images import read_rgb
 from cebench.logs import progress
 
 CACHE_FORMAT = "cebench.proposals.v1"
@@ -87,12 +88,9 @@ def selective_search(image_bgr, settings, seed=0):
 
 
 def _decode(data, path):
-    import cv2
-
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise CebenchError(f"{path}: not a readable image")
-    return image
+    """BGR uint8 (H, W, 3), as OpenCV's selective search takes it, decoded by cebench.images (the suite's one
+    reader; on VOC's JPEGs its pixels equal cv2.imdecode's)."""
+    return np.ascontiguousarray(np.asarray(read_rgb(path, data=data)[0])[:, :, ::-1])
 
 
 def _entry_ok(entry, sha, settings):

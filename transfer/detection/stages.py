@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_text
@@ -22,7 +22,7 @@ from transfer.detection.model import FastRCNN
 from transfer.detection.proposals import cached_proposals, load_proposal_file, selective_search_settings
 from transfer.detection.task import DetectionTask, detection_scores, voc_detections
 from transfer.rescale import krahenbuhl_rescale_
-from voc.devkit import dataset_name, load_split
+from voc.devkit import dataset_name, load_image, load_split
 
 AP_DEFINITION = "VOC07 11-point AP at IoU 0.5 (devkit VOCevaldet), difficult objects ignored, mean over classes"
 
@@ -182,7 +182,7 @@ def draw_examples(split, detections, folder, n, min_score=0.3):
     """PNGs of the first `n` test images: ground truth in green, detections scoring >= min_score in red."""
     folder = Path(folder)
     for i in range(min(n, len(split))):
-        image = Image.open(split.image_paths[i]).convert("RGB")
+        image = load_image(split.image_paths[i])
         draw = ImageDraw.Draw(image)
         for box in split.boxes[i]:
             draw.rectangle([float(v) for v in box], outline=(0, 220, 0), width=1)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode, functional as TF
 
 from cebench.errors import CebenchError
+from cebench.images import image_size
 from transfer.backbone import PRETRAINED_CFG
 from voc.devkit import IGNORE_LABEL as IGNORE_INDEX, load_image, load_mask, segmentation_files
 
@@ -50,8 +50,8 @@ class VOCSegmentation(Dataset):
 
     def _estimated_bytes(self):
         """Decoded size of the split (image + mask), from the first image's size."""
-        with Image.open(self.image_paths[0]) as im:
-            return 4 * im.width * im.height * len(self.ids)
+        width, height = image_size(self.image_paths[0])
+        return 4 * width * height * len(self.ids)
 
     @property
     def cached(self):
