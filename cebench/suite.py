@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cebench.config import STAGES, get_profile
+from cebench.deps import STAGE_MODULES, install_hint, missing_for_stages
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.processes import Tee, child_env, run_process
@@ -187,6 +188,9 @@ def preflight(profile, jobs, opts):
             problems.append(f"it sets no {what}: pass {flag} DIR ({hint})")
         elif not path.is_dir() and not any(path.is_relative_to(m) for m in made):
             problems.append(f"no {what} at {path}: pass {flag} DIR ({hint})")
+    missing = missing_for_stages(dict.fromkeys(j.stage for j in jobs))  # setup.cfg's extras (cebench.deps)
+    problems += [f"stage {stage} needs {', '.join(packages)}, not installed here "
+                 f"({install_hint(STAGE_MODULES[stage][0])})" for stage, packages in missing.items()]
     if problems:
         raise CebenchError(f"profile {profile['_name']!r}: " + "; ".join(dict.fromkeys(problems)))
 

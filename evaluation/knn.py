@@ -16,9 +16,12 @@ to reach ``target_recall`` at k=10 against exact search.
 import math
 from contextlib import contextmanager
 
-import faiss
 import numpy as np
 from sklearn.decomposition import PCA
+
+from cebench.deps import LazyModule
+
+faiss = LazyModule("faiss", "nearest-neighbour search (retrieval, NN-inpainting)")
 
 METRICS = ("cosine", "l2")
 KINDS = ("flat", "ivf", "hnsw")
