@@ -44,7 +44,8 @@ RUN_KEYS = {"stages", "synthetic", "supervised"}
 STAGE_KEYS = {"inits", "module"}
 SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
 # Which stages receive each pass-through option of run_all (all others take them from the profile).
-PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "device": ("pretrain", *TASKS),
+PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "sbd_root": ("segment",),
+                "device": ("pretrain", *TASKS),
                 "seed": ("pretrain", *TASKS), "max_steps": ("pretrain", "classify", "detect", "segment")}
 DISTRIBUTED = ("pretrain", "classify", "detect", "segment")  # the stages that train (DDP under torchrun)
 BAR = "=" * 100
@@ -110,7 +111,8 @@ def _pass_through(stage, opts):
     for key, stages in PASS_THROUGH.items():
         value = getattr(opts, key)
         if value is not None and stage in stages:
-            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
+            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images", "sbd_root")
+                     else str(value)]
     return argv
 
 
@@ -182,6 +184,9 @@ def preflight(profile, jobs, opts):
         elif job.stage in PASS_THROUGH["voc_root"]:
             path = opts.voc_root or section.get("voc_root") or (profile.get("common") or {}).get("voc_root")
             needs[path] = ("VOCdevkit", "--voc-root", "the folder that holds VOC2007/")
+        if job.stage == "segment" and (opts.sbd_root or section.get("sbd_root")):
+            needs[opts.sbd_root or section["sbd_root"]] = ("SBD dataset folder", "--sbd-root",
+                                                           "SBD's dataset/, holding cls/ and train.txt")
     for path, (what, flag, hint) in needs.items():
         path = path and _profile_path(profile, path)
         if not path:
