@@ -114,3 +114,21 @@ def test_seg11valid_comes_with_cebench_for_a_voc2012_devkit(tmp_path):
     assert len(ids) == len(set(ids)) == 736 and ids[0] == "2007_000033"  # FCN's seg11valid
     with pytest.raises(CebenchError, match="image set not found"):
         read_image_set(tmp_path, "2012", "seg11valid", kind="Main")
+
+
+def test_run_all_paper_asks_for_sbd_before_running_anything(tmp_path):
+    from cebench import suite
+    from cebench.config import get_profile
+
+    (tmp_path / "voc" / "VOC2007").mkdir(parents=True)
+    (tmp_path / "images").mkdir()
+    argv = ["paper", "--voc-root", str(tmp_path / "voc"), "--images", str(tmp_path / "images")]
+    args, profile = suite.get_args_parser().parse_args(argv), get_profile("paper")
+    jobs, _ = suite.plan(profile, args)
+    with pytest.raises(CebenchError, match=r"no SBD dataset folder at \S*data/sbd/dataset: pass --sbd-root DIR"):
+        suite.preflight(profile, jobs, args)
+    args = suite.get_args_parser().parse_args([*argv, "--sbd-root", str(tmp_path / "voc")])
+    jobs, _ = suite.plan(profile, args)
+    suite.preflight(profile, jobs, args)  # every folder there
+    segment = next(j for j in jobs if j.stage == "segment")
+    assert segment.argv[segment.argv.index("--sbd-root") + 1] == str(tmp_path / "voc")
