@@ -39,7 +39,7 @@ COMMON_KEYS = {"voc_root", "year", "images", "weights", "seed", "device", "threa
                "gallery_list", "query_list", "max_gallery", "max_queries", "features", "center", "health_images",
                "precision", "tensorboard"}
 PATH_KEYS = {"voc_root", "images", "image_list", "region_shapes", "coco_json", "coco_test_json", "coco_images",
-             "proposals", "proposals_cache", "results", "weights", "out"}
+             "proposals", "proposals_cache", "results", "weights", "out", "sbd_root"}
 
 
 def benchmarks_path():
@@ -179,8 +179,10 @@ def _check_type(action, key, value, where):
     if not ok:
         hint = " (PyYAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and expect == "a number" else ""
         raise CebenchError(f"{where}: {key} must be {expect}, got {value!r}{hint}")
-    if action.choices is not None and value not in action.choices:
-        raise CebenchError(f"{where}: {key}={value!r} is not one of {list(action.choices)}")
+    bad = [v for v in (value if isinstance(value, list) else [value]) if v not in (action.choices or [v])]
+    if bad:  # a list flag (nargs) checks each of its values
+        raise CebenchError(f"{where}: {key}={bad[0] if isinstance(value, list) else value!r} is not one of "
+                           f"{list(action.choices)}")
     if isinstance(action.type, Number):
         for item in _values(value):
             problem = _is_number(item) and action.type.problem(item)

@@ -9,7 +9,7 @@ report's example groups, run_all's --help) is read from `STAGES`. Adding a stage
 from dataclasses import dataclass
 
 # run_all's options that it passes on to the stages that take them, in the order they appear on a command line
-PASS_THROUGH_KEYS = ("voc_root", "images", "device", "seed", "max_steps")
+PASS_THROUGH_KEYS = ("voc_root", "images", "sbd_root", "device", "seed", "max_steps")
 _SOURCES = ("voc_root", "device", "seed")  # what every stage reading VOC with --weights takes
 
 
@@ -31,6 +31,7 @@ class Stage:
     null_reason: str | None = None  # why one of its per-class scores can be undefined (stored as null)
     output: str | None = None  # what a `once` stage writes, relative to the results folder
     rebuilt: bool = False  # cheap, from the records: rerun every time instead of skipped by its stamp
+    packages: tuple = ()  # optional libraries (import names, cebench.deps) that every run of it needs
 
 
 STAGES = (
@@ -41,15 +42,17 @@ STAGES = (
           null_reason="AP undefined: the class has no non-difficult positive image in the test split; left out of "
                       "the mean"),
     Stage("detect", "transfer.detect", task="detection", trains=True, takes=(*_SOURCES, "max_steps"),
+          packages=("pycocotools",),
           table2="detection", examples="detect", example_title="Detection",
           null_reason="AP undefined: the class has no non-difficult object in the test split; left out of the mean"),
-    Stage("segment", "transfer.segment", task="segmentation", trains=True, takes=(*_SOURCES, "max_steps"),
+    Stage("segment", "transfer.segment", task="segmentation", trains=True, takes=(*_SOURCES, "sbd_root", "max_steps"),
           table2="segmentation", examples="segment", example_title="Segmentation",
           null_reason="IoU undefined: the class is in neither the ground truth nor the predictions; left out of the "
                       "mean"),
     Stage("retrieval", "evaluation.retrieval", task="retrieval", takes=_SOURCES, hog=True, table2="retrieval",
+          packages=("faiss",),
           examples="retrieval", example_title="Retrieval", null_reason="undefined: no query holds the class"),
-    Stage("inpainting", "evaluation.inpainting", task="inpainting", takes=_SOURCES, hog=True,
+    Stage("inpainting", "evaluation.inpainting", task="inpainting", takes=_SOURCES, hog=True, packages=("faiss",),
           examples="inpainting", example_title="Inpainting",
           null_reason="undefined: no held-out image holds the class"),
     Stage("probe", "evaluation.probe", task="probe", takes=_SOURCES),

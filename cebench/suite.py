@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cebench.config import get_profile
+from cebench.deps import STAGE_MODULES, install_hint, missing_for_stages
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, display_path, make_dirs
 from cebench.locks import hold_outputs
@@ -109,7 +110,8 @@ def _pass_through(stage, opts):
     for key in PASS_THROUGH_KEYS:
         value = getattr(opts, key)
         if value is not None and key in row_of(stage).takes:
-            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
+            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images", "sbd_root")
+                     else str(value)]
     return argv
 
 
@@ -202,12 +204,18 @@ def preflight(profile, jobs, opts):
         elif "voc_root" in row_of(job.stage).takes:
             path = opts.voc_root or section.get("voc_root") or (profile.get("common") or {}).get("voc_root")
             needs[path] = ("VOCdevkit", "--voc-root", "the folder that holds VOC2007/")
+        if "sbd_root" in row_of(job.stage).takes and (opts.sbd_root or section.get("sbd_root")):
+            needs[opts.sbd_root or section["sbd_root"]] = ("SBD dataset folder", "--sbd-root",
+                                                           "SBD's dataset/, holding cls/ and train.txt")
     for path, (what, flag, hint) in needs.items():
         path = path and _profile_path(profile, path)
         if not path:
             problems.append(f"it sets no {what}: pass {flag} DIR ({hint})")
         elif not path.is_dir() and not any(path.is_relative_to(m) for m in made):
             problems.append(f"no {what} at {path}: pass {flag} DIR ({hint})")
+    missing = missing_for_stages(dict.fromkeys(j.stage for j in jobs))  # setup.cfg's extras (cebench.deps)
+    problems += [f"stage {stage} needs {', '.join(packages)}, not installed here "
+                 f"({install_hint(STAGE_MODULES[stage][0])})" for stage, packages in missing.items()]
     if problems:
         raise CebenchError(f"profile {profile['_name']!r}: " + "; ".join(dict.fromkeys(problems)))
     check_stage_sections(profile, jobs)

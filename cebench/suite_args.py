@@ -52,6 +52,9 @@ def get_args_parser():
                    help="VOCdevkit (the folder holding VOC2007/) for every transfer and evaluation stage")
     g.add_argument("--images", type=_abspath, metavar="DIR",
                    help="folder of unlabelled images for pretraining (the paper profile needs one)")
+    g.add_argument("--sbd-root", type=_abspath, metavar="DIR",
+                   help="SBD's dataset/ folder (cls/*.mat, train.txt, val.txt) for segmentation's extra masks "
+                   "(the paper profile's segment section sets data/sbd/dataset)")
     g.add_argument("--supervised", type=_abspath, metavar="PATH",
                    help="a torchvision AlexNet state_dict (ImageNet-trained): adds the supervised row")
     g.add_argument("--ce", type=_abspath, metavar="PATH", help="use this ce.pt and skip pretraining")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cebench.config import entry_parser
+from cebench.deps import require
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.locks import hold_outputs
@@ -88,6 +89,7 @@ def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
     cfg, rt, log = start_run(get_args_parser(), argv, "inpainting")
+    require("faiss", "NN-inpainting (nearest neighbours)")  # before any data is read
     # data: gallery to borrow regions from, held-out images to fill
     gallery, queries = gallery_and_queries(cfg)
     # model: the feature extractor, and the decoder when there is one

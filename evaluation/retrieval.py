@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cebench.config import entry_parser
+from cebench.deps import require
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.locks import hold_outputs
@@ -59,6 +60,7 @@ def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
     cfg, rt, log = start_run(get_args_parser(), argv, "retrieval")
+    require("faiss", "retrieval (nearest neighbours)")  # before any data is read
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be

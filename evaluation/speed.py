@@ -17,10 +17,10 @@ import argparse
 import platform
 import time
 
-import faiss
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
+from cebench.deps import require
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json
 from cebench.logs import get_logger
@@ -173,6 +173,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     log = get_logger("speed")
+    faiss = require("faiss", "python -m evaluation.speed (a faiss benchmark)")
     if args.threads:
         faiss.omp_set_num_threads(args.threads)
     set_threads(args.threads)

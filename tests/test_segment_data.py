@@ -137,8 +137,9 @@ def test_year_auto_prefers_voc2012(tmp_path):
     assert find_year(tmp_path, "val") == "2007"
     make_vocdevkit(tmp_path, splits={"train": 2, "val": 2}, year="2012")
     assert find_year(tmp_path, "val") == "2012"
-    with pytest.raises(CebenchError, match="seg11valid"):
-        find_year(tmp_path, "seg11valid")
+    assert find_year(tmp_path, "seg11valid") == "2012"  # cebench ships FCN's list for VOC2012 (voc/lists)
+    with pytest.raises(CebenchError, match="nosuchsplit"):
+        find_year(tmp_path, "nosuchsplit")
 
 
 def test_saved_masks_round_trip_as_palette_pngs(tmp_path):

@@ -32,6 +32,10 @@ def get_args_parser():
                   skip_bad_help="leave out images with a missing or unreadable image or mask (listed in the "
                   "record) instead of stopping",
                   cache_help="keep decoded images in memory (auto: when the splits fit in about 1 GB)")
+    data.add_argument("--sbd-root", default=None, help="SBD's dataset/ folder (Hariharan et al.: cls/*.mat, train.txt, "
+                      "val.txt): its masks join --train-split, less the images of --test-split (FCN's training set)")
+    data.add_argument("--sbd-splits", nargs="+", default=["train", "val"], choices=["train", "val"],
+                      help="SBD lists to add with --sbd-root")
     data.add_argument("--crop-size", type=int, default=0, help="random square training crops; 0 = whole images "
                       "(then keep one image per micro-batch or they are padded with void)")
     data.add_argument("--min-scale", type=float, default=1.0, help="random rescaling of training images (1 = none)")

@@ -91,9 +91,26 @@ def dataset_name(voc_root, year):
     return f"VOC{year} (synthetic)" if synthetic_info(voc_root) else f"VOC{year}"
 
 
+# Segmentation lists that the devkit lacks, shipped in voc/lists/ (package data), with the years whose images they
+# list. seg11valid: FCN's VOC2011 val less SBD's train images (736; Long et al.'s data/pascal/seg11valid.txt),
+# the split the paper's segmentation is scored on.
+SHIPPED_LISTS = {"seg11valid": ("2012", "2011")}
+LISTS_DIR = Path(__file__).resolve().parent / "lists"
+
+
+def shipped_list(year, split, kind="Segmentation"):
+    """voc/lists/<split>.txt when cebench ships that list for this year's devkit, else None."""
+    if kind == "Segmentation" and str(year) in SHIPPED_LISTS.get(split, ()):
+        return LISTS_DIR / f"{split}.txt"
+    return None
+
+
 def read_image_set(voc_root, year, split, kind="Main"):
-    """Image ids listed in ImageSets/<kind>/<split>.txt (kind: Main or Segmentation)."""
+    """Image ids listed in ImageSets/<kind>/<split>.txt (kind: Main or Segmentation); a list the devkit lacks is
+    read from voc/lists/ when cebench ships it (SHIPPED_LISTS)."""
     path = year_dir(voc_root, year) / "ImageSets" / kind / f"{split}.txt"
+    if not path.is_file() and shipped_list(year, split, kind):
+        path = shipped_list(year, split, kind)
     if not path.is_file():
         available = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
         raise CebenchError(f"image set not found: {path} (available: {', '.join(available) or 'none'})")

@@ -13,11 +13,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
-
+from cebench.deps import LazyModule
 from cebench.errors import CebenchError
 from transfer.detection.data import DetectionSplit, clip_boxes_to_images
+
+NEEDED_FOR = "detection (COCO-style AP, COCO data)"
+_coco = LazyModule("pycocotools.coco", NEEDED_FOR)
+_cocoeval = LazyModule("pycocotools.cocoeval", NEEDED_FOR)
 
 
 def _quiet():
@@ -31,7 +33,7 @@ def _read_coco(json_path):
         raise CebenchError(f"COCO annotation file not found: {path}")
     try:
         with _quiet():
-            coco = COCO(str(path))
+            coco = _coco.COCO(str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CebenchError(f"{path}: not valid JSON ({err})") from None
     except (KeyError, TypeError, AssertionError) as err:
@@ -106,7 +108,7 @@ def coco_from_split(split):
                                 "bbox": [float(box[0]), float(box[1]), bw, bh], "area": bw * bh,
                                 "iscrowd": int(hard)})
     categories = [{"id": k + 1, "name": name} for k, name in enumerate(split.classes)]
-    coco = COCO()
+    coco = _coco.COCO()
     coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
     with _quiet():
         coco.createIndex()
@@ -130,7 +132,7 @@ def coco_ap(split, detections):
                 "ap50": 0.0 if gt.dataset["annotations"] else float("nan")}
     with _quiet():
         dt = gt.loadRes(np.array(rows, dtype=np.float64))
-        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator = _cocoeval.COCOeval(gt, dt, "bbox")
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cebench.deps import install_hint, installed
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_text, make_dirs
 from cebench.images import read_rgb
@@ -28,14 +29,26 @@ from cebench.logs import progress
 CACHE_FORMAT = "cebench.proposals.v1"
 
 
-def selective_search_settings(mode="fast", max_side=500, max_boxes=2000, min_size=2):
-    """The settings that define a proposal cache entry (plain dict, part of the cache key)."""
+SELECTIVE_SEARCH_NEEDS = "detection's selective search (OpenCV's contrib module, cv2.ximgproc)"
+
+
+def opencv_with_contrib():
+    """cv2 with its contrib module (selective search), or None when it is not installed."""
+    if not installed("cv2"):
+        return None
     import cv2
 
+    return cv2 if hasattr(cv2, "ximgproc") else None
+
+
+def selective_search_settings(mode="fast", max_side=500, max_boxes=2000, min_size=2):
+    """The settings that define a proposal cache entry (plain dict, part of the cache key). Without OpenCV here,
+    "opencv" is None, and `cached_proposals` reads the cache that some OpenCV version wrote with these settings."""
     if mode not in ("fast", "quality"):
         raise ValueError(f"selective search mode must be 'fast' or 'quality', got {mode!r}")
+    cv2 = opencv_with_contrib()
     return {"method": "opencv-selective-search", "mode": mode, "max_side": int(max_side),
-            "max_boxes": int(max_boxes), "min_size": float(min_size), "opencv": cv2.__version__,
+            "max_boxes": int(max_boxes), "min_size": float(min_size), "opencv": cv2.__version__ if cv2 else None,
             "format": CACHE_FORMAT}
 
 
@@ -139,14 +152,40 @@ def _pool_context():
     return get_context("fork") if "fork" in get_all_start_methods() else get_context("spawn")
 
 
+def _cache_of_any_opencv(cache_dir, settings):
+    """Settings of the cache folder that some OpenCV version wrote with `settings` otherwise (the one holding the
+    most entries; ties: the newest), or `settings` unchanged when there is none."""
+    found = []
+    for path in sorted(Path(cache_dir).glob("*/settings.json")):
+        try:
+            written = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(written, dict) and dict(written, opencv=None) == settings and written.get("opencv"):
+            found.append((len(list(path.parent.glob("*.npz"))), path.stat().st_mtime, written))
+    return max(found, key=lambda f: f[:2])[2] if found else settings
+
+
+def _missing_opencv(n_missing, n_images, cache_dir):
+    return CebenchError(f"{n_missing} of {n_images} images have no cached selective-search proposals in {cache_dir}, "
+                        f"and {SELECTIVE_SEARCH_NEEDS} is not installed here ({install_hint('cv2')}; "
+                        "an opencv-python without contrib has no selective search), or pass --proposals FILE")
+
+
 def cached_proposals(images, cache_dir, settings, workers=2, show_progress=True):
     """Proposals for {image_id: image path}: cache hits are verified and reused, the rest computed in parallel.
+    OpenCV is needed only for the rest: without it (settings' "opencv" None) the cache of the same settings that
+    any OpenCV version wrote is read, and a miss is one line.
 
-    Returns ({image_id: boxes}, {"hits": n, "computed": n, "cache_dir": str}).
+    Returns ({image_id: boxes}, {"hits": n, "computed": n, "cache_dir": str, "settings": the cache's settings}).
     """
-    folder = make_dirs(Path(cache_dir) / settings_key(settings))
-    # settings.json says what the key stands for
-    atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    if settings["opencv"] is None:
+        settings = _cache_of_any_opencv(cache_dir, settings)
+    folder = Path(cache_dir) / settings_key(settings)
+    if settings["opencv"] is not None:
+        make_dirs(folder)
+        # settings.json says what the key stands for
+        atomic_write_text(folder / "settings.json", json.dumps(settings, indent=2, sort_keys=True) + "\n")
     out, jobs = {}, []
     for image_id, image_path in progress(images.items(), enabled=show_progress, desc="proposals: check cache",
                                          leave=False):
@@ -160,6 +199,8 @@ def cached_proposals(images, cache_dir, settings, workers=2, show_progress=True)
             jobs.append((image_id, str(image_path), sha, str(entry_path), settings))
         else:
             out[image_id] = boxes
+    if jobs and settings["opencv"] is None:
+        raise _missing_opencv(len(jobs), len(images), cache_dir)
     if jobs:
         bar = progress(total=len(jobs), enabled=show_progress, desc=f"selective search ({workers} workers)")
         if workers > 1:
@@ -173,7 +214,8 @@ def cached_proposals(images, cache_dir, settings, workers=2, show_progress=True)
                 out[image_id] = boxes
                 bar.update()
         bar.close()
-    return out, {"hits": len(images) - len(jobs), "computed": len(jobs), "cache_dir": str(folder)}
+    return out, {"hits": len(images) - len(jobs), "computed": len(jobs), "cache_dir": str(folder),
+                 "settings": settings}
 
 
 class _ArrayUnpickler(pickle.Unpickler):

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 from PIL import ImageDraw
 
+from cebench.deps import require
 from cebench.errors import CebenchError
 from cebench.files import atomic_write, atomic_write_text
 from cebench.names import check_name
@@ -38,6 +39,7 @@ def check_config(cfg):
     if bool(cfg["coco_json"]) != bool(cfg["coco_test_json"]) or (cfg["coco_json"] and not cfg["coco_images"]):
         raise CebenchError("COCO data needs --coco-json (train), --coco-test-json (test) and --coco-images")
     check_name(cfg["test_split"], "--test-split")  # it names the devkit's results files
+    require("pycocotools", "detection (its record's COCO-style AP)")  # now, not after training
 
 
 def load_splits(cfg, log):
@@ -81,7 +83,7 @@ def load_proposals(cfg, splits, rt, log):
         if not rt.is_main:
             boxes, info = cached_proposals(images, cfg["proposals_cache"], settings, workers=1, show_progress=False)
         by_split = [{i: boxes[(k, i)] for i in s.ids} for k, s in enumerate(splits)]
-        info = dict(info, method="selective search (OpenCV ximgproc)", settings=settings)
+        info = dict(info, method="selective search (OpenCV ximgproc)")  # settings: those of the cache read
     per_split = [[b[: cfg["max_proposals"]] for b in proposals_for(s, p, cfg["proposals"] or "proposals")]
                  for s, p in zip(splits, by_split, strict=True)]
     info["mean_per_image"] = {name: float(np.mean([len(b) for b in p])) for name, p in zip(

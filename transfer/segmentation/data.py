@@ -17,7 +17,8 @@ from torchvision.transforms.v2 import InterpolationMode, functional as TF
 from cebench.errors import CebenchError
 from cebench.images import image_size
 from transfer.backbone import PRETRAINED_CFG
-from voc.devkit import IGNORE_LABEL as IGNORE_INDEX, load_image, load_mask, segmentation_files
+from voc.devkit import IGNORE_LABEL as IGNORE_INDEX, load_image, segmentation_files, shipped_list
+from voc.sbd import load_any_mask
 
 NUM_CLASSES = 21  # background + the 20 VOC classes
 CACHE_LIMIT_BYTES = 1024**3  # --cache auto keeps a split in memory below this
@@ -29,20 +30,29 @@ def find_year(voc_root, split, year="auto"):
     if year != "auto":
         return str(year)
     for candidate in YEARS:
-        if (Path(voc_root) / f"VOC{candidate}" / "ImageSets" / "Segmentation" / f"{split}.txt").is_file():
+        lists = Path(voc_root) / f"VOC{candidate}" / "ImageSets" / "Segmentation"
+        if (lists / f"{split}.txt").is_file() or (lists.is_dir() and shipped_list(candidate, split)):
             return candidate
     raise CebenchError(f"{voc_root}: neither VOC2012 nor VOC2007 has ImageSets/Segmentation/{split}.txt "
                        "(pass the VOCdevkit folder as --voc-root, or --year)")
 
 
 class VOCSegmentation(Dataset):
-    """(image (3, H, W) float normalised, mask (H, W) int64) pairs of one ImageSets/Segmentation split."""
+    """(image (3, H, W) float normalised, mask (H, W) int64) pairs of one ImageSets/Segmentation split, and of
+    `extra` images when given (name, (ids, image paths, mask paths, skipped)): SBD's, whose masks are .mat files."""
 
-    def __init__(self, voc_root, split, year="auto", transform=None, cache="auto", skip_bad=False):
+    def __init__(self, voc_root, split, year="auto", transform=None, cache="auto", skip_bad=False, extra=None):
         self.year, self.split, self.transform = find_year(voc_root, split, year), split, transform
         # Every image and mask is opened and checked here, so a bad file fails now and not mid-training.
         self.ids, self.image_paths, self.mask_paths, self.skipped = segmentation_files(
             voc_root, self.year, split, skip_bad=skip_bad)
+        self.sources = {f"VOC{self.year} {split}": len(self.ids)}  # images each source gave, for the record
+        self.sbd = None  # SBD's merge counts, set by transfer.segmentation.stages.load_data
+        if extra is not None:
+            name, (ids, image_paths, mask_paths, skipped) = extra
+            self.ids, self.image_paths = self.ids + ids, self.image_paths + image_paths
+            self.mask_paths, self.skipped = self.mask_paths + mask_paths, self.skipped + skipped
+            self.sources[name] = len(ids)
         # Decoded once, before DataLoader workers fork, so that they share the arrays copy-on-write.
         self._cache = None
         if cache == "on" or cache is True or (cache == "auto" and self._estimated_bytes() < CACHE_LIMIT_BYTES):
@@ -64,7 +74,7 @@ class VOCSegmentation(Dataset):
         """Decoded (image uint8 (H, W, 3), mask uint8 (H, W)) of one image."""
         if self._cache is not None:
             return self._cache[index]
-        return np.array(load_image(self.image_paths[index])), load_mask(self.mask_paths[index])
+        return np.array(load_image(self.image_paths[index])), load_any_mask(self.mask_paths[index])
 
     def __getitem__(self, index):
         image, mask = self.load(index)

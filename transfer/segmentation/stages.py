@@ -12,10 +12,11 @@ from cebench.records import schedule_fields
 from evaluation.metrics import segmentation_miou_ci
 from transfer import stages
 from transfer.backbone import measure_health, rescale_backbone_
-from transfer.segmentation.data import SegTransform, VOCSegmentation, sample_batch
+from transfer.segmentation.data import SegTransform, VOCSegmentation, find_year, sample_batch
 from transfer.segmentation.model import fcn_from_backbone
 from transfer.segmentation.task import SEG_CLASSES
-from voc.devkit import dataset_name, voc_palette
+from voc.devkit import dataset_name, read_image_set, voc_palette, year_dir
+from voc.sbd import extra_training_ids, sbd_files
 
 METRIC = ("mean IU over 21 classes from one dataset-wide confusion matrix (FCN score.py); void 255 ignored; every "
           "test image whole, at its original resolution")
@@ -29,16 +30,38 @@ def check_config(cfg):
 
 
 def load_data(cfg, log):
-    """(train, test, training transform): augmented crops for training, whole test images; every file checked."""
+    """(train, test, training transform): augmented crops for training (VOC's split, plus SBD's masks with
+    --sbd-root), whole test images; every file checked. train_ds.sbd: SBD's merge counts (None without it)."""
     transform = SegTransform(scale_range=(cfg["min_scale"], cfg["max_scale"]), crop_size=cfg["crop_size"],
                              flip_prob=cfg["flip_prob"])
-    train_ds, test_ds = (VOCSegmentation(cfg["voc_root"], cfg[split], cfg["year"], transform=t, cache=cfg["cache"],
-                                         skip_bad=cfg["skip_bad"])
-                         for split, t in (("train_split", transform), ("test_split", SegTransform())))
+    test_ds = VOCSegmentation(cfg["voc_root"], cfg["test_split"], cfg["year"], transform=SegTransform(),
+                              cache=cfg["cache"], skip_bad=cfg["skip_bad"])
+    extra, counts = sbd_extra(cfg, test_ds)
+    train_ds = VOCSegmentation(cfg["voc_root"], cfg["train_split"], cfg["year"], transform=transform,
+                               cache=cfg["cache"], skip_bad=cfg["skip_bad"], extra=extra)
+    train_ds.sbd = counts
     stages.check_ids(test_ds.ids, f"VOC{test_ds.year} {cfg['test_split']}")  # they name the prediction PNGs
-    log.info("VOC%s %s: %d images; VOC%s %s: %d images", train_ds.year, cfg["train_split"], len(train_ds),
-             test_ds.year, cfg["test_split"], len(test_ds))
+    log.info("training: %s (%d images); VOC%s %s: %d images", ", ".join(f"{n} {k}" for k, n in
+             train_ds.sources.items()), len(train_ds), test_ds.year, cfg["test_split"], len(test_ds))
+    if counts:
+        log.info("SBD: %d listed in %s, %d dropped as images of the scored split %s, %d already in VOC's %s",
+                 counts["sbd_listed"], "+".join(cfg["sbd_splits"]), counts["sbd_in_test_split_dropped"],
+                 cfg["test_split"], counts["sbd_already_in_voc_train"], cfg["train_split"])
     return train_ds, test_ds, transform
+
+
+def sbd_extra(cfg, test_ds):
+    """(extra training images for VOCSegmentation, counts) from --sbd-root, or (None, None) without it: SBD's
+    listed images less those of the scored split and those VOC's training split already has (FCN's merge)."""
+    if not cfg["sbd_root"]:
+        return None, None
+    year = find_year(cfg["voc_root"], cfg["train_split"], cfg["year"])
+    voc_train = read_image_set(cfg["voc_root"], year, cfg["train_split"], kind="Segmentation")
+    scored = read_image_set(cfg["voc_root"], test_ds.year, cfg["test_split"], kind="Segmentation")
+    ids, counts = extra_training_ids(cfg["sbd_root"], cfg["sbd_splits"], voc_train, scored)
+    files = sbd_files(cfg["sbd_root"], ids, year_dir(cfg["voc_root"], year) / "JPEGImages", skip_bad=cfg["skip_bad"])
+    counts["sbd_skipped"] = len(files[3])
+    return (f"SBD {'+'.join(cfg['sbd_splits'])}", files), counts
 
 
 def output_paths(cfg, label):
@@ -91,7 +114,8 @@ def segmentation_record(cfg, info, paths, rescaling, last, fit, train_ds, test_d
     optimiser = dict(asdict(stages.train_config(cfg, workers)), loss_normalization=cfg["loss_normalization"])
     protocol = dict(stages.init_protocol(cfg, info, rescaling, fit), metric=METRIC, model=model.describe(),
                     train={"dataset": f"VOC{train_ds.year}", "split": train_ds.split, "n_images": len(train_ds),
-                           "augmentation": transform.describe(), "sbd_extra_annotations": False},
+                           "sources": train_ds.sources, "augmentation": transform.describe(),
+                           "sbd_extra_annotations": train_ds.sbd is not None, "sbd": train_ds.sbd},
                     optimiser=optimiser)
     return stages.transfer_record(
         task="segmentation", cfg=cfg, info=info, label=paths["label"], protocol=protocol,
