@@ -35,7 +35,7 @@ MODULES = {"pretrain": "pretrain.train", "classify": "transfer.classify", "detec
            "tables": "evaluation.tables", "report": "evaluation.report"}
 TASKS = {"classify": "classification", "detect": "detection", "segment": "segmentation",
          "retrieval": "retrieval", "inpainting": "inpainting", "probe": "probe"}
-INITS = ("ce", "random", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval and inpainting only
+INITS = ("ce", "random", "kmeans", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval, inpainting
 # The weights the pretrain stage writes (results/<init>.pt, ce.pt for ce) and the flags that make them: the paper's
 # autoencoder control (no mask, the whole image reconstructed) and the untrained context encoder (step 0).
 PRETRAINED = {"ce": [], "autoencoder": ["--mask", "none"], "ce-untrained": ["--max-steps", "0"]}

@@ -92,7 +92,7 @@ def main(argv=None):
     train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
                    for k in ("train_split", "test_split"))
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
-    backbone, info = run.build(cfg)
+    backbone, info = run.build(cfg, train.image_paths)
     label = init_label(cfg, info)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
     refuse_overwrite(out, cfg["overwrite"])

@@ -12,10 +12,11 @@ from transfer.classification.stages import AP_DEFINITION, calibration_views
 from voc.devkit import VOC_CLASSES, dataset_name
 
 
-def build(cfg):
-    """Backbone from --weights as transfer.classify builds it (the trunk flags apply to `random` only)."""
+def build(cfg, train_images=None):
+    """Backbone from --weights as transfer.classify builds it (the trunk flags apply to `random` and `kmeans`
+    only; `kmeans` clusters `train_images`, paths of the training split)."""
     return build_backbone(cfg["weights"], arch=trunk_of(cfg), input_size=cfg["input_size"], fc_dim=cfg["fc_dim"],
-                          seed=cfg["seed"])
+                          seed=cfg["seed"], train_images=train_images)
 
 
 def rescale(backbone, info, train, cfg, device, log):
