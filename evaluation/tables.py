@@ -20,7 +20,7 @@ from cebench.logs import get_logger
 from cebench.records import results_dir
 from evaluation.figures import layer_lines, table_bars
 from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, read_published, table1,
-                                     table2, table3)
+                                     table2, table3, table3_notes)
 
 
 def get_args_parser():
@@ -132,11 +132,12 @@ def main(argv=None):
     charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
     # Table 3: per-layer linear probes, inits x layers
     if any(r["task"] == "probe" for r in records):
-        t3, layers, report3 = table3(records)
-        notes3 = column_notes(report3["shown"], ["probe"], lambda r: r["task"])
+        t3, layers, report3 = table3(records, published)
+        notes3 = column_notes(report3["shown"], ["probe"], lambda r: r["task"]) + table3_notes(published)
         paths += write_table(out_dir, "table3", "Table 3: linear probes of frozen layers (mAP %, per layer)", t3,
                              layers, (), notes3, footer(report3))
-        charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
+        ours3 = t3[layers].notna().any(axis=1)  # rows with a run of ours (published-only rows are not drawn)
+        charts.append(layer_lines(out_dir / "table3.png", t3[ours3].set_index("row"), layers,
                                   f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
         left_out += report3["left_out"]
     for cell, path, reason in left_out:

@@ -94,7 +94,7 @@ def whitened_kmeans_filters(patches, n_out, seed):
     centres = km.fit(white).cluster_centers_  # (n_out, r)
     filters = (centres * scale) @ eigvec.T  # back to patch space: (n_out, D)
     response_std = (data @ filters.T).std(axis=0)
-    return filters / np.maximum(response_std, 1e-12)[:, None], float(km.inertia_)
+    return filters / np.maximum(response_std, 1e-12)[:, None]
 
 
 @torch.no_grad()
@@ -116,21 +116,19 @@ def kmeans_init_(encoder, images, seed=0, max_patches=MAX_PATCHES):
     for i, conv in enumerate(progress(encoder.conv_layers(), desc="k-means init", unit="layer")):
         inputs = layer_inputs(encoder, conv, images)
         out_per_group = conv.out_channels // conv.groups
-        weights, inertia = [], []
+        weights = []
         for g, patches in enumerate(input_patches(inputs, conv, max_patches, gen)):
             if len(patches) < out_per_group:
                 raise CebenchError(f"--weights kmeans: conv{i + 1} has {out_per_group} filters but only "
                                    f"{len(patches)} patches (more or larger training images needed)")
-            filters, err = whitened_kmeans_filters(patches, out_per_group, seed + 10 * i + g)
+            filters = whitened_kmeans_filters(patches, out_per_group, seed + 10 * i + g)
             weights.append(filters)
-            inertia.append(err)
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(np.concatenate(weights)).view_as(conv.weight))
             conv.bias.zero_()
-        std_before = _normalise_(conv, inputs)
+        _normalise_(conv, inputs)
         layers.append({"layer": f"conv{i + 1}", "patches": len(patches), "dims": int(patches.shape[1]),
-                       "groups": conv.groups, "centres_per_group": out_per_group,
-                       "inertia": [round(v, 4) for v in inertia], "response_std_before_norm": std_before})
+                       "groups": conv.groups, "centres_per_group": out_per_group})
     return layers
 
 
@@ -147,6 +145,6 @@ def kmeans_encoder(encoder, paths, size, seed=0, n_images=N_IMAGES):
             "sklearn MiniBatchKMeans centres as filters (unit response std, zero bias), then the layer normalised "
             "to zero-mean unit-std pre-activations", "seed": seed, "n_images": len(chosen), "image_size": size,
             "images": "shorter side resized, centre square, of a seeded choice of the task's training images",
-            "first_images": chosen[:3], "max_patches": MAX_PATCHES, "layers": layers,
+            "max_patches": MAX_PATCHES, "layers": layers,
             "wall_time_s": round(time.time() - started, 2), "device": "cpu", "images_seen": len(chosen)}
     return encoder, meta
