@@ -90,7 +90,10 @@ def test_no_records_is_a_clear_error(tmp_path):
 
 def test_published_numbers_name_their_source():
     published = read_published()
-    assert published["source"].str.contains("Pathak").all()
+    assert published["source"].str.contains("Pathak|Zhang, Isola & Efros").all()
+    zhang = published[published["source"].str.contains("Zhang")]
+    assert set(zhang["table"]) == {"table2", "table3", "table3-places"}
+    assert zhang["source"].str.contains("CVPR 2017").all()
     ce = published[(published["key"] == "ce") & (published["column"] == "classification")]
     assert ce["value"].tolist() == ["56.5"]
 

@@ -44,8 +44,6 @@ def test_kmeans_layers_are_normalised_seeded_and_recorded(images):
     again, _ = load_encoder(KMEANS, arch=ARCH, seed=3, train_images=images, image_size=64)
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), again.state_dict().values(),
                                                  strict=True))  # deterministic under the seed
-    other, _ = load_encoder(KMEANS, arch=ARCH, seed=4, train_images=images, image_size=64)
-    assert not torch.equal(other.conv_layers()[0].weight, encoder.conv_layers()[0].weight)
 
 
 def test_filters_are_centres_of_whitened_clusters():
