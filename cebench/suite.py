@@ -33,7 +33,7 @@ from cebench.stages import BY_NAME, PASS_THROUGH_KEYS, STAGES, Stage
 from cebench.suite_args import get_args_parser, profile_name
 
 REPO = Path(__file__).resolve().parents[1]
-INITS = ("ce", "random", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval and inpainting only
+INITS = ("ce", "random", "kmeans", "supervised", "autoencoder", "ce-untrained", "hog")  # hog: retrieval, inpainting
 # The weights the pretrain stage writes (results/<init>.pt, ce.pt for ce) and the flags that make them: the paper's
 # autoencoder control (no mask, the whole image reconstructed) and the untrained context encoder (step 0).
 PRETRAINED = {"ce": [], "autoencoder": ["--mask", "none"], "ce-untrained": ["--max-steps", "0"]}

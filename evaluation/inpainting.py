@@ -93,7 +93,7 @@ def main(argv=None):
     # data: gallery to borrow regions from, held-out images to fill
     gallery, queries = gallery_and_queries(cfg)
     # model: the feature extractor, and the decoder when there is one
-    extractor, info = build_extractor(cfg, rt.device, rt.precision)
+    extractor, info = build_extractor(cfg, rt.device, rt.precision, train_images=gallery.paths)
     decoder = load_decoder(cfg, info)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
     out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")

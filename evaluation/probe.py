@@ -2,11 +2,14 @@
 
 Table 3 of `python -m evaluation.tables` (inits x layers). The backbone comes from --weights through the path of
 the classification transfer, Krähenbühl et al.'s rescaling included; each layer (after ReLU) is average-pooled
-to Zhang et al.'s ~9,000-d grid and a logistic regression per class is fitted on the training split's centre
-views (C chosen on a held-out part of them), then scored on the test split with bootstrap intervals.
+to Zhang et al.'s ~9,000-d grid and a linear classifier per class is fitted on the training split's centre views,
+then scored on the test split with bootstrap intervals: `--classifier logistic` (Zhang et al.'s; C chosen on a
+held-out part of the training views) or `--classifier svm` (Goyal et al.'s VOC07 SVM benchmark as VISSL runs it:
+L2-normalised features, LinearSVC per class, cost per class by 3-fold cross-validated AP;
+evaluation.experiments.probe_svm).
 
     python -m evaluation.probe --profile voc-mini --weights results/voc-mini/ce.pt
-    python -m evaluation.probe --profile voc-mini --weights random --threads 2
+    python -m evaluation.probe --profile voc-mini --weights kmeans --classifier svm --threads 2
 """
 
 import time
@@ -23,6 +26,8 @@ from cebench.records import default_record_path, write_record
 from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers, start_run
 from evaluation.experiments import probe_run as run
 from evaluation.experiments.features import ContextImages
+from evaluation.experiments.probe_run import CLASSIFIERS
+from evaluation.experiments.probe_svm import SVM_COSTS
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
@@ -48,10 +53,16 @@ def get_args_parser():
                    "(match transfer.classify)")
     g = p.add_argument_group("probe")
     g.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS, help="layers to probe")
-    g.add_argument("--cs", type=float, nargs="+", default=[1.0e-3, 1.0e-2, 1.0e-1], help="inverse L2 strengths "
-                   "tried per layer on the held-out part of the training split; one value fixes C")
+    g.add_argument("--classifier", default="logistic", choices=list(CLASSIFIERS), help="logistic: Zhang et al.'s "
+                   "logistic regression per class (--cs, --held-out); svm: the VOC07 linear-SVM benchmark of Goyal "
+                   "et al. 2019 as VISSL runs it (--svm-costs; its records are a Table 3 row of their own)")
+    g.add_argument("--cs", type=float, nargs="+", default=[1.0e-3, 1.0e-2, 1.0e-1], help="logistic: inverse L2 "
+                   "strengths tried per layer on the held-out part of the training split; one value fixes C")
+    g.add_argument("--svm-costs", type=float, nargs="+", default=list(SVM_COSTS), help="svm: the cost grid each "
+                   "class's 3-fold cross-validation chooses from (default VISSL's VOC07 AlexNet grid)")
     g.add_argument("--held-out", type=float, default=0.2, help="share of the training images that picks C")
-    g.add_argument("--max-iter", type=positive_int, default=500, help="L-BFGS iterations per logistic regression")
+    g.add_argument("--max-iter", type=positive_int, default=500, help="L-BFGS iterations per logistic regression (the "
+                   "SVM's is VISSL's 2000)")
     add_n_boot_flag(g, "the test images per layer")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="random init, rescaling views, held-out draw, bootstrap")
@@ -63,15 +74,17 @@ def get_args_parser():
     g.add_argument("--batch-size", type=positive_int, default=64, help="images per feature batch")
     g.add_argument("--workers", type=non_negative_int,
                    default=None, help="DataLoader workers (default: one per spare core)")
-    g.add_argument("--out", default=None, help="result record (default results/<profile>/probe_<init>.json)")
+    g.add_argument("--out", default=None, help="result record (default results/<profile>/probe_<init>.json; "
+                   "probe_<init>_svm.json for --classifier svm)")
     g.add_argument("--overwrite", action="store_true", help="replace an existing record")
     return p
 
 
 def check_config(cfg):
     check_positive(cfg, ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"))
-    if any(c <= 0 for c in cfg["cs"]):
-        raise CebenchError("--cs must be positive")
+    for flag in ("cs", "svm_costs"):
+        if any(c <= 0 for c in cfg[flag]):
+            raise CebenchError(f"--{flag.replace('_', '-')} must be positive")
     if len(cfg["cs"]) > 1 and not 0 < cfg["held_out"] < 1:
         raise CebenchError("--held-out must be in (0, 1) when --cs offers a choice")
     if cfg["max_steps"] is not None and cfg["max_steps"] < 1:
@@ -96,9 +109,9 @@ def main(argv=None):
     train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
                    for k in ("train_split", "test_split"))
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
-    backbone, info = run.build(cfg)
+    backbone, info = run.build(cfg, train.image_paths)
     label = init_label(cfg, info)
-    out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label, run.variant(cfg)))
     with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
         refuse_overwrite(out, cfg["overwrite"])
         rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
@@ -108,15 +121,16 @@ def main(argv=None):
             train_x = features(backbone.encoder, train, cfg, rt.device, "train features")
             test_x = features(backbone.encoder, test, cfg, rt.device, "test features")
         assert_unchanged(backbone, before)
-        # probes: per layer a logistic regression per class, C chosen on held-out training images, scored on test
+        # probes: per layer a linear classifier per class (logistic: C on held-out training images; svm: cost per
+        # class by 3-fold cross-validated AP), scored on test
         train_y = train.labels[:len(train_x[cfg["layers"][0]])]
         test_y = test.labels[:len(test_x[cfg["layers"][0]])]
         layers = {}
         with threadpool_limits(limits=1 if cfg["threads"] else None):  # --threads: one BLAS thread per class fitted
             for name in cfg["layers"]:
                 layers[name] = run.probe_layer(train_x.pop(name), train_y, test_x.pop(name), test_y, cfg)
-                log.info("%s %s: mAP %.2f [%.2f, %.2f] (C %g)", label, name, layers[name]["value"],
-                         *layers[name]["ci95"], layers[name]["c"])
+                log.info("%s %s (%s): mAP %.2f [%.2f, %.2f]", label, name, cfg["classifier"], layers[name]["value"],
+                         *layers[name]["ci95"])
         # result record: one per initialisation, every layer in it; value = the deepest layer probed
         shapes = layer_shapes(backbone.encoder, cfg["input_size"])
         record = run.make_probe_record(cfg, info, label, rescaling, layers, shapes, len(train_y), len(test_y),

@@ -64,7 +64,7 @@ def main(argv=None):
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
-    extractor, info = build_extractor(cfg, rt.device, rt.precision)
+    extractor, info = build_extractor(cfg, rt.device, rt.precision, train_images=gallery.paths)
     out = Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", info["init"]))
     with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
         refuse_overwrite(out, cfg["overwrite"])

@@ -22,7 +22,8 @@ from cebench.logs import get_logger
 from cebench.records import results_dir
 from evaluation.reporting.figures import layer_lines, table_bars
 from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
-                                               markdown, one_profile, read_published, table1, table2, table3)
+                                               markdown, one_profile, read_published, table1, table2, table3,
+                                               table3_notes)
 
 
 def get_args_parser():
@@ -169,11 +170,12 @@ def write_tables(out_dir, records, published, profile, footer):
     charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
     # Table 3: per-layer linear probes, inits x layers
     if any(r["task"] == TABLE3_TASK for r in records):
-        t3, layers, report3 = table3(records)
-        notes3 = column_notes(report3["shown"], [TABLE3_TASK], lambda r: r["task"])
+        t3, layers, report3 = table3(records, published)
+        notes3 = column_notes(report3["shown"], [TABLE3_TASK], lambda r: r["task"]) + table3_notes(published)
         paths += write_table(out_dir, "table3", "Table 3: linear probes of frozen layers (mAP %, per layer)", t3,
                              layers, (), notes3, footer(report3))
-        charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
+        ours3 = t3[layers].notna().any(axis=1)  # rows with a run of ours (published-only rows are not drawn)
+        charts.append(layer_lines(out_dir / "table3.png", t3[ours3].set_index("row"), layers,
                                   f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
         left_out += report3["left_out"]
     return {"table1": t1, "table2": t2, "table3": t3, "files": paths}, charts, left_out

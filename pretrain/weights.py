@@ -1,9 +1,11 @@
 """ce.pt writing/reading (DESIGN.md contract) and turning any weights spec into an AlexNet encoder.
 
 A weights spec (`--weights` of every stage that loads an encoder) is a path to a ce.pt, a path to a torchvision
-AlexNet state_dict, or the keyword `random` (the paper's Gaussian initialisation, seeded). This module is the only
-one that tells them apart: a command-line value goes through `weights_spec` (its argparse type, whose `keywords`
-the profile loader leaves as they are instead of resolving them as paths) to `load_encoder`.
+AlexNet state_dict, the keyword `random` (the paper's Gaussian initialisation, seeded) or the keyword `kmeans`
+(Krähenbühl et al.'s data-dependent k-means initialisation on the stage's training images, seeded:
+pretrain.kmeans). This module is the only one that tells them apart: a command-line value goes through
+`weights_spec` (its argparse type, whose `keywords` the profile loader leaves as they are instead of resolving them
+as paths) to `load_encoder`.
 """
 
 from pathlib import Path
@@ -13,6 +15,7 @@ import torch
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
 from cebench.names import check_name
+from pretrain.kmeans import KMEANS, kmeans_encoder
 from pretrain.model import AlexNetEncoder, ContextEncoder, gaussian_init_
 
 FORMAT = "cebench.context-encoder"
@@ -149,21 +152,27 @@ def weights_spec(value):
     return value
 
 
-weights_spec.keywords = (RANDOM,)  # not paths: a profile's value is not resolved against its folder
+weights_spec.keywords = (RANDOM, KMEANS)  # not paths: a profile's value is not resolved against its folder
 
 
-def load_encoder(spec, *, arch=None, seed=0):
+def load_encoder(spec, *, arch=None, seed=0, train_images=None, image_size=227):
     """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc (and ce_pt for a ce.pt).
 
-    info['init'] is the label of the weights: random, supervised, or for a ce.pt the label its pretraining
-    wrote (ce; autoencoder for --mask none; ce-untrained for the weights at step 0). `arch` (AlexNetEncoder
-    kwargs) is the trunk of `random`; a weights file brings its own, and when that differs from `arch`,
-    info['arch_requested'] = arch (the weights decide; the record says what ran)."""
+    info['init'] is the label of the weights: random, kmeans, supervised, or for a ce.pt the label its
+    pretraining wrote (ce; autoencoder for --mask none; ce-untrained for the weights at step 0). `arch`
+    (AlexNetEncoder kwargs) is the trunk of `random` and `kmeans`; a weights file brings its own, and when that
+    differs from `arch`, info['arch_requested'] = arch (the weights decide; the record says what ran).
+    `train_images` (paths of the stage's training images, at `image_size`) are what `kmeans` clusters."""
     spec = str(spec)
-    if spec == RANDOM:
+    if spec in (RANDOM, KMEANS):
         encoder = gaussian_init_(AlexNetEncoder(**(arch or {"arch": "caffenet"})),
                                  generator=torch.Generator().manual_seed(seed))
         info = {"init": RANDOM, "source": RANDOM, "meta": {"gaussian_std": 0.01, "seed": seed}, "fc": None}
+        if spec == KMEANS:
+            if train_images is None:
+                raise CebenchError("--weights kmeans: this entry point gives the k-means init no training images")
+            encoder, meta = kmeans_encoder(encoder, train_images, image_size, seed=seed)
+            info = {"init": KMEANS, "source": KMEANS, "meta": meta, "fc": None}
     else:
         path = Path(spec)
         obj = safe_torch_load(path, "weights file")
@@ -175,7 +184,7 @@ def load_encoder(spec, *, arch=None, seed=0):
             encoder, fc = _encoder_from_state_dict(path, _unwrap_state_dict(obj, path), None)
             info = {"init": "supervised", "source": str(path), "meta": {}, "fc": fc}
     info["arch"] = encoder.constructor_args()
-    if arch and spec != RANDOM and any(info["arch"].get(k) != v for k, v in arch.items()):
+    if arch and spec not in (RANDOM, KMEANS) and any(info["arch"].get(k) != v for k, v in arch.items()):
         info["arch_requested"] = dict(arch)
     return encoder, info
 

@@ -140,3 +140,18 @@ def test_curve_end_to_end_on_a_tiny_profile(voc, tmp_path, monkeypatch):
     mtime = (out / "ce.step8.pt").stat().st_mtime_ns
     again = curve.main(["--out-dir", str(out), "--threads", "1"])
     assert again["table"].equals(table) and (out / "ce.step8.pt").stat().st_mtime_ns == mtime
+
+
+def test_probe_main_svm_on_kmeans_names_its_protocol(voc, tmp_path):
+    out = tmp_path / "probe_kmeans_svm.json"
+    probe.main([*SMALL, "--voc-root", str(voc.root), "--train-split", "train", "--test-split", "val",
+                "--weights", "kmeans", "--classifier", "svm", "--svm-costs", "0.1", "1.0", "--layers", "conv1",
+                "conv5", "--out", str(out)])
+    record = read_record(out)
+    assert record["init"] == "kmeans" and record["weights_meta"]["init_label"] == "kmeans"
+    assert record["weights_meta"]["n_images"] == 16 and "MiniBatchKMeans" in record["weights_meta"]["method"]
+    protocol = record["protocol"]
+    assert protocol["classifier"] == "svm" and "Goyal" in protocol["benchmark"] and "3-fold" in protocol["c_choice"]
+    assert protocol["svm_settings"]["class_weight"] == {"1": 2, "-1": 1}
+    for cell in record["layers"].values():
+        assert 0 <= cell["value"] <= 100 and set(cell["cost_per_class"].values()) <= {0.1, 1.0}

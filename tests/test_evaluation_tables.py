@@ -93,7 +93,10 @@ def test_no_records_is_a_clear_error(tmp_path):
 
 def test_published_numbers_name_their_source():
     published = read_published()
-    assert published["source"].str.contains("Pathak").all()
+    assert published["source"].str.contains("Pathak|Zhang, Isola & Efros").all()
+    zhang = published[published["source"].str.contains("Zhang")]
+    assert set(zhang["table"]) == {"table2", "table3", "table3-places"}
+    assert zhang["source"].str.contains("CVPR 2017").all()
     ce = published[(published["key"] == "ce") & (published["column"] == "classification")]
     assert ce["value"].tolist() == ["56.5"]
 
@@ -213,19 +216,38 @@ def test_table3_inits_by_layers_from_probe_records(results):
     write_record(results / "probe_ce-untrained.json", _probe("ce-untrained", [16.0, 18.0, 17.0, 16.0, 15.0]))
     out = tables.main(["--results", str(results)])
     t3 = out["table3"]
-    assert list(t3.index) == ["random", "autoencoder", "ce", "ce-untrained"]  # the paper's row order, then ours
+    # the paper's row order, then ours; Zhang et al. 2017's published rows stand also without a run of ours
+    assert list(t3.index) == ["supervised", "random", "kmeans", "autoencoder", "ce", "ce-untrained",
+                              "lab-autoencoder"]
+    assert t3.at["kmeans", "conv3 paper:ImageNet top-1, paper"] == pytest.approx(24.5)
+    assert t3.at["random", "conv1 paper:Places top-1, paper"] == pytest.approx(15.7)
+    assert pd.isna(t3.at["kmeans", "conv3"]) and pd.isna(t3.at["autoencoder", "conv1 paper:ImageNet top-1, paper"])
     assert t3.at["random", "conv1"] == pytest.approx(18.0) and t3.at["random", "conv1 runs"] == 2  # seeds averaged
     assert t3.at["ce", "conv5"] == pytest.approx(13.4) and t3.at["ce", "conv5 low"] == pytest.approx(11.4)
     assert t3.at["autoencoder", "row"] == "Autoencoder"
     assert t3.at["ce-untrained", "row"].startswith("Context encoder, untrained")
     md = (results / "table3.md").read_text()
     assert "| conv1 (ours)" in md and "14.3 [12.3, 16.3]" in md and "(paper)" not in md
+    assert "conv1 (ImageNet top-1, paper)" in md and "compare the orderings" in md and "CVPR 2017, Table 3" in md
     csv = pd.read_csv(results / "table3.csv", index_col="key")
     assert csv.at["autoencoder", "conv3"] == pytest.approx(16.0)
     assert (results / "table3.png").stat().st_size > 0
     # probe records stay out of Table 2, whose rows are the paper's and whose columns are the transfer tasks
     assert not any(c.startswith("probe") for c in out["table2"].columns)
     assert pd.isna(out["table2"].at["autoencoder", "classification"])
+    assert out["table2"].at["kmeans", "classification paper"] == pytest.approx(56.6)  # Zhang et al. 2017, Table 4
+
+
+def test_table3_keeps_the_svm_probe_in_rows_of_its_own(results):
+    svm = _probe("kmeans", [30.0, 31.0, 32.0, 33.0, 34.0])
+    svm["protocol"]["classifier"] = "svm"
+    write_record(results / "probe_kmeans.json", _probe("kmeans", [20.0, 21.0, 22.0, 23.0, 24.0]))
+    write_record(results / "probe_kmeans_svm.json", svm)
+    t3 = tables.main(["--results", str(results)])["table3"]
+    assert t3.at["kmeans", "conv1"] == pytest.approx(20.0) and t3.at["kmeans", "conv1 runs"] == 1
+    assert t3.at["kmeans:svm", "conv1"] == pytest.approx(30.0) and t3.at["kmeans:svm", "conv1 runs"] == 1
+    assert t3.at["kmeans:svm", "row"] == "Krähenbühl et al. (k-means init) (VOC07 SVM)"
+    assert pd.isna(t3.at["kmeans:svm", "conv1 paper:ImageNet top-1, paper"])  # published: logistic-style probes
 
 
 def _in_thread(fn, timeout=120):

@@ -19,7 +19,7 @@ from torch import nn
 from cebench.errors import CebenchError
 from pretrain import data as pretrain_data
 from pretrain.health import health_record
-from pretrain.weights import RANDOM, load_encoder
+from pretrain.weights import KMEANS, RANDOM, load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
 FC_STD, FC_BIAS = 0.01, 0.1  # voc-classification's fill for layers initialised at random
@@ -79,9 +79,10 @@ def gaussian_fill_(layer, std=FC_STD, bias=FC_BIAS, generator=None):
     return layer
 
 
-def build_backbone(spec, *, arch=None, input_size=227, fc_dim=4096, dropout=0.5, seed=0):
-    """Weights spec -> (Backbone, info); `arch` (AlexNetEncoder kwargs) as `pretrain.weights.load_encoder` reads it."""
-    encoder, info = load_encoder(spec, arch=arch, seed=seed)
+def build_backbone(spec, *, arch=None, input_size=227, fc_dim=4096, dropout=0.5, seed=0, train_images=None):
+    """Weights spec -> (Backbone, info); `arch` (AlexNetEncoder kwargs) and `train_images` (paths: what `kmeans`
+    clusters, at `input_size`) as `pretrain.weights.load_encoder` reads them."""
+    encoder, info = load_encoder(spec, arch=arch, seed=seed, train_images=train_images, image_size=input_size)
     pool_shape = encoder.feature_shape(input_size)
     if min(pool_shape[1:]) < 1:
         raise CebenchError(f"input size {input_size} is too small for the {info['arch']} encoder")
@@ -104,8 +105,9 @@ def build_backbone(spec, *, arch=None, input_size=227, fc_dim=4096, dropout=0.5,
 
 
 def fresh_layers(backbone, info):
-    """Layers without pretrained weights: every layer for `random`, else fc6/fc7 unless they were loaded."""
-    if info["init"] == RANDOM:
+    """Layers without pretrained weights: every layer for `random` and `kmeans` (Krähenbühl et al. normalise their
+    k-means layers on the task's data too), else fc6/fc7 unless they were loaded."""
+    if info["init"] in (RANDOM, KMEANS):
         return backbone.parameter_layers()
     return [] if info["fc_init"] == "pretrained" else [backbone.fc6, backbone.fc7]
 

@@ -51,7 +51,7 @@ def _run(cfg, rt, log, started):
     # data: every file of both splits is checked here (bad input fails now, not mid-run)
     train, test = run.load_data(cfg, log)
     # model: backbone from --weights + fc8; output paths follow the init it turned out to be
-    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"])
+    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"], train.split.image_paths)
     paths = stages.output_paths(cfg, "classify", stages.init_label(cfg, info), "probe" if cfg["probe"] else "")
     with stages.run_outputs(paths, cfg, rt):
         model = run.classifier(backbone, cfg)

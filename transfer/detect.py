@@ -78,7 +78,7 @@ def _run(cfg, rt, log, started):
     proposals, proposal_info = run.load_proposals(cfg, splits, rt, log)
     train, test = run.datasets(cfg, splits, proposals)
     # model: backbone from --weights + Fast R-CNN heads; output paths follow the init it turned out to be
-    model, info = run.build(cfg, num_classes=len(splits[0].classes) + 1)
+    model, info = run.build(cfg, num_classes=len(splits[0].classes) + 1, train_images=splits[0].image_paths)
     paths = run.output_paths(cfg, stages.init_label(cfg, info))
     with stages.run_outputs(paths, cfg, rt, extra=[paths["examples"]],
                             guarded=run.guarded_outputs(cfg, splits[1].classes)):

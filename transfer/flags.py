@@ -63,11 +63,13 @@ def add_flip_flag(group, default, what="training images"):
 def add_init_args(group, *, rescale_images, rescale_what):
     """--weights and the trunk of 'random', then Krähenbühl et al.'s rescaling (on by default)."""
     group.add_argument("--weights", default=RANDOM, type=weights_spec, help="ce.pt from pretrain, a torchvision "
-                       "AlexNet state_dict, or 'random' (the paper's Gaussian baseline)")
+                       "AlexNet state_dict, 'random' (the paper's Gaussian baseline) or 'kmeans' (Krähenbühl et al.'s "
+                       "k-means init on the training images, seeded)")
     group.add_argument("--init-label", default=None, help="name of this initialisation in the record and file "
                        "names (default: ce, random or supervised, from the weights)")
     group.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
-                       help="trunk for --weights random; a weights file brings its own (the record says which ran)")
+                       help="trunk for --weights random/kmeans; a weights file brings its own (the record says "
+                       "which ran)")
     group.add_argument("--width", type=positive_float,
                        default=1.0, help="channel multiplier for --weights random (match "
                        "the ce.pt you compare with)")

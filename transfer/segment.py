@@ -68,7 +68,7 @@ def _run(cfg, rt, log, started):
     # data first (a bad file fails before any output exists): augmented crops for training, whole test images
     train_ds, test_ds, transform = run.load_data(cfg, log)
     # backbone from --weights; the output paths follow the init it turned out to be
-    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"])
+    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"], train_ds.image_paths)
     paths = run.output_paths(cfg, stages.init_label(cfg, info))
     with stages.run_outputs(paths, cfg, rt, extra=run.own_outputs(paths, cfg)):
         # rescaling of the backbone as the paper (on training crops at its input size), then fc6/fc7 as

@@ -68,10 +68,11 @@ def check_ids(ids, where):
         check_name(str(image_id), f"{where}: image id")
 
 
-def backbone_from_flags(cfg, input_size):
-    """The Backbone of --weights (the trunk flags apply to `random` only; a weights file brings its own)."""
+def backbone_from_flags(cfg, input_size, train_images=None):
+    """The Backbone of --weights (the trunk flags apply to `random` and `kmeans` only; a weights file brings its
+    own); `train_images` (paths) are what `kmeans` clusters."""
     return build_backbone(cfg["weights"], arch=trunk_of(cfg), input_size=input_size, fc_dim=cfg["fc_dim"],
-                          dropout=cfg["dropout"], seed=cfg["seed"])
+                          dropout=cfg["dropout"], seed=cfg["seed"], train_images=train_images)
 
 
 def data_workers(cfg, cached):

@@ -135,7 +135,8 @@ def add_feature_args(parser):
     g.add_argument("--features", default="pool5", choices=["pool5", "hog"],
                    help="pool5 of --weights, or HOG (the paper's hand-made baseline; --weights is then ignored)")
     g.add_argument("--weights", default=RANDOM, type=weights_spec, help="ce.pt from pretrain, a torchvision "
-                   "AlexNet state_dict (the ImageNet row), or 'random' (the paper's Gaussian initialisation, seeded)")
+                   "AlexNet state_dict (the ImageNet row), 'random' (the paper's Gaussian initialisation, seeded) or "
+                   "'kmeans' (Krähenbühl et al.'s k-means init on the gallery images, seeded)")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="trunk for --weights random; weight files bring their own")
     g.add_argument("--width", type=positive_float,
@@ -168,13 +169,15 @@ def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replac
     return g
 
 
-def build_extractor(cfg, device, precision="fp32"):
-    """(Extractor, info) from a resolved config: info has init, source, arch, meta like load_encoder's."""
+def build_extractor(cfg, device, precision="fp32", train_images=None):
+    """(Extractor, info) from a resolved config: info has init, source, arch, meta like load_encoder's;
+    `train_images` (paths, the gallery) are what `kmeans` clusters."""
     if cfg["features"] == "hog":
         info = {"init": "hog", "source": "skimage.feature.hog", "arch": None, "meta": {},
                 "hog_params": {k: list(v) if isinstance(v, tuple) else v for k, v in HOG_PARAMS.items()}}
         return Extractor("hog"), info
-    encoder, info = load_encoder(cfg["weights"], arch=trunk_of(cfg), seed=cfg["seed"])
+    encoder, info = load_encoder(cfg["weights"], arch=trunk_of(cfg), seed=cfg["seed"], train_images=train_images,
+                                 image_size=cfg["input_size"])
     info = {k: v for k, v in info.items() if k != "fc"}
     info["pool5_shape"] = list(encoder.feature_shape(cfg["input_size"]))
     return Extractor("pool5", encoder, device, precision), info

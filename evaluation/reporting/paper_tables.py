@@ -21,9 +21,14 @@ from cebench.stages import STAGES
 from evaluation.reporting.cells import is_complete, progress_note, select
 
 PUBLISHED = Path(__file__).parents[1] / "published.csv"
-INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian", "autoencoder": "Autoencoder",
+INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian",
+               "kmeans": "Krähenbühl et al. (k-means init)", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
-               "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG"}
+               "ce": "Context encoder", "ce-untrained": "Context encoder, untrained (step 0)", "hog": "HOG",
+               "lab-autoencoder": "Lab→Lab autoencoder (Zhang et al.)"}
+# Table 3's published columns: (published.csv table, shown as '<layer> (<label>)'), Zhang, Isola & Efros 2017.
+TABLE3_PUBLISHED = {"table3": "ImageNet top-1, paper", "table3-places": "Places top-1, paper"}
+CLASSIFIER_ROWS = {"svm": "VOC07 SVM"}  # probe classifiers other than the logistic default get rows of their own
 TABLE2_TASKS = tuple(s.table2 for s in STAGES if s.table2)  # its columns, in the order of the stages
 TABLE1_TASK, TABLE3_TASK = "inpainting", "probe"  # the records of Table 1 and of Table 3
 HOG_TASKS = tuple(s.task for s in STAGES if s.hog)  # runs on frozen features (or HOG), centred unless --no-center
@@ -171,7 +176,7 @@ def _duration(seconds):
 def pretraining_columns(key, records):
     """(our pretraining time, images seen) of an initialisation, from the ce.pt meta its records carry."""
     if key == "random":
-        return "none (initialisation)", ""
+        return "none (initialisation)", ""  # kmeans: its k-means time and images, from its records' meta
     if key == "hog":
         return "none (hand-made)", ""
     metas = [m for m in (pretrain_meta(r) for r in records) if m.get("wall_time_s") is not None]
@@ -267,30 +272,62 @@ def table1(records, published):
     return pd.DataFrame(rows).set_index("key"), list(TABLE1_SCORES.values()), report
 
 
-def table3(records):
-    """Rows per initialisation, a column per probed layer: mean probe mAP over the runs of one configuration
-    (evaluation.reporting.cells), with its interval. Returns (table, layers, report of the records left out)."""
+def probe_classifier(record):
+    """The classifier of a probe record: protocol.classifier, logistic for records written before the SVM."""
+    return (record.get("protocol") or {}).get("classifier") or "logistic"
+
+
+def table3(records, published=None):
+    """Rows per initialisation and probe classifier (a cell never mixes two), a column per probed layer: mean
+    probe mAP over the runs of one configuration (evaluation.reporting.cells), with its interval; beside it Zhang et al.
+    2017's published top-1 per layer (other datasets and classifiers: the ordering compares, the values do not),
+    whose rows stand also where we have no run. Returns (table, layers, report of the records left out)."""
+    published = read_published() if published is None else published
+    pub = published[published["table"].isin(list(TABLE3_PUBLISHED))]
     found = defaultdict(list)
     for r in records:
         if r["task"] == TABLE3_TASK and isinstance(r.get("layers"), dict):
-            found[r["init"]].append(r)
+            classifier = probe_classifier(r)
+            found[r["init"] if classifier == "logistic" else f"{r['init']}:{classifier}"].append(r)
     report = {"shown": [], "left_out": [], "partial": []}
-    groups = {init: select_cell(f"{INIT_LABELS.get(init, init)}, probe", runs, report)
-              for init, runs in sorted(found.items())}
-    layers = sorted({name for runs in groups.values() for r in runs for name in r["layers"]})  # conv1..conv5
+    groups = {key: select_cell(f"{_table3_label(key)}, probe", runs, report) for key, runs in sorted(found.items())}
+    layers = sorted({name for runs in groups.values() for r in runs for name in r["layers"]} | set(pub["column"]))
     rows = []
-    for key in _ordered(groups):
-        row = {"key": key, "row": INIT_LABELS.get(key, key)}
+    inits = _ordered({k.split(":")[0] for k in set(groups) | set(pub["key"])})
+    for key in sorted(set(groups) | set(pub["key"]), key=lambda k: (inits.index(k.split(":")[0]), k)):
+        row = {"key": key, "row": _table3_label(key)}
         for layer in layers:
-            runs = [r for r in groups[key] if layer in r["layers"]]
+            runs = [r for r in groups.get(key, []) if layer in r["layers"]]
             value_of = lambda r, n=layer: (r["layers"][n]["value"], *r["layers"][n]["ci95"])  # noqa: E731
             cell = aggregate(runs, value_of) if runs else {}
             row.update({layer: cell.get("value", math.nan), f"{layer} low": cell.get("low", math.nan),
                         f"{layer} high": cell.get("high", math.nan), f"{layer} runs": cell.get("runs", 0),
                         f"{layer} complete": is_complete(runs[0]) if runs else None,
-                        f"{layer} paper": math.nan})  # the paper probes no layer on VOC
+                        f"{layer} paper": math.nan})  # Pathak et al. probe no layer
+            for table, label in TABLE3_PUBLISHED.items():
+                hit = pub[(pub["table"] == table) & (pub["key"] == key) & (pub["column"] == layer)]["value"]
+                row[f"{layer} paper:{label}"] = _number(hit.iloc[0]) if len(hit) else math.nan
         rows.append(row)
     return pd.DataFrame(rows).set_index("key"), layers, report
+
+
+def _table3_label(key):
+    init, _, classifier = key.partition(":")
+    label = INIT_LABELS.get(init, init)
+    return f"{label} ({CLASSIFIER_ROWS.get(classifier, classifier)})" if classifier else label
+
+
+def table3_notes(published=None):
+    """The footer lines of Table 3 that say where its published columns come from and how far they compare."""
+    published = read_published() if published is None else published
+    pub = published[published["table"].isin(list(TABLE3_PUBLISHED))]
+    sources = "; ".join(f"'{TABLE3_PUBLISHED[t]}': {src}" for t, src in
+                        pub.drop_duplicates("table")[["table", "source"]].itertuples(index=False))
+    return [f"- published ({sources}): top-1 accuracy of linear classifiers on frozen AlexNet layers resized to "
+            "~9k dims, on ImageNet or Places-205; ours is VOC classification mAP. The datasets and classifiers "
+            "differ: compare the orderings (across layers, across initialisations), not the values.",
+            "- probe rows marked (VOC07 SVM): Goyal et al. 2019's linear-SVM protocol (evaluation.probe "
+            "--classifier svm); unmarked rows: the logistic probe. A cell never mixes the two."]
 
 
 def _fmt(value, low, high):
@@ -315,6 +352,9 @@ def display_table(table, columns, text_columns=()):
     for col in columns:
         shown[f"{col} (ours)"] = [_fmt(v, lo, hi) for v, lo, hi in
                                   zip(table[col], table[f"{col} low"], table[f"{col} high"], strict=True)]
-        if table[f"{col} paper"].notna().any():  # no paper column where the paper has no number
-            shown[f"{col} (paper)"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[f"{col} paper"]]
+        papers = [(f"{col} paper", "paper")] + [(c, c.split(":", 1)[1]) for c in table.columns
+                                                 if c.startswith(f"{col} paper:")]
+        for name, label in papers:
+            if table[name].notna().any():  # no paper column where the paper has no number
+                shown[f"{col} ({label})"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[name]]
     return shown

@@ -100,10 +100,11 @@ def datasets(cfg, splits, proposals):
     return train, test
 
 
-def build(cfg, num_classes):
-    """Fast R-CNN on the backbone of --weights; the trunk flags apply to `random` only."""
+def build(cfg, num_classes, train_images=None):
+    """Fast R-CNN on the backbone of --weights; the trunk flags apply to `random` and `kmeans` only (`kmeans`
+    clusters `train_images`, paths)."""
     # 227 px sets the RoI grid: AlexNet's pool5 is 6×6 there, the grid fc6 is built for.
-    backbone, info = stages.backbone_from_flags(cfg, input_size=227)
+    backbone, info = stages.backbone_from_flags(cfg, input_size=227, train_images=train_images)
     model = FastRCNN(backbone, num_classes=num_classes, generator=torch.Generator().manual_seed(cfg["seed"] + 2))
     info["spatial_scale"], info["roi_grid"] = model.spatial_scale, list(model.pool_size)
     return model, info
