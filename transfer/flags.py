@@ -13,7 +13,7 @@ import argparse
 
 from cebench.config import add_skip_bad_flag, entry_parser
 from cebench.curves import add_tensorboard_flag
-from cebench.runtime import add_precision_flag, add_threads_flag
+from cebench.runtime import add_compile_flag, add_precision_flag, add_threads_flag
 from pretrain.health import HEALTH_IMAGES
 from pretrain.weights import RANDOM, weights_spec
 
@@ -138,6 +138,7 @@ def add_run_args(group, *, out_help):
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_flag(group)
+    add_compile_flag(group)
     add_threads_flag(group)
     group.add_argument("--out", default=None, help=out_help)
     group.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")
