@@ -14,8 +14,8 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.logs import get_logger
 from cebench.runs import keep_previous_run
-from cebench.runtime import (add_precision_flag, add_threads_flag, barrier, cleanup_distributed, init_distributed,
-                             set_threads)
+from cebench.runtime import (add_compile_flag, add_data_path_flag, add_precision_flag, add_threads_flag, barrier,
+                             cleanup_distributed, init_distributed, set_threads)
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
@@ -51,6 +51,7 @@ def get_args_parser(run_files=True):
     g.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded: "
                    "cpu = PIL in the loader's workers; gpu = the workers read file bytes and the GPU decodes the "
                    "batch (nvJPEG; same crops, flips and masks); auto = gpu on CUDA unless the images are cached")
+    add_data_path_flag(g)
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
@@ -96,6 +97,7 @@ def _add_run_args(g, run_files):
     g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
     add_precision_flag(g)
+    add_compile_flag(g)
     add_threads_flag(g)
     g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
                    "loss curve, sample grid) go next to it")
@@ -173,8 +175,9 @@ def main(argv=None):
         refuse_overwrite(paths["last"])
     # distributed + seed (every random choice of a step is a function of (seed, step), see pretrain.data)
     set_threads(args.threads)
-    rt = init_distributed(args.device, args.precision)
+    rt = init_distributed(args.device, args.precision, args.compile, fixed_shapes=True)  # every crop is S x S
     cfg["precision"] = rt.precision  # 'auto' resolved: the config, replay check and ce.pt meta say what ran
+    cfg["runtime"] = rt.settings()
     log = get_logger("pretrain", rt.is_main)
     if note:
         log.info(note)
@@ -189,7 +192,8 @@ def main(argv=None):
 
 def _run(cfg, rt, paths, log):
     # data
-    dataset, skipped = loop.build_dataset(cfg, log if rt.is_main else None)
+    dataset, skipped = loop.build_dataset(cfg, log if rt.is_main else None, rt.device)
+    cfg["data_path"] = loop.data_path(cfg, dataset, rt.device)  # 'auto' resolved, as precision
     fingerprint = loop.dataset_fingerprint(dataset)
     # model + optimiser
     trainer = loop.Trainer(cfg, rt)
