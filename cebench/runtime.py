@@ -164,8 +164,8 @@ def add_data_path_flag(group):
                        "made: loader = DataLoader workers crop, flip and mask on the CPU; device = the images are "
                        "decoded once into one uint8 tensor on the device and every batch is drawn there (no "
                        "workers; same sample distribution, other random draws); auto = device on CUDA when the "
-                       f"images take at most {DEVICE_DATA_FRACTION:.0%} of the GPU's memory, else loader (on a CPU "
-                       "always loader, so CPU results do not change)")
+                       f"images take at most {100 * DEVICE_DATA_FRACTION:.0f}%% of the GPU's memory, else loader (on a "
+                       "CPU always loader, so CPU results do not change)")
 
 
 def resolve_data_path(name, device, nbytes, fraction=DEVICE_DATA_FRACTION):
