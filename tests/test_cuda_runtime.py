@@ -68,3 +68,14 @@ def test_data_path_auto_picks_device_when_images_fit_the_stated_fraction(monkeyp
     assert resolve_data_path("device", "cpu", 1e15) == "device"  # asked for: as asked
     with pytest.raises(CebenchError, match="--data-path"):
         resolve_data_path("gpu", "cpu", 1)
+
+
+def test_how_the_device_computed_does_not_split_a_table_cell():
+    from evaluation.cells import configuration
+
+    before = {"config": {"lr": 0.1, "device": "cpu"}, "weights_meta": {"steps": 3}, "dataset": "d", "split": "val"}
+    after = {"config": {"lr": 0.1, "device": "cuda", "compile": True, "data_path": "device",
+                        "runtime": CUDA.settings()},
+             "weights_meta": {"steps": 3, "data_path": "device", "runtime": CUDA.settings()}, "dataset": "d",
+             "split": "val"}
+    assert configuration(before) == configuration(after)  # records from before issue 22 pool with newer ones
