@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cebench.logs import progress
 from transfer.classification.data import MEAN_RGB
 from transfer.sampling import derive_seed
 
@@ -23,7 +24,8 @@ class DeviceImages:
     """The images of a VocImages on `device`: uint8 (N, 3, H_max, W_max), zero beyond each image, and sizes."""
 
     def __init__(self, images, device):
-        arrays = [np.array(images.image(i)) for i in range(len(images))]  # (h, w, 3) uint8 each
+        arrays = [np.array(images.image(i)) for i in progress(range(len(images)), desc="images to device",
+                                                               leave=False)]  # (h, w, 3) uint8 each
         sizes = np.array([a.shape[:2] for a in arrays], dtype=np.int64)
         h_max, w_max = sizes.max(axis=0)
         self.device = torch.device(device)
