@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pretrain.data import ImageCache, InpaintingStream
-from pretrain.device_data import DeviceBatches, draw_crops, gather_crops, step_generators
+from pretrain.device_data import DeviceBatches, cpu_masks, draw_crops, gather_crops, step_generators
 from pretrain.train import main as pretrain_main
 from test_pretrain_train import make_images, tiny_args
 from transfer.classification.data import MEAN_RGB, ViewSpec, random_view
@@ -74,6 +74,17 @@ def test_mask_coverage_matches_and_batches_resume_exactly(folder):
     for (a, ma, _), (b, mb, _) in zip(batches[4:], again, strict=True):
         assert torch.equal(a, b) and torch.equal(ma, mb)
     assert step_generators(3, 4, 0, "cpu")[0].initial_seed() != step_generators(3, 4, 1, "cpu")[0].initial_seed()
+
+
+def test_cpu_drawn_masks_come_ahead_in_order_and_resume_exactly(folder):
+    ds = stream(folder, kind="random-block")  # drawn per image on the CPU, one step ahead in a thread
+    batches = list(DeviceBatches(ds, ds.cache.on_device("cpu"), 0, 4, batch_size=6))
+    for step, (_, masks, _) in enumerate(batches):
+        assert torch.equal(masks, cpu_masks(ds, 6, ds.seed, step, 0))
+    again = list(DeviceBatches(ds, ds.cache.on_device("cpu"), 3, 4, batch_size=6))
+    assert torch.equal(again[0][0], batches[3][0]) and torch.equal(again[0][1], batches[3][1])
+    coverage = torch.cat([m for _, m, _ in batches]).float().mean()  # random-block: 25% +- 3% per mask
+    assert abs(coverage - 0.25) < 0.03
 
 
 def test_pretrain_device_path_on_cpu_records_it(folder, tmp_path):
