@@ -119,6 +119,8 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),  # the newest run wins ties in tables
         # arithmetic of the run's forward passes (entry points store the resolved --precision in their config)
         "precision": (config or {}).get("precision", "fp32"),
+        # how training batches were made: 'loader' (DataLoader) or 'device' (drawn on the device, --data-path)
+        "data_path": (config or {}).get("data_path", "loader"),
     }
     reasons = {}
     if any(_is_nan(v) for v in per_class.values()):

@@ -24,6 +24,12 @@ class Runtime:
     world_size: int = 1
     local_rank: int = 0
     precision: str = "fp32"  # resolved: fp32, bf16 or fp16 (see resolve_precision)
+    compile: bool = False  # --compile: torch.compile the training forward (see `compiled`)
+
+    @property
+    def channels_last(self):
+        """Convolution nets in channels_last on CUDA (cuDNN's fast NHWC kernels, tensor cores); NCHW on the CPU."""
+        return self.device.type == "cuda"
 
     @property
     def distributed(self):
@@ -40,6 +46,25 @@ class Runtime:
     def grad_scaler(self, enabled=True):
         """Loss scaling, needed by float16 only (bfloat16 has float32's exponent range)."""
         return torch.amp.GradScaler(self.device.type, enabled=enabled and self.precision == "fp16")
+
+    def place(self, model):
+        """`model` on this run's device, in channels_last where that is faster (CUDA): an input in NCHW then runs
+        in NHWC too, as cuDNN follows the weights' memory format."""
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def compiled(self, module):
+        """torch.compile(module) with --compile, else the module itself. Compile the module that is called (the
+        DDP wrapper, when distributed); state dicts are taken from the unwrapped model, so their keys do not change."""
+        return torch.compile(module) if self.compile else module
+
+    def settings(self):
+        """What ran, for records: precision, memory format, compile, and the CUDA backend switches."""
+        on_cuda = self.device.type == "cuda"
+        return {"device": str(self.device), "precision": self.precision,
+                "memory_format": "channels_last" if self.channels_last else "contiguous", "compile": self.compile,
+                "cudnn_benchmark": bool(on_cuda and torch.backends.cudnn.benchmark),
+                "tf32": bool(on_cuda and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)}
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -78,14 +103,21 @@ def cpu_has_native_bf16():
     return bool(_BF16_CPU_FLAGS & cpu_flags())
 
 
+def cuda_has_native_bf16(device):
+    """Whether the GPU computes bfloat16 in its tensor cores: compute capability 8.0 or more (Ampere and later).
+    Older GPUs emulate it (torch.cuda.is_bf16_supported() may still say True there), far slower than fp16."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(name, device):
-    """--precision for a device: 'auto' = bf16 on a CPU with native bfloat16, fp16 (AMP) on CUDA, else fp32."""
+    """--precision for a device: 'auto' = bf16 on a CPU with native bfloat16 and on a GPU of compute capability
+    8.0 or more (no loss scaler needed), fp16 with a loss scaler on older GPUs, else fp32."""
     if name not in PRECISIONS:
         raise CebenchError(f"unknown precision {name!r}; use one of {', '.join(PRECISIONS)}")
     device = torch.device(device)
     if name == "auto":
         if device.type == "cuda":
-            return "fp16"
+            return "bf16" if cuda_has_native_bf16(device) else "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CebenchError("--precision bf16 was asked for but this GPU has no bfloat16 support; use fp16 or auto")
@@ -96,8 +128,56 @@ def add_precision_flag(group):
     """--precision, shared by every entry point that trains or extracts features."""
     group.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="arithmetic of forward and "
                        "backward passes (autocast; weights, optimiser state, losses and metrics stay float32): auto = "
-                       "bf16 on a CPU with native bfloat16 (AVX512-BF16/AMX), fp16 with loss scaling on CUDA, else "
-                       "fp32. Use fp32 to reproduce a float32 run exactly")
+                       "bf16 on a CPU with native bfloat16 (AVX512-BF16/AMX) and on GPUs of compute capability >= 8.0 "
+                       "(A100, H100, RTX 30xx on), fp16 with loss scaling on older GPUs, else fp32. float32 work on "
+                       "CUDA may use TF32 tensor cores. Use fp32 to reproduce a float32 run exactly")
+
+
+def add_compile_flag(group):
+    """--compile, shared by the training entry points."""
+    group.add_argument("--compile", action="store_true", help="torch.compile the training step's model (minutes "
+                       "of compilation at the start; worth it for long GPU runs: measure with pretrain.speed / "
+                       "transfer.speed --compile). The record says whether it ran")
+
+
+def configure_backends(device, fixed_shapes):
+    """The CUDA switches GPU users expect: TF32 tensor cores for float32 matmuls and convolutions (10-bit
+    mantissa, as autocast's own matmuls), and cudnn.benchmark when every batch has the same shapes (each new
+    shape is benchmarked once: variable-size detection and segmentation inputs would re-benchmark every batch).
+    A no-op on the CPU, so no CPU result changes."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cudnn.benchmark = bool(fixed_shapes)
+
+
+DATA_PATHS = ("auto", "loader", "device")
+# --data-path auto keeps the images on the GPU when they take at most this share of its memory: the rest is left
+# to the model (AlexNet at batch 64 and 227 px needs ~3 GB in bf16), the index tensors of a batch and cuDNN.
+DEVICE_DATA_FRACTION = 0.25
+
+
+def add_data_path_flag(group):
+    """--data-path, shared by pretraining and the transfers."""
+    group.add_argument("--data-path", default="auto", choices=list(DATA_PATHS), help="how training batches are "
+                       "made: loader = DataLoader workers crop, flip and mask on the CPU; device = the images are "
+                       "decoded once into one uint8 tensor on the device and every batch is drawn there (no "
+                       "workers; same sample distribution, other random draws); auto = device on CUDA when the "
+                       f"images take at most {100 * DEVICE_DATA_FRACTION:.0f}%% of the GPU's memory, else loader (on a "
+                       "CPU always loader, so CPU results do not change)")
+
+
+def resolve_data_path(name, device, nbytes, fraction=DEVICE_DATA_FRACTION):
+    """'loader' or 'device' for --data-path `name`, given the bytes the decoded uint8 images take."""
+    if name not in DATA_PATHS:
+        raise CebenchError(f"unknown --data-path {name!r}; use one of {', '.join(DATA_PATHS)}")
+    device = torch.device(device)
+    if name != "auto":
+        return name
+    if device.type != "cuda":
+        return "loader"
+    return "device" if nbytes <= fraction * torch.cuda.get_device_properties(device).total_memory else "loader"
 
 
 def resolve_device(name="auto", local_rank=0):
@@ -111,8 +191,9 @@ def resolve_device(name="auto", local_rank=0):
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device="auto", precision="auto"):
-    """Read torchrun's environment; fall back to one process on CPU or GPU. Resolves --precision for the device."""
+def init_distributed(device="auto", precision="auto", compile=False, fixed_shapes=False):
+    """Read torchrun's environment; fall back to one process on CPU or GPU. Resolves --precision for the device and
+    sets the CUDA backends (`configure_backends`; `fixed_shapes`: every training batch has the same shapes)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -121,8 +202,9 @@ def init_distributed(device="auto", precision="auto"):
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    configure_backends(dev, fixed_shapes)
     return Runtime(device=dev, rank=rank, world_size=world_size, local_rank=local_rank,
-                   precision=resolve_precision(precision, dev))
+                   precision=resolve_precision(precision, dev), compile=bool(compile))
 
 
 def cleanup_distributed():
@@ -170,15 +252,17 @@ def set_threads(threads):
         torch.set_num_threads(threads)
 
 
-def start_run(parser, argv, stage, check=None):
+def start_run(parser, argv, stage, check=None, fixed_shapes=False):
     """The start of every entry point that computes: config (parser defaults < benchmarks.yaml profile < command
-    line, then `check(cfg)`), distributed runtime with its resolved precision, threads, seed, and a logger named
-    after the stage. Returns (cfg, rt, log)."""
+    line, then `check(cfg)`), distributed runtime with its resolved precision (and CUDA backends: `fixed_shapes`
+    for stages whose training batches all have one shape), threads, seed, and a logger named after the stage.
+    Returns (cfg, rt, log)."""
     cfg = resolved_config(parse_with_profile(parser, argv, stage))
     if check:
         check(cfg)
-    rt = init_distributed(cfg["device"], cfg["precision"])
+    rt = init_distributed(cfg["device"], cfg["precision"], cfg.get("compile", False), fixed_shapes)
     cfg["precision"] = rt.precision  # 'auto' resolved: the record says what ran
+    cfg["runtime"] = rt.settings()
     set_threads(cfg["threads"])
     seed_everything(cfg["seed"])
     return cfg, rt, get_logger(stage, rt.is_main)

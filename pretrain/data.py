@@ -116,10 +116,25 @@ class ImageCache:
     def __getitem__(self, i):
         return self.buffer[self.offsets[i]:self.offsets[i + 1]].reshape(self.shapes[i])
 
+    def on_device(self, device):
+        """The images as one tensor on `device` (pretrain.device_data), uploaded once per device."""
+        from pretrain.device_data import DeviceImages
+
+        copies = self.__dict__.setdefault("_on_device", {})
+        key = str(torch.device(device))
+        if key not in copies:
+            copies[key] = DeviceImages(self, device)
+        return copies[key]
+
+    @staticmethod
+    def estimated_bytes(n_images, short_side):
+        """Bytes of a cache of `n_images` of aspect ~4:3, before decoding them."""
+        return n_images * short_side * short_side * 3 * 4 / 3
+
     @staticmethod
     def fits(n_images, short_side, limit=CACHE_LIMIT_BYTES):
         """Whether a cache of `n_images` (aspect ~4:3) stays under `limit` bytes."""
-        return n_images * short_side * short_side * 3 * 4 / 3 < limit
+        return ImageCache.estimated_bytes(n_images, short_side) < limit
 
 
 class InpaintingStream(torch.utils.data.Dataset):

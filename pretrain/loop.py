@@ -15,8 +15,10 @@ from cebench.curves import RunLog, tensorboard_dir
 from cebench.errors import CebenchError, one_line
 from cebench.files import append_jsonl, atomic_torch_save, safe_torch_load
 from cebench.logs import get_logger, progress
+from cebench.runtime import resolve_data_path
 from pretrain.data import (IMAGE_MEAN, IMAGE_STD, ImageCache, InpaintingStream, check_images, list_images,
                            make_loader, normalize)
+from pretrain.device_data import DeviceBatches
 from pretrain.health import feature_health
 from pretrain.losses import discriminator_loss, generator_adversarial_loss, masked_l2
 from pretrain.masks import AUTOENCODER, context_of, load_region_shapes
@@ -25,7 +27,8 @@ from pretrain.model import AlexNetEncoder, ContextEncoder, Discriminator
 # Settings that shape the trajectory: a resumed run must agree on all of them to replay the same steps.
 REPLAY_KEYS = ("arch", "pool_free", "width", "input_size", "load_size", "dropout", "decoder_width", "mask",
                "overlap", "overlap_weight", "adv_weight", "steps", "batch_size", "lr", "beta1", "weight_decay",
-               "lr_schedule", "seed", "region_shapes", "region_shapes_split", "precision")
+               "lr_schedule", "seed", "region_shapes", "region_shapes_split", "precision", "data_path")
+REPLAY_DEFAULTS = {"data_path": "loader"}
 
 
 def run_paths(out):
@@ -56,11 +59,29 @@ def build_model(cfg):
                           decoder_width=cfg["decoder_width"])
 
 
-def build_dataset(cfg, logger=None):
-    """The replayable sample stream over --images (cached in memory when small enough or asked to), and the
-    names of the files skipped as unreadable so far (header check; full decode when cached)."""
+def planned_data_path(cfg, n_images, device):
+    """--data-path resolved for `n_images` on `device` ('loader' or 'device'); the device path needs the cache."""
+    path = resolve_data_path(cfg.get("data_path", "auto"), device,
+                             ImageCache.estimated_bytes(n_images, cfg["load_size"]))
+    if path == "device" and cfg["cache"] == "off":
+        if cfg.get("data_path") == "device":
+            raise CebenchError("--data-path device keeps the decoded images on the device: it needs --cache auto/on")
+        return "loader"
+    return path
+
+
+def data_path(cfg, dataset, device):
+    """The data path that runs: 'device' when planned and the images are cached, else 'loader'."""
+    return "device" if dataset.cache is not None and planned_data_path(cfg, len(dataset), device) == "device" \
+        else "loader"
+
+
+def build_dataset(cfg, logger=None, device="cpu"):
+    """The replayable sample stream over --images (cached in memory when small enough, asked to, or for the device
+    data path), and the names of the files skipped as unreadable so far (header check; full decode when cached)."""
     paths, skipped = check_images(list_images(cfg["images"], cfg.get("image_list")), cfg["skip_bad"], cfg["load_size"])
-    use_cache = cfg["cache"] == "on" or (cfg["cache"] == "auto" and ImageCache.fits(len(paths), cfg["load_size"]))
+    use_cache = cfg["cache"] == "on" or (cfg["cache"] == "auto" and (
+        ImageCache.fits(len(paths), cfg["load_size"]) or planned_data_path(cfg, len(paths), device) == "device"))
     cache = ImageCache(paths, cfg["load_size"], skip_bad=cfg["skip_bad"]) if use_cache else None
     skipped = [image_name(p, cfg) for p in skipped + (cache.skipped if cache is not None else [])]
     shapes = None
@@ -71,8 +92,9 @@ def build_dataset(cfg, logger=None):
     dataset = InpaintingStream(paths, cfg["input_size"], cfg["load_size"], cfg["mask"], cfg["seed"], cache, shapes,
                                skip_bad=cfg["skip_bad"])
     if logger:
-        logger.info("%d images from %s (%d skipped as unreadable), %s", len(dataset), cfg["images"], len(skipped),
-                    "cached in memory" if use_cache else "decoded on the fly")
+        logger.info("%d images from %s (%d skipped as unreadable), %s, data path %s", len(dataset), cfg["images"],
+                    len(skipped), "cached in memory" if use_cache else "decoded on the fly",
+                    data_path(cfg, dataset, device))
         for name in skipped:
             logger.warning("skipped unreadable image %s", name)
     return dataset, skipped
@@ -106,12 +128,12 @@ class Trainer:
 
     def __init__(self, cfg, runtime):
         self.cfg, self.rt = cfg, runtime
-        self.model = build_model(cfg).to(runtime.device)
+        self.model = runtime.place(build_model(cfg))  # channels_last on CUDA
         self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg["lr"], betas=(cfg["beta1"], 0.999),
                                     weight_decay=cfg["weight_decay"])
         self.disc = self.disc_opt = None
         if cfg["adv_weight"] > 0:
-            self.disc = Discriminator().to(runtime.device)
+            self.disc = runtime.place(Discriminator())
             # paper §3.2 (Table 1 model): the generator's learning rate is 10x the discriminator's
             self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg["lr"] / 10, betas=(cfg["beta1"], 0.999))
         self.scaler = runtime.grad_scaler()  # float16 only; weights and Adam's moments stay float32
@@ -119,6 +141,8 @@ class Trainer:
         if runtime.distributed:
             self.net = DistributedDataParallel(self.model)
             self.disc_net = DistributedDataParallel(self.disc) if self.disc is not None else None
+        self.net = runtime.compiled(self.net)  # --compile; state() reads the uncompiled self.model
+        self.disc_net = runtime.compiled(self.disc_net) if self.disc_net is not None else None
 
     def step(self, images, masks, step):
         """One optimisation step on a uint8 batch (N, 3, H, W) and its masks (N, 1, H, W); returns the loss."""
@@ -196,9 +220,10 @@ def load_run(paths, trainer, cfg, fingerprint):
     if not isinstance(ckpt, dict) or "replay" not in ckpt:
         raise CebenchError(f"{paths['last']}: not a pretraining run checkpoint")
     now = replay_settings(cfg, trainer, fingerprint)
-    diff = sorted(k for k in now if ckpt["replay"].get(k) != now[k])
+    was_set = REPLAY_DEFAULTS | ckpt["replay"]  # a checkpoint from before a key existed ran its default
+    diff = sorted(k for k in now if was_set.get(k) != now[k])
     if diff:
-        was = {k: ckpt["replay"].get(k) for k in diff}
+        was = {k: was_set.get(k) for k in diff}
         raise CebenchError(f"{paths['last']}: cannot resume, settings differ from the run's: {was} vs "
                            f"{ {k: now[k] for k in diff} } (use the same flags, or --overwrite to start afresh)")
     trainer.load_state(ckpt)
@@ -342,7 +367,8 @@ def final_meta(cfg, trainer, counters, n_images, skipped, identical, checksums, 
     return {"init_label": init_label(cfg["mask"], counters["step"]),
             "images_seen": counters["step"] * per_step, "steps": counters["step"], "total_steps": cfg["steps"],
             "wall_time_s": round(counters["wall_time_s"], 3), "device": str(trainer.rt.device),
-            "precision": trainer.rt.precision,
+            "precision": trainer.rt.precision, "data_path": cfg.get("data_path", "loader"),
+            "runtime": trainer.rt.settings(),
             "world_size": trainer.rt.world_size, "mask": cfg["mask"],
             "mask_source": mask_source(cfg),
             "seed": cfg["seed"], "batch_size": cfg["batch_size"], "lr": cfg["lr"], "optimizer": "adam",
@@ -364,7 +390,11 @@ def decode_mode(cfg, dataset, device):
 
 
 def make_train_loader(dataset, cfg, runtime, start, stop):
-    """Batches of steps [start, stop) of this rank: decoded by CPU workers, or as file bytes decoded on the GPU."""
+    """Batches of steps [start, stop) of this rank: drawn on the device from its copy of the images (data path
+    device), decoded by CPU workers, or as file bytes decoded on the GPU."""
+    if data_path(cfg, dataset, runtime.device) == "device":
+        return DeviceBatches(dataset, dataset.cache.on_device(runtime.device), start, stop, cfg["batch_size"],
+                             runtime.rank, runtime.world_size)
     if decode_mode(cfg, dataset, runtime.device) == "gpu":
         from pretrain.decode import make_decoding_loader  # torchvision.io only for the GPU path
 

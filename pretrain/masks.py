@@ -1,7 +1,9 @@
 """Region masks (paper §3.3): pure functions of a shape and a torch.Generator; True marks a dropped pixel.
 
 Every mask kind covers about a quarter of the image, except `none`: the paper's autoencoder control (Table 2),
-whose input is the whole image and whose loss covers every pixel. Masks are (N, 1, H, W) bool tensors on the CPU.
+whose input is the whole image and whose loss covers every pixel. Masks are (N, 1, H, W) bool tensors on the
+generator's device: central, none and the noise-pattern random-region are drawn on a CUDA generator's device too
+(pretraining's device data path); random-block and the VOC-shape random-region loop per image on the CPU.
 """
 
 import numpy as np
@@ -20,9 +22,12 @@ REGION_DENSITY = 0.25
 REGION_ACCEPT = (0.20, 0.30)
 
 
-def central_mask(n, height, width):
+DEVICE_MASK_KINDS = ("central", "none")  # and random-region without shapes: drawn on any device
+
+
+def central_mask(n, height, width, device="cpu"):
     """The central square-ish region of half the height and width (a quarter of the area)."""
-    mask = torch.zeros(n, 1, height, width, dtype=torch.bool)
+    mask = torch.zeros(n, 1, height, width, dtype=torch.bool, device=device)
     top, left = height // 4, width // 4
     mask[..., top:top + (height + 1) // 2, left:left + (width + 1) // 2] = True
     return mask
@@ -55,15 +60,16 @@ def random_region_mask(n, height, width, generator, cells=REGION_CELLS, density=
                        accept=REGION_ACCEPT, max_rounds=50):
     """Released code's random region: bicubic-upsampled uniform noise < density, kept when 20-30% is masked."""
     grid = max(2, int(round(cells)))
-    mask = torch.zeros(n, 1, height, width, dtype=torch.bool)
-    todo = torch.arange(n)
+    device = generator.device  # the noise, the field and the masks live where the generator draws
+    mask = torch.zeros(n, 1, height, width, dtype=torch.bool, device=device)
+    todo = torch.arange(n, device=device)
     for _ in range(max_rounds):
-        noise = torch.rand(len(todo), 1, grid + 1, grid + 1, generator=generator)
+        noise = torch.rand(len(todo), 1, grid + 1, grid + 1, generator=generator, device=device)
         field = F.interpolate(noise, size=(height + height // grid, width + width // grid), mode="bicubic",
                               align_corners=False)
         # a random sub-cell offset, like the released code's random window into one large pattern
-        dy = int(torch.randint(0, height // grid + 1, (1,), generator=generator))
-        dx = int(torch.randint(0, width // grid + 1, (1,), generator=generator))
+        dy = int(torch.randint(0, height // grid + 1, (1,), generator=generator, device=device))
+        dx = int(torch.randint(0, width // grid + 1, (1,), generator=generator, device=device))
         cand = field[..., dy:dy + height, dx:dx + width] < density
         frac = cand.float().mean(dim=(1, 2, 3))
         ok = (frac > accept[0]) & (frac < accept[1])
@@ -72,7 +78,9 @@ def random_region_mask(n, height, width, generator, cells=REGION_CELLS, density=
         if len(todo) == 0:
             break
     if len(todo):  # practically unreachable (acceptance is ~50% per round); fall back to blocks, still ~1/4
-        mask[todo] = random_block_mask(len(todo), height, width, generator)
+        blocks = generator if device.type == "cpu" else torch.Generator().manual_seed(
+            int(torch.randint(0, 2**62, (1,), generator=generator, device=device)))  # the block loop runs on the CPU
+        mask[todo] = random_block_mask(len(todo), height, width, blocks).to(device)
     return mask
 
 
@@ -134,11 +142,13 @@ def voc_region_mask(n, height, width, generator, shapes, accept=REGION_ACCEPT):
 
 
 def make_masks(kind, n, height, width, generator, shapes=None):
-    """Dispatch on the mask kind; `generator` makes the result reproducible; `shapes` = VOC silhouettes."""
+    """Dispatch on the mask kind; `generator` makes the result reproducible (and says the device, see the module
+    docstring); `shapes` = VOC silhouettes."""
+    device = generator.device if generator is not None else "cpu"
     if kind == AUTOENCODER:  # the loss region is the whole image (and context_of leaves the input whole)
-        return torch.ones(n, 1, height, width, dtype=torch.bool)
+        return torch.ones(n, 1, height, width, dtype=torch.bool, device=device)
     if kind == "central":
-        return central_mask(n, height, width)
+        return central_mask(n, height, width, device)
     if kind == "random-block":
         return random_block_mask(n, height, width, generator)
     if kind == "random-region":

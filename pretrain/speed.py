@@ -10,7 +10,7 @@ import time
 
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
-from cebench.runtime import Runtime, resolve_device, set_threads
+from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from pretrain import loop
 from pretrain.train import check_args, get_args_parser
@@ -50,19 +50,22 @@ def main(argv=None):
     set_threads(args.threads)
     cfg = resolved_config(args)
     device = resolve_device(args.device)
+    configure_backends(device, fixed_shapes=True)  # as pretrain.train: TF32 and cudnn.benchmark on CUDA
     precisions = args.precisions or benchmark_precisions(device)
-    dataset, _ = loop.build_dataset(cfg)
-    runtimes = {p: Runtime(device=device, precision=p) for p in precisions}
+    dataset, _ = loop.build_dataset(cfg, device=device)
+    cfg["data_path"] = loop.data_path(cfg, dataset, device)
+    runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
     batch = next(iter(loop.make_train_loader(dataset, cfg, runtimes[precisions[0]], 0, 1)))
     benches = {p: _bench(cfg, rt, dataset, batch) for p, rt in runtimes.items()}
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=args.rounds,
                             warmup=args.warmup, steps=args.bench_steps)
     decode = loop.decode_mode(cfg, dataset, device)
     extra = {}
-    if decode == "cpu":  # the GPU path's CPU cost is reading file bytes; its decoding runs on the device
+    if decode == "cpu" or cfg["data_path"] == "device":  # GPU decoding's CPU cost is reading file bytes
         extra["data_cpu_s_per_batch"] = _data_cpu_per_batch(dataset, cfg, runtimes[precisions[0]], 0, 8)
     return report(per_precision, cfg, device, args.json, stage="pretrain", mask=cfg["mask"], decode=decode,
-                  cached=dataset.cache is not None, workers=cfg["workers"], **extra)
+                  cached=dataset.cache is not None, workers=cfg["workers"], data_path=cfg["data_path"],
+                  runtime=runtimes[precisions[0]].settings(), **extra)
 
 
 if __name__ == "__main__":

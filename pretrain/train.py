@@ -16,7 +16,8 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.locks import hold_outputs
 from cebench.runs import keep_previous_run
-from cebench.runtime import add_precision_flag, add_threads_flag, barrier, cleanup_distributed, start_run
+from cebench.runtime import (add_compile_flag, add_data_path_flag, add_precision_flag, add_threads_flag, barrier,
+                             cleanup_distributed, start_run)
 from pretrain import loop
 from pretrain.health import HEALTH_IMAGES, health_views
 from pretrain.masks import MASK_KINDS
@@ -53,6 +54,7 @@ def get_args_parser(run_files=True):
     g.add_argument("--decode", default="auto", choices=["auto", "cpu", "gpu"], help="where JPEGs are decoded: "
                    "cpu = PIL in the loader's workers; gpu = the workers read file bytes and the GPU decodes the "
                    "batch (nvJPEG; same crops, flips and masks); auto = gpu on CUDA unless the images are cached")
+    add_data_path_flag(g)
     g = p.add_argument_group("model")
     g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
                    help="encoder trunk: the paper's CaffeNet shape, or torchvision's AlexNet")
@@ -99,6 +101,7 @@ def _add_run_args(g, run_files):
     g.add_argument("--seed", type=int, default=0, help="seeds weights, sample order, crops, masks, dropout")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = CUDA if present")
     add_precision_flag(g)
+    add_compile_flag(g)
     add_threads_flag(g)
     g.add_argument("--out", default="ce.pt", help="checkpoint to write; run files (<stem>.last.pt, metrics, "
                    "loss curve, sample grid) go next to it")
@@ -174,7 +177,7 @@ def main(argv=None):
     # logger: cebench.runtime.start_run, as every entry point (every random choice of a step is also a function
     # of (seed, step), see pretrain.data); 'auto' precision resolved: config, replay check and ce.pt say what ran
     parser, notes = get_args_parser(), []
-    cfg, rt, log = start_run(parser, argv, "pretrain",
+    cfg, rt, log = start_run(parser, argv, "pretrain", fixed_shapes=True,  # every crop is S x S
                              check=lambda cfg: notes.append(check_config(cfg, command_line_dests(parser, argv))))
     paths = loop.run_paths(cfg["out"])
     if notes[0]:
@@ -195,7 +198,8 @@ def main(argv=None):
 
 def _run(cfg, rt, paths, log):
     # data
-    dataset, skipped = loop.build_dataset(cfg, log if rt.is_main else None)
+    dataset, skipped = loop.build_dataset(cfg, log if rt.is_main else None, rt.device)
+    cfg["data_path"] = loop.data_path(cfg, dataset, rt.device)  # 'auto' resolved, as precision
     fingerprint = loop.dataset_fingerprint(dataset)
     # model + optimiser
     trainer = loop.Trainer(cfg, rt)

@@ -36,8 +36,19 @@ def test_auto_on_a_cpu_without_bf16_is_fp32(monkeypatch):
     assert resolve_precision("auto", "cpu") == "bf16"
 
 
-def test_auto_on_cuda_is_fp16_and_bf16_needs_support(monkeypatch):
-    assert resolve_precision("auto", "cuda") == "fp16"
+@pytest.mark.parametrize("capability, expected", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"),
+                                                  ((8, 6), "bf16"), ((9, 0), "bf16")])
+def test_auto_on_cuda_is_bf16_from_capability_8_else_fp16(monkeypatch, capability, expected):
+    # V100 (7.0) and T4 (7.5) emulate bfloat16: fp16 with a scaler; A100 (8.0), RTX 30xx (8.6), H100 (9.0): bf16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    assert resolve_precision("auto", "cuda") == expected
+    made = {}
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: made.update(device=device, enabled=enabled))
+    Runtime(device=torch.device("cuda"), precision=expected).grad_scaler()
+    assert made == {"device": "cuda", "enabled": expected == "fp16"}  # bf16: float32's exponent range, no scaler
+
+
+def test_bf16_on_cuda_needs_support(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     with pytest.raises(CebenchError, match="bfloat16"):
         resolve_precision("bf16", "cuda")

@@ -8,6 +8,7 @@
 import time
 
 from cebench.errors import run_cli
+from cebench.runtime import add_data_path_flag
 from cebench.files import atomic_write_json
 from cebench.records import write_record
 from transfer import stages
@@ -29,6 +30,7 @@ def get_args_parser():
     g["data"].add_argument("--min-scale", type=float, default=0.5)
     g["data"].add_argument("--max-scale", type=float, default=2.0)
     add_flip_flag(g["data"], 0.5, "training and test views")
+    add_data_path_flag(g["data"])
     add_init_args(g["model"], rescale_images=160, rescale_what="training views")
     add_head_args(g["model"], input_size_help="square crop fed to the network (paper: 227)")
     add_optimisation_args(g["optimisation"], steps=80_000, batch_size=16, lr=1.0e-3, lr_schedule="step",
@@ -79,7 +81,7 @@ def _run(cfg, rt, log, started):
 
 
 def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "classify", _run, check=run.check_config)
+    return stages.run_main(get_args_parser(), argv, "classify", _run, check=run.check_config, fixed_shapes=True)
 
 
 if __name__ == "__main__":

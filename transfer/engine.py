@@ -2,7 +2,8 @@
 
 A task supplies only its data, its loss and its evaluation; everything else lives here: optimiser, learning-rate
 schedule (a pure function of the step), gradient accumulation and clipping, mixed precision (the runtime's
---precision: bf16 autocast on CPUs that have it, fp16 AMP on CUDA; test-time evaluation stays float32), DDP
+--precision: bf16 autocast on CPUs and GPUs that have it, fp16 AMP on older GPUs; test-time evaluation stays
+float32), channels_last and an optional torch.compile on CUDA (cebench.runtime), DDP
 under torchrun, a tqdm bar, ``metrics.jsonl``, periodic evaluation, atomic checkpoints and exact resume.
 
 Usage::
@@ -17,6 +18,9 @@ The task (duck-typed; see ``Task``):
   randomness from the *global* ``torch``/``numpy``/``random`` generators: the engine seeds them for every item
   from (seed, epoch, index), so the data of a step does not depend on workers, ranks or restarts.
 - ``task.collate_fn`` (optional attribute, default torch's ``default_collate``) for variable-size items.
+- ``task.device_batches`` (optional attribute; None or absent: a DataLoader): a function of the engine's
+  ``StepBatchSampler`` returning an iterable of batches already on the device, one per micro-batch of
+  ``(index, item_seed)`` pairs: the device data path (--data-path device), with no loader workers.
 - ``task.training_step(model, batch) -> loss``: a scalar tensor, the mean loss of the micro-batch. ``batch`` is
   already on the device (tensors inside tuples/lists/dicts are moved); ``model`` is DDP-wrapped when
   distributed. The engine seeds the global generators from (seed, step) before each call (dropout etc.).
@@ -118,6 +122,7 @@ class FitResult:
     history: list = field(default_factory=list)
     train_time_s: float = 0.0
     precision: str = "fp32"  # what the training steps ran in (Runtime.precision)
+    data_path: str = "loader"  # how training batches were made: DataLoader, or the task's device_batches
 
 
 def epochs_to_steps(epochs, n_items, batch_size):
@@ -157,7 +162,8 @@ def checkpoint_path(run_dir):
 
 
 def unwrap(model):
-    """The module inside a DDP wrapper (or the model itself)."""
+    """The module inside a torch.compile and/or DDP wrapper (or the model itself)."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -229,8 +235,15 @@ def evaluate_main(task, model, runtime):
     return metrics
 
 
+def data_path(task):
+    """'device' when the task draws its training batches on the device (``task.device_batches``), else 'loader'."""
+    return "device" if getattr(task, "device_batches", None) is not None else "loader"
+
+
 def _make_loader(task, config, runtime, start, end):
     sampler = StepBatchSampler(len(task.train_dataset), config, runtime, start, end)
+    if data_path(task) == "device":  # the same (index, item seed) micro-batches, drawn on the device
+        return task.device_batches(sampler)
     return DataLoader(SeededItems(task.train_dataset), batch_sampler=sampler,
                       collate_fn=getattr(task, "collate_fn", None) or default_collate,
                       num_workers=config.num_workers, worker_init_fn=worker_seed_init,
@@ -274,7 +287,7 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
     logger = logger or get_logger("engine", runtime.is_main)
     run_dir, started = make_dirs(run_dir), time.time()
     events = tensorboard_dir(tensorboard, run_dir / TENSORBOARD_NAME)
-    model.to(runtime.device).train()
+    runtime.place(model).train()  # channels_last on CUDA
     optimizer = build_optimizer(task, model, config)
     scaler = runtime.grad_scaler(config.amp)  # float16 only; weights and optimiser state stay float32
     ckpt, start, before = checkpoint_path(run_dir), 0, 0.0
@@ -290,6 +303,7 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
     if runtime.distributed:
         model = DistributedDataParallel(model, find_unused_parameters=config.find_unused_parameters,
                                         device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    model = runtime.compiled(model)  # --compile: the training steps' forward; evaluation runs the unwrapped model
     runlog = RunLog(run_dir / METRICS_NAME, events, enabled=runtime.is_main, start_step=start,
                     curves=run_dir / CURVES_NAME)
     try:
@@ -348,7 +362,7 @@ def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start,
     bar.close()
     elapsed = time.time() - t0
     return FitResult(metrics={}, step=step, wall_time_s=elapsed, images_per_s=seen / max(1e-9, elapsed),
-                     precision=runtime.precision if config.amp else "fp32", history=history)
+                     precision=runtime.precision if config.amp else "fp32", history=history, data_path=data_path(task))
 
 
 __all__ = ["Task", "TrainConfig", "FitResult", "fit", "learning_rate", "epochs_to_steps", "derive_seed",

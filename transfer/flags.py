@@ -14,7 +14,7 @@ import argparse
 from cebench.config import (add_skip_bad_flag, at_least, entry_parser, non_negative_float, non_negative_int,
                             positive_float, positive_int)
 from cebench.curves import add_tensorboard_flag
-from cebench.runtime import add_precision_flag, add_threads_flag
+from cebench.runtime import add_compile_flag, add_precision_flag, add_threads_flag
 from evaluation.metrics.bootstrap import MIN_BOOT
 from pretrain.health import HEALTH_IMAGES
 from pretrain.weights import RANDOM, weights_spec
@@ -152,6 +152,7 @@ def add_run_args(group, *, out_help):
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     add_precision_flag(group)
+    add_compile_flag(group)
     add_threads_flag(group)
     group.add_argument("--out", default=None, help=out_help)
     group.add_argument("--resume", action="store_true", help="continue the run in the folder next to --out")

@@ -8,12 +8,14 @@ micro-step and optimiser step, so detection and segmentation share its arithmeti
 Data loading keeps up when the end-to-end images/s is at least 95% of the step-only images/s.
 """
 
+from types import SimpleNamespace
+
 import torch
 
 from cebench.config import parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.logs import get_logger
-from cebench.runtime import Runtime, resolve_device, set_threads
+from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
 from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
 from transfer import engine, stages
 from transfer.classification import stages as run
@@ -30,16 +32,18 @@ def get_speed_parser():
     return p
 
 
-def _bench(cfg, runtime, train, test, config):
+def _bench(cfg, runtime, train, test, config, device_batches):
     """A fresh classifier (same seed for every precision) and the engine's step on it."""
     backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-    model = Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2)).to(runtime.device)
+    model = runtime.place(Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2)))
     task = ClassificationTask(train, test, device=runtime.device, seed=cfg["seed"], num_workers=config.num_workers)
+    task.device_batches = device_batches  # the data path's, shared by every precision (one copy of the images)
     optimizer = engine.build_optimizer(task, model, config)
     scaler = runtime.grad_scaler(config.amp)
+    net = runtime.compiled(model)  # --compile, as engine.fit
 
     def step(batch, index):
-        engine._micro_step(task, model, batch, scaler, runtime, config, last=True)
+        engine._micro_step(task, net, batch, scaler, runtime, config, last=True)
         engine._optimizer_step(model, optimizer, scaler, config, index)
 
     batch = next(iter(engine._make_loader(task, config, runtime, 0, 1)))
@@ -52,14 +56,19 @@ def main(argv=None):
     run.check_config(cfg)
     set_threads(cfg["threads"])
     device = resolve_device(cfg["device"])
+    configure_backends(device, fixed_shapes=True)  # as transfer.classify: TF32 and cudnn.benchmark on CUDA
     precisions = cfg["precisions"] or benchmark_precisions(device)
     train, test = run.load_data(cfg, get_logger("speed"))
     config = stages.train_config(cfg, stages.data_workers(cfg, cached=train._cache is not None))
-    benches = {p: _bench(cfg, Runtime(device=device, precision=p), train, test, config) for p in precisions}
+    holder = SimpleNamespace(device_batches=None)  # choose_data_path gives it the device path's batches
+    data_path = run.choose_data_path(holder, train, cfg, device)
+    runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
+    benches = {p: _bench(cfg, rt, train, test, config, holder.device_batches) for p, rt in runtimes.items()}
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=cfg["rounds"],
                             warmup=cfg["warmup"], steps=cfg["bench_steps"])
     return report(per_precision, cfg, device, cfg["json"], stage="finetune (classification)", fc_dim=cfg["fc_dim"],
-                  cached=train._cache is not None, workers=config.num_workers)
+                  cached=train._cache is not None, workers=config.num_workers,
+                  data_path=data_path, runtime=runtimes[precisions[0]].settings())
 
 
 if __name__ == "__main__":

@@ -35,11 +35,12 @@ from transfer import engine
 from transfer.backbone import build_backbone
 
 
-def run_main(parser, argv, stage, body, check=None):
+def run_main(parser, argv, stage, body, check=None, fixed_shapes=False):
     """Every transfer `main`: config (parser defaults < benchmarks.yaml profile < command line), checked ->
-    distributed, precision, threads, seed, a logger named after the stage -> body(cfg, rt, log, started) -> cleanup."""
+    distributed, precision, threads, seed, a logger named after the stage -> body(cfg, rt, log, started) -> cleanup.
+    `fixed_shapes`: every training batch has one shape (cudnn.benchmark on CUDA)."""
     started = time.time()
-    cfg, rt, log = start_run(parser, argv, stage, check)
+    cfg, rt, log = start_run(parser, argv, stage, check, fixed_shapes)
     try:
         return body(cfg, rt, log, started)
     finally:
@@ -153,7 +154,8 @@ def init_protocol(cfg, info, rescaling, fit=None):
             accum_steps=cfg["accum_steps"], optimizer="SGD", lr=cfg["lr"], bias_lr_mult=2.0,
             lr_schedule=cfg["lr_schedule"], lr_step=cfg["lr_step"], lr_gamma=cfg["lr_gamma"],
             momentum=cfg["momentum"], weight_decay=cfg["weight_decay"], clip_grad=cfg["clip_grad"],
-            images_per_s=round(fit.images_per_s, 2), train_time_s=round(fit.train_time_s, 1))
+            images_per_s=round(fit.images_per_s, 2), train_time_s=round(fit.train_time_s, 1),
+            data_path=fit.data_path)
     return protocol
 
 

@@ -24,10 +24,10 @@ from collections import defaultdict
 IGNORED = {"seed", "out", "device", "threads", "workers", "resume", "overwrite", "ckpt_every", "log_every",
            "eval_every", "profile", "cache", "max_steps", "save_predictions", "n_examples", "examples",
            "grid_queries", "grid_neighbours", "draw", "write_devkit", "proposals_cache", "voc_root", "images",
-           "weights"}
+           "weights", "runtime", "compile", "data_path"}  # the last three: how the device computed (issue 22)
 # ce.pt meta that says where and how fast it was made, not what was learned.
 META_IGNORED = {"wall_time_s", "device", "world_size", "versions", "ddp_ranks_identical", "ddp_rank_checksums",
-                "images", "profile"}
+                "images", "profile", "runtime", "data_path"}
 
 
 def is_complete(record):

@@ -1,6 +1,7 @@
 """The stages of `python -m transfer.classify`, kept apart so the entry point reads as a list of steps."""
 
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -8,10 +9,12 @@ import torch
 from cebench.errors import CebenchError
 from cebench.files import atomic_write
 from cebench.records import percent, schedule_fields
+from cebench.runtime import resolve_data_path
 from evaluation.metrics import classification_map, classification_map_ci
 from transfer import engine, stages
 from transfer.backbone import measure_health, normalize, rescale_backbone_
 from transfer.classification.data import ViewSpec, VocImages
+from transfer.classification.device_views import DeviceImages, device_batches
 from transfer.classification.model import Classifier
 from transfer.classification.probe import linear_probe
 from transfer.classification.task import ClassificationTask
@@ -87,6 +90,7 @@ def health(model, train, cfg, rt, rescaled):
 
 def probe(backbone, train, test, cfg, rt):
     """Frozen pool5 + logistic regression on the main rank; test logits (N, 20)."""
+    cfg["data_path"] = "loader"  # nothing trains: the features are extracted from the loader's views
     if not rt.is_main:
         return None
     with rt.autocast():  # the frozen pool5 features at the run's precision (they come out float32)
@@ -99,8 +103,22 @@ def finetune(model, train, test, cfg, rt, paths, log):
     workers = stages.data_workers(cfg, cached=train._cache is not None)
     task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                               num_workers=workers)
+    cfg["data_path"] = choose_data_path(task, train, cfg, rt.device, log)  # resolved, for the record
     fit = stages.fit(task, model, cfg, rt, paths, log, workers)
     return (task.last or {}).get("scores"), fit  # None on other ranks: the main rank evaluates
+
+
+def choose_data_path(task, train, cfg, device, log=None):
+    """--data-path resolved for the training images on `device`; 'device' puts them there and gives the task its
+    device_batches. Returns 'loader' or 'device'."""
+    path = resolve_data_path(cfg["data_path"], device, DeviceImages.nbytes(train))
+    if path == "device":
+        images = DeviceImages(train, device)
+        task.device_batches = partial(device_batches, images, train.spec)
+        if log:
+            log.info("data path device: %d training images in %.0f MB on %s", len(train),
+                     images.pixels.numel() / 1e6, device)
+    return path
 
 
 def save_scores(paths, test, scores):

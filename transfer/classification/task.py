@@ -47,6 +47,7 @@ class ClassificationTask:
         self.test_views = TestViews(test_images, test_crops, seed)
         self.test_labels = test_images.split.labels
         self.device, self.num_workers = device, num_workers
+        self.device_batches = None  # the device data path sets it (classification.device_views); None: a loader
         self.last = None  # what the latest evaluate() predicted: {"scores": test logits (N, 20)}
 
     def param_groups(self, model):
