@@ -44,7 +44,8 @@ STAGE_KEYS = {"inits", "module"}
 SYNTHETIC_KEYS = {"out", "n_train", "n_val", "size", "seed", "seg_fraction"}
 # Which stages receive each pass-through option of run_all (all others take them from the profile).
 PASS_THROUGH = {"voc_root": tuple(TASKS), "images": ("pretrain",), "device": ("pretrain", *TASKS),
-                "seed": ("pretrain", *TASKS), "max_steps": ("pretrain", "classify", "detect", "segment")}
+                "seed": ("pretrain", *TASKS), "threads": ("pretrain", *TASKS),
+                "max_steps": ("pretrain", "classify", "detect", "segment")}
 DISTRIBUTED = ("pretrain", "classify", "detect", "segment")  # the stages that train (DDP under torchrun)
 BAR = "=" * 100
 
@@ -330,11 +331,40 @@ def _report(tee, rows, results, synthetic):
                   "pipeline, not the paper.")
 
 
+def check(profile, opts):
+    """`run_all.sh PROFILE --check`: python -m evaluation.check in a child process, logged to
+    results/<profile>-check/check.log (each check replaces the previous check's files there)."""
+    out_dir = Path(opts.results or results_dir(f"{profile['_name']}-check")).resolve()
+    argv = ["-m", "evaluation.check", "--profile", profile["_name"], "--out-dir", _shown(out_dir)]
+    for key in ("check_steps", "device", "seed", "threads", "voc_root", "images"):
+        value = getattr(opts, key)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
+    if opts.dry_run:
+        print(f"$ python {shlex.join(argv)}")
+        return {"profile": profile["_name"], "check": str(out_dir), "status": "dry-run"}
+    tee = Tee(make_dirs(out_dir) / "check.log")
+    try:
+        tee.print(f"{BAR}\nrun_all {profile['_name']} --check -> {_shown(out_dir)}  "
+                  f"({time.strftime('%Y-%m-%d %H:%M:%S')})\n$ python {shlex.join(argv)}\n{BAR}")
+        status = run_process(argv, tee, child_env())
+    finally:
+        tee.close()
+    if status != 0:
+        raise CebenchError(f"the check of {profile['_name']!r} failed (exit status {status}); see "
+                           f"{_shown(out_dir / 'check.log')}")
+    return {"profile": profile["_name"], "check": str(out_dir), "status": "done"}
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.nproc_per_node < 1:
         raise CebenchError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.check_steps is not None and not args.check:
+        raise CebenchError("--check-steps applies to --check only")
     profile = get_profile(profile_name(args))
+    if args.check:
+        return check(profile, args)
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)
