@@ -126,7 +126,10 @@ def check_data(profile, opts, out_dir, log):
         return f"synthetic: the profile's own data ({out})", {stage: [] for stage in CHECKED}, None
     size = _standin_size(profile, opts)
     out = out_dir / "standin"
-    synthetic(["--out", str(out), "--n-train", str(opts.check_images), "--n-val", str(opts.check_test_images),
+    # at least one batch of every transfer's training set (their samplers refuse fewer items than a batch)
+    n_train = max([opts.check_images] + [_stage_config(profile, s)["batch_size"] for s in ("classify", "detect",
+                                                                                          "segment")])
+    synthetic(["--out", str(out), "--n-train", str(n_train), "--n-val", str(opts.check_test_images),
                "--size", str(size), "--seg-fraction", "1.0", "--seed", "0"])
     root, jpegs = out / "VOCdevkit", out / "VOCdevkit" / "VOC2007" / "JPEGImages"
     voc = ["--voc-root", str(root), "--year", "2007"]
@@ -137,9 +140,9 @@ def check_data(profile, opts, out_dir, log):
     if (profile.get("pretrain") or {}).get("region_shapes"):
         flags["pretrain"] += ["--region-shapes", str(root / "VOC2007" / "SegmentationClass"),
                               "--region-shapes-split", "train"]
-    log.info("checking on a synthetic stand-in: %d + %d images, longer side %d px, in %s", opts.check_images,
+    log.info("checking on a synthetic stand-in: %d + %d images, longer side %d px, in %s", n_train,
              opts.check_test_images, size, out)
-    return (f"SYNTHETIC STAND-IN: {opts.check_images} train + {opts.check_test_images} test images drawn at {size} px "
+    return (f"SYNTHETIC STAND-IN: {n_train} train + {opts.check_test_images} test images drawn at {size} px "
             f"(the profile's image size), not the profile's data"), flags, size
 
 
@@ -229,6 +232,8 @@ def main(argv=None):
         log.info("checking %s (%d + %d steps)", stage, opts.check_warmup, opts.check_steps)
         counts, sizes_from = _full_counts(profile, stage, opts)
         cache = full_run_cache(profile, stage, counts, size) if size else []
+        if stage == "detect":  # the check's proposals stay with the check, not in the runs' shared cache
+            cache += ["--proposals-cache", str(out_dir / "proposals")]
         try:
             row = check_stage(stage, ["--profile", name, *data_flags[stage], *cache, *_run_flags(opts)],
                               steps=opts.check_steps, warmup=opts.check_warmup, counts=counts, data_label=label,

@@ -4,6 +4,7 @@ of its full schedule. `python -m evaluation.check` (`bash run_all.sh PROFILE --c
 """
 
 import dataclasses
+import gc
 import os
 import platform
 import time
@@ -219,6 +220,9 @@ def check_stage(stage, argv, *, steps, warmup, counts=None, data_label="", sizes
     rt = Runtime(device=device, precision=resolve_precision(cfg["precision"], device))
     log = get_logger("check")
     n_train, n_test = counts or _counts(stage, cfg)
+    gc.collect()  # the previous stage's model and batches go before this stage's peak is counted
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     reset_peak_memory(device)
     if stage == "pretrain":
         built = _pretrain(cfg, rt, log, n_train, n_test)
