@@ -57,7 +57,8 @@ def get_args_parser():
     g.add_argument("--check-images", type=int, default=64, help="training (and gallery) images of the stand-in")
     g.add_argument("--check-test-images", type=int, default=16, help="test (and query) images of the stand-in")
     g.add_argument("--image-size", type=int, default=None, help="longer side of the stand-in's images (default: the "
-                   f"profile's first image when its data is present, else VOC's {VOC_LONGER_SIDE})")
+                   f"profile's first image when its data is present, else VOC's {VOC_LONGER_SIDE} or the detection "
+                   "section's --max-size when smaller)")
     g = p.add_argument_group("run (passed to every stage)")
     g.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     g.add_argument("--seed", type=int, default=None)
@@ -101,15 +102,16 @@ def _full_counts(profile, stage, opts):
 
 
 def _standin_size(profile, opts):
-    """The stand-in's longer image side: the profile's first VOC image when present, else VOC's 500 px."""
+    """The stand-in's longer image side: the profile's first VOC image when present, else VOC's 500 px or the
+    detection section's --max-size when smaller."""
     if opts.image_size:
         return opts.image_size
     from PIL import Image
     cfg = _stage_config(profile, "classify", ["--voc-root", opts.voc_root] if opts.voc_root else [])
     folder = Path(cfg["voc_root"]) / f"VOC{cfg['year']}" / "JPEGImages"
     first = next(iter(sorted(folder.glob("*.jpg"))), None) if folder.is_dir() else None
-    if first is None:
-        return VOC_LONGER_SIDE
+    if first is None:  # detection's cap on the longer side tells a profile of reduced images (voc-mini: 224 px)
+        return min(VOC_LONGER_SIDE, _stage_config(profile, "detect")["max_size"])
     with Image.open(first) as image:
         return max(image.size)
 

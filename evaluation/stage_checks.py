@@ -248,5 +248,6 @@ def check_stage(stage, argv, *, steps, warmup, counts=None, data_label="", sizes
             # per run: the steps and the evaluation passes; once per stage: what later runs reuse (cached proposals)
             "projected_s": built["steps"] * step_s + sum(e["seconds"] for e in evaluations if not e.get("once")),
             "once_s": sum(e["seconds"] for e in evaluations if e.get("once")),
-            "projection": f"{built['steps']} {unit}s x {step_s:.4f} s (the whole loop's, measured)",
+            "projection": f"{built['steps']} {unit}{'es' if unit.endswith('ch') else 's'} x {step_s:.4f} s (the "
+                          "whole loop's, measured)",
             "not_projected": built["not_projected"]}
