@@ -362,6 +362,11 @@ def main(argv=None):
         raise CebenchError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
     if args.check_steps is not None and not args.check:
         raise CebenchError("--check-steps applies to --check only")
+    ignored = [flag for flag, given in (("--max-steps", args.max_steps is not None), ("--ce", args.ce),
+                                        ("--supervised", args.supervised), ("--force", args.force),
+                                        ("--nproc-per-node", args.nproc_per_node > 1)) if given]
+    if args.check and ignored:  # a check times one process on fixed steps and runs no stage of the profile
+        raise CebenchError(f"{', '.join(ignored)} do(es) not apply to --check (it checks one process; see --help)")
     profile = get_profile(profile_name(args))
     if args.check:
         return check(profile, args)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from cebench.config import get_profile
+from cebench.errors import CebenchError
 from cebench.suite import main as run_all
 from evaluation import check
 
@@ -91,3 +92,7 @@ def test_run_all_check_runs_evaluation_check_and_nothing_else(capsys):
     printed = capsys.readouterr().out
     assert result["status"] == "dry-run"
     assert "-m evaluation.check --profile smoke --out-dir results/smoke-check --check-steps 3 --threads 1" in printed
+    with pytest.raises(CebenchError, match="--max-steps do\\(es\\) not apply to --check"):
+        run_all(["smoke", "--check", "--max-steps", "5", "--dry-run"])
+    with pytest.raises(CebenchError, match="--check-steps applies to --check only"):
+        run_all(["smoke", "--check-steps", "5", "--dry-run"])
