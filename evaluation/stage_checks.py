@@ -5,6 +5,7 @@ of its full schedule. `python -m evaluation.check` (`bash run_all.sh PROFILE --c
 
 import dataclasses
 import gc
+import importlib
 import os
 import platform
 import time
@@ -36,7 +37,7 @@ def _stage_parser(stage):
     module = {"classify": "transfer.classify", "detect": "transfer.detect", "segment": "transfer.segment",
               "probe": "evaluation.probe", "retrieval": "evaluation.retrieval",
               "inpainting": "evaluation.inpainting"}[stage]
-    return __import__(module, fromlist=["get_args_parser"]).get_args_parser()
+    return importlib.import_module(module).get_args_parser()
 
 
 def _selective_search_s(paths, settings):
