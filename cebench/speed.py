@@ -7,6 +7,7 @@ machine spreads over all of them instead of favouring whichever ran in a quiet m
 """
 
 import json
+import resource
 import statistics
 import time
 from dataclasses import dataclass
@@ -96,6 +97,50 @@ def measure(benches, *, images_per_step, device, rounds=2, warmup=2, steps=8):
                           "model_only_cpu_s_per_step_median": statistics.median(t["cpu"]),
                           "steps_timed": len(model)}
     return out
+
+
+_RSS_PEAK_RESET = {"done": False}
+
+
+def reset_peak_memory(device):
+    """Start counting peak memory now: the CUDA allocator's statistics, or on Linux this process's RSS high-water
+    mark (VmHWM, reset by writing 5 to /proc/self/clear_refs)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        _RSS_PEAK_RESET["done"] = True
+    except OSError:
+        _RSS_PEAK_RESET["done"] = False
+
+
+def peak_memory(device):
+    """(MiB, how it was measured) of the peak since reset_peak_memory: CUDA allocator's on a GPU, else RSS."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "torch.cuda.max_memory_allocated"
+    if _RSS_PEAK_RESET["done"]:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):  # kB
+                return int(line.split()[1]) / 1024, ("peak RSS of the process since the stage began (VmHWM), torch "
+                                                     "itself included, loader workers not")
+    # Linux and most Unixes report ru_maxrss in KiB: the whole process since it started
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak RSS of the process since it started (ru_maxrss), loader workers not counted")
+
+
+def seconds_per_call(fn, device, calls=1):
+    """Mean wall seconds of `fn()` over `calls` calls; on CUDA after one untimed call (kernel selection, autotuning:
+    a CPU has no such first-call cost worth a second pass)."""
+    if torch.device(device).type == "cuda":
+        fn()
+        _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / calls
 
 
 def summarize(per_precision):

@@ -9,8 +9,8 @@ report's example groups, run_all's --help) is read from `STAGES`. Adding a stage
 from dataclasses import dataclass
 
 # run_all's options that it passes on to the stages that take them, in the order they appear on a command line
-PASS_THROUGH_KEYS = ("voc_root", "images", "sbd_root", "device", "seed", "max_steps")
-_SOURCES = ("voc_root", "device", "seed")  # what every stage reading VOC with --weights takes
+PASS_THROUGH_KEYS = ("voc_root", "images", "sbd_root", "device", "seed", "threads", "max_steps")
+_SOURCES = ("voc_root", "device", "seed", "threads")  # what every stage reading VOC with --weights takes
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ class Stage:
 
 STAGES = (
     Stage("pretrain", "pretrain.train", runs="pretrain", trains=True,
-          takes=("images", "device", "seed", "max_steps"), examples="ce", example_title="Pretraining samples"),
+          takes=("images", "device", "seed", "threads", "max_steps"), examples="ce",
+          example_title="Pretraining samples"),
     Stage("classify", "transfer.classify", task="classification", trains=True, takes=(*_SOURCES, "max_steps"),
           table2="classification", examples="classify", example_title="Classification",
           null_reason="AP undefined: the class has no non-difficult positive image in the test split; left out of "

@@ -239,9 +239,20 @@ def _digest(path):
     return _DIGESTS[key]
 
 
+def _without_threads(argv):
+    """A command without run_all's --threads N: how many cores compute is no part of what a result depends on (the
+    tables pool runs of any thread count, evaluation.reporting.cells), so adding it reruns nothing."""
+    out, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--threads":
+            out.append(arg)
+        skip = arg == "--threads"
+    return out
+
+
 def job_hash(job, profile):
     """What a result depends on: its command, the profile sections its entry point reads, its input weights."""
-    content = {"argv": job.argv, "common": profile.get("common"), "section": profile.get(job.stage),
+    content = {"argv": _without_threads(job.argv), "common": profile.get("common"), "section": profile.get(job.stage),
                "inputs": {_shown(p): _digest(p) for p in job.inputs}}
     return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -361,11 +372,45 @@ def _report(tee, rows, results, synthetic):
                   "pipeline, not the paper.")
 
 
+def check(profile, opts):
+    """`run_all.sh PROFILE --check`: python -m evaluation.check in a child process, logged to
+    results/<profile>-check/check.log (each check replaces the previous check's files there)."""
+    out_dir = Path(opts.results or results_dir(f"{profile['_name']}-check")).resolve()
+    argv = ["-m", "evaluation.check", "--profile", profile["_name"], "--out-dir", _shown(out_dir)]
+    for key in ("check_steps", "device", "seed", "threads", "voc_root", "images"):
+        value = getattr(opts, key)
+        if value is not None:
+            argv += [f"--{key.replace('_', '-')}", _shown(value) if key in ("voc_root", "images") else str(value)]
+    if opts.dry_run:
+        print(f"$ python {shlex.join(argv)}")
+        return {"profile": profile["_name"], "check": str(out_dir), "status": "dry-run"}
+    tee = Tee(make_dirs(out_dir) / "check.log")
+    try:
+        tee.print(f"{BAR}\nrun_all {profile['_name']} --check -> {_shown(out_dir)}  "
+                  f"({time.strftime('%Y-%m-%d %H:%M:%S')})\n$ python {shlex.join(argv)}\n{BAR}")
+        status = run_process(argv, tee, child_env())
+    finally:
+        tee.close()
+    if status != 0:
+        raise CebenchError(f"the check of {profile['_name']!r} failed (exit status {status}); see "
+                           f"{_shown(out_dir / 'check.log')}")
+    return {"profile": profile["_name"], "check": str(out_dir), "status": "done"}
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.nproc_per_node < 1:
         raise CebenchError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.check_steps is not None and not args.check:
+        raise CebenchError("--check-steps applies to --check only")
+    ignored = [flag for flag, given in (("--max-steps", args.max_steps is not None), ("--ce", args.ce),
+                                        ("--supervised", args.supervised), ("--force", args.force),
+                                        ("--nproc-per-node", args.nproc_per_node > 1)) if given]
+    if args.check and ignored:  # a check times one process on fixed steps and runs no stage of the profile
+        raise CebenchError(f"{', '.join(ignored)} do(es) not apply to --check (it checks one process; see --help)")
     profile = get_profile(profile_name(args))
+    if args.check:
+        return check(profile, args)
     jobs, results = plan(profile, args)
     preflight(profile, jobs, args)
     synthetic = next((j.argv[3] for j in jobs if j.stage == "data"), None)

@@ -63,6 +63,8 @@ def get_args_parser():
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N",
                    help=f"cap on the optimisation steps of {spoken(names(trains=True))}, for quick trials")
+    g.add_argument("--threads", type=int, metavar="N", help="torch threads of every stage (1 when other jobs share "
+                   "the cores)")
     g.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help=f"run {spoken(names(trains=True))} with torchrun on N processes of this node "
                    "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
@@ -71,6 +73,13 @@ def get_args_parser():
     g.add_argument("--results", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
     g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")
     g.add_argument("--force", action="store_true", help="rerun every stage, ignoring stamps")
+    g = parser.add_argument_group("check (a few steps of every stage, and what the full run would cost)")
+    g.add_argument("--check", action="store_true", help="instead of the run: every stage of the profile for a few "
+                   "steps on --device (python -m evaluation.check), one table of images/s (step alone and whole "
+                   "loop), peak memory and the projected time of each stage's full schedule, then the projected "
+                   "total; written to results/<profile>-check/, never into results/<profile>/. A profile without "
+                   "synthetic data of its own is checked on a synthetic stand-in at its image size")
+    g.add_argument("--check-steps", type=int, metavar="N", help="timed steps per stage and side (default 6)")
     return parser
 
 

@@ -7,7 +7,6 @@ Data loading keeps up when the end-to-end images/s is at least 95% of the model-
 
 import time
 
-
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
 from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
@@ -37,10 +36,11 @@ def _data_cpu_per_batch(dataset, cfg, runtime, first_step, n):
     return (time.thread_time() - start) / n
 
 
-def _bench(cfg, runtime, dataset, batch):
+def trainer_bench(cfg, runtime, dataset, batch):
+    """(Bench of the pretraining step, its Trainer): a fresh model from the run's seed, the step on `batch`."""
     trainer = loop.Trainer(cfg, runtime)  # same seed: every precision starts from the same weights
     return Bench(step=lambda b, step: trainer.step(b[0], b[1], step), batch=batch,  # b: images, masks, replaced
-                 batches=lambda start, n: loop.make_train_loader(dataset, cfg, runtime, start, start + n))
+                 batches=lambda start, n: loop.make_train_loader(dataset, cfg, runtime, start, start + n)), trainer
 
 
 def main(argv=None):
@@ -56,7 +56,7 @@ def main(argv=None):
     cfg["data_path"] = loop.data_path(cfg, dataset, device)
     runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
     batch = next(iter(loop.make_train_loader(dataset, cfg, runtimes[precisions[0]], 0, 1)))
-    benches = {p: _bench(cfg, rt, dataset, batch) for p, rt in runtimes.items()}
+    benches = {p: trainer_bench(cfg, rt, dataset, batch)[0] for p, rt in runtimes.items()}
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=args.rounds,
                             warmup=args.warmup, steps=args.bench_steps)
     decode = loop.decode_mode(cfg, dataset, device)

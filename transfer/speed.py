@@ -32,23 +32,35 @@ def get_speed_parser():
     return p
 
 
+def engine_bench(task, model, config, runtime):
+    """The engine's step on any transfer task: one micro-batch forward and backward per call, the optimiser step on
+    every `accum_steps`-th call, as in training; batches(start, n) yields the micro-batches of calls start..start+n."""
+    model.to(runtime.device).train()
+    optimizer = engine.build_optimizer(task, model, config)
+    scaler = runtime.grad_scaler(config.amp)
+    net = runtime.compiled(model)  # --compile, as engine.fit
+    accum = config.accum_steps
+
+    def step(batch, index):
+        last = (index + 1) % accum == 0
+        engine._micro_step(task, net, batch, scaler, runtime, config, last=last)
+        if last:
+            engine._optimizer_step(model, optimizer, scaler, config, index // accum)
+
+    def batches(start, n):  # the engine's loader counts optimiser steps, each of `accum` micro-batches
+        first = start // accum
+        return engine._make_loader(task, config, runtime, first, first + -(-n // accum) + 1)
+
+    return Bench(step=step, batch=next(iter(engine._make_loader(task, config, runtime, 0, 1))), batches=batches)
+
+
 def _bench(cfg, runtime, train, test, config, device_batches):
     """A fresh classifier (same seed for every precision) and the engine's step on it."""
     backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
     model = runtime.place(Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2)))
     task = ClassificationTask(train, test, device=runtime.device, seed=cfg["seed"], num_workers=config.num_workers)
     task.device_batches = device_batches  # the data path's, shared by every precision (one copy of the images)
-    optimizer = engine.build_optimizer(task, model, config)
-    scaler = runtime.grad_scaler(config.amp)
-    net = runtime.compiled(model)  # --compile, as engine.fit
-
-    def step(batch, index):
-        engine._micro_step(task, net, batch, scaler, runtime, config, last=True)
-        engine._optimizer_step(model, optimizer, scaler, config, index)
-
-    batch = next(iter(engine._make_loader(task, config, runtime, 0, 1)))
-    return Bench(step=step, batch=batch,
-                 batches=lambda start, n: engine._make_loader(task, config, runtime, start, start + n))
+    return engine_bench(task, model, config, runtime)
 
 
 def main(argv=None):
