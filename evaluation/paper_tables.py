@@ -17,6 +17,7 @@ import pandas as pd
 
 from cebench.errors import CebenchError
 from cebench.records import TASKS, read_record
+from evaluation.answer import arrow, format_cell
 from evaluation.cells import is_complete, progress_note, select
 
 PUBLISHED = Path(__file__).with_name("published.csv")
@@ -262,27 +263,20 @@ def table3(records):
     return pd.DataFrame(rows).set_index("key"), layers, report
 
 
-def _fmt(value, low, high):
-    if not np.isfinite(value):
-        return ""
-    digits = 2 if abs(value) < 10 else 1
-    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else ""
-    return f"{value:.{digits}f}{interval}"
-
-
 def markdown(table, columns, text_columns=()):
     """Markdown of a table: 'value [low, high]' for ours and the paper's value beside it; empty when missing."""
     return display_table(table, columns, text_columns).to_markdown(index=False)
 
 
 def display_table(table, columns, text_columns=()):
-    """The table as shown (Markdown, the HTML report): Method, text columns, then per column ours and the paper's."""
+    """The table as shown (Markdown, the HTML report): Method, text columns, then per column ours (its header says
+    with ↑/↓ which way is better) and the paper's."""
     shown = pd.DataFrame(index=table.index)
     shown["Method"] = table["row"]
     for col in text_columns:
         shown[col] = table[col]
     for col in columns:
-        shown[f"{col} (ours)"] = [_fmt(v, lo, hi) for v, lo, hi in
+        shown[f"{col} (ours) {arrow(col)}"] = [format_cell(v, lo, hi) for v, lo, hi in
                                   zip(table[col], table[f"{col} low"], table[f"{col} high"], strict=True)]
         if table[f"{col} paper"].notna().any():  # no paper column where the paper has no number
             shown[f"{col} (paper)"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[f"{col} paper"]]

@@ -44,6 +44,8 @@ table.data tbody tr:hover { background: #eef3f8; }
 figure { margin: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
 ul.note { margin: 6px 0; padding-left: 18px; }
+table.answer tr.better td:last-child { color: #1a7f37; font-weight: 600; }
+table.answer tr.worse td:last-child { color: #b42318; font-weight: 600; }
 code { font-size: 12px; background: var(--band); padding: 1px 4px; }
 """
 
@@ -90,13 +92,13 @@ def read_table_csv(path):
     columns = [c for c in table.columns if f"{c} low" in table.columns and f"{c} high" in table.columns]
     if not columns or "row" not in table.columns:
         return table.drop(columns=["key"], errors="ignore")
-    derived = {f"{c} {s}" for c in columns for s in ("low", "high", "runs", "paper")} | set(columns)
+    derived = {f"{c} {s}" for c in columns for s in ("low", "high", "runs", "complete", "paper")} | set(columns)
     text = [c for c in table.columns if c not in derived and c not in ("key", "row")]
     for col in columns:
         for name in (col, f"{col} low", f"{col} high", f"{col} paper"):
             table[name] = pd.to_numeric(table[name], errors="coerce") if name in table else np.nan
     shown = display_table(table, columns, text)
-    ours = [f"{c} (ours)" for c in columns]
+    ours = [c for c in shown.columns if c.endswith(("↑", "↓"))]  # the '<c> (ours) ↑' columns
     shown[ours] = shown[ours].apply(lambda s: s.str.replace(" ", "\u00a0"))  # 'v [low, high]' never breaks
     return shown
 

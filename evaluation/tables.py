@@ -18,6 +18,7 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, make_dirs
 from cebench.logs import get_logger
 from cebench.records import results_dir
+from evaluation import answer
 from evaluation.figures import layer_lines, table_bars
 from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, read_published, table1,
                                      table2, table3)
@@ -86,7 +87,8 @@ def left_out_notes(report, unreadable, results):
 def write_table(out_dir, name, title, table, columns, text_columns, notes, footer):
     """<name>.csv (every number; empty when missing) and <name>.md (formatted, with notes and provenance)."""
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
-    atomic_write_text(csv_path, table.to_csv(na_rep="", float_format="%.4g"))
+    # raw values (no rounding here): the .md, the report and answer.* format them once, alike
+    atomic_write_text(csv_path, table.to_csv(na_rep=""))
     text = f"# {title}\n\n{markdown(table, columns, text_columns)}\n\n"
     text += ("Columns:\n" + "\n".join(notes) + "\n\n" if notes else "") + "\n".join(footer) + "\n"
     atomic_write_text(md_path, text)
@@ -139,13 +141,21 @@ def main(argv=None):
         charts.append(layer_lines(out_dir / "table3.png", t3.set_index("row"), layers,
                                   f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
         left_out += report3["left_out"]
+    # the answer: ce against random and the controls, from the same cells
+    metrics2 = {c: next((r["metric"] for r in report2["shown"] if column_of(r) == c), None) for c in columns2}
+    found = answer.answer(t2, columns2, t3, layers if t3 is not None else (), t1, metrics2)
+    answer_csv, answer_md = out_dir / "answer.csv", out_dir / "answer.md"
+    atomic_write_text(answer_csv, found.to_csv(index=False))
+    atomic_write_text(answer_md, f"# The answer: context encoder (ce) against random init and the controls\n\n"
+                      f"{answer.markdown(found)}")
+    paths += (answer_csv, answer_md)
     for cell, path, reason in left_out:
         log.warning("left out of %s: %s (%s)", cell, display_path(path, repo), reason)
     for path, reason in unreadable:
         log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
     for path in (*paths, *charts):
         log.info("wrote %s", path)
-    return {"table1": t1, "table2": t2, "table3": t3, "files": [str(p) for p in (*paths, *charts)],
+    return {"table1": t1, "table2": t2, "table3": t3, "answer": found, "files": [str(p) for p in (*paths, *charts)],
             "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
             "unreadable": [(str(path), reason) for path, reason in unreadable]}
 
