@@ -25,6 +25,8 @@ from evaluation.tables import provenance
 
 EXAMPLE_TITLES = {"inpainting": "Inpainting", "retrieval": "Retrieval", "segment": "Segmentation",
                   "detect": "Detection", "classify": "Classification", "ce": "Pretraining samples"}
+SAMPLE_ROWS = ("rows: the input as the encoder sees it (hole grey), the output pasted into the hole, the original "
+               "(the autoencoder has no hole: its output is the whole image)")
 MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many images; the page shows the first
 
 
@@ -124,8 +126,11 @@ def examples_html(results):
     groups = {}
     for path in sorted(found, key=_natural):
         name = path.relative_to(results).as_posix()
-        groups.setdefault(EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), []).append(
-            h.image(path, name))
+        if name.endswith(".samples.png"):  # every pretraining's grid (ce, autoencoder, ce-untrained)
+            title, caption = EXAMPLE_TITLES["ce"], f"{name}: {SAMPLE_ROWS}"
+        else:
+            title, caption = EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), name
+        groups.setdefault(title, []).append(h.image(path, caption))
     return "".join(f"<h3>{h.esc(title)}</h3>{h.grid(figs, kind='wide')}" for title, figs in groups.items()) + (
         h.notes_html(notes) if groups else "")
 

@@ -128,7 +128,10 @@ def main(argv=None):
                        f"Table 2 ({profile}): ours with 95% intervals; paper as black ticks")
     # Table 1: inpainting of held-out images
     t1, columns1, report1 = table1(records, published)
-    notes1 = column_notes(report1["shown"], ["inpainting"], lambda r: r["task"])
+    notes1 = column_notes(report1["shown"], ["inpainting"], lambda r: r["task"]) + [
+        "- Mean L1 ↓, Mean L2 ↓: mean over hole pixels and colour channels of |prediction - target| and of its "
+        "square, in % of the [0, 1] pixel range; PSNR ↑ = 10 log10(1 / L2) in dB, mean over images "
+        "(evaluation.inpaint_metrics)"]
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
                          "in %, PSNR in dB)", t1, columns1, (), notes1, footer(report1))
     charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
