@@ -249,6 +249,9 @@ def _check_output(job):
         record = read_record(job.out)
         if record["task"] != TASKS[job.stage]:
             raise CebenchError(f"{_shown(job.out)}: record of task {record['task']!r}, expected {TASKS[job.stage]!r}")
+        if isinstance(record.get("layers"), dict) and record["layers"]:  # a probe's value is its deepest layer's
+            deepest = list(record["layers"])[-1]
+            return f"{record['metric']} = {record['value']} ({deepest}, the deepest layer probed)"
         return f"{record['metric']} = {record['value']}"
     return ""
 
@@ -262,6 +265,13 @@ def _extra_flags(job, state, env):
     if stale and _supports(module, "--overwrite", env):
         return ["--overwrite"]
     return []
+
+
+def threads_flag(job, opts, env):
+    """run_all's --threads for a stage that takes it; outside the stamp's hash, as threads change no result."""
+    if not opts.threads or job.argv[:1] != ["-m"] or not _supports(job.argv[1], "--threads", env):
+        return []
+    return ["--threads", str(opts.threads)]
 
 
 def launcher(job, opts):
@@ -278,7 +288,8 @@ def run_job(job, profile, opts, tee, env):
     if state == "skip":
         tee.print(f"up to date, skipped: {_shown(job.out)} (stamp matches the command and profile)")
         return "skipped", 0.0, _check_output(job)
-    argv = launcher(job, opts) + job.argv + ([] if opts.dry_run else _extra_flags(job, state, env))
+    argv = (launcher(job, opts) + job.argv + threads_flag(job, opts, env)
+            + ([] if opts.dry_run else _extra_flags(job, state, env)))
     tee.print(f"$ python {shlex.join(argv)}" + (f"    # {state} run" if state in ("resume", "changed") else ""))
     if opts.dry_run:
         return "dry-run", 0.0, ""

@@ -63,6 +63,9 @@ def get_args_parser():
                    help="run pretrain, classify, detect and segment with torchrun on N processes of this node "
                    "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
                    "commands (--dry-run prints them) under torchrun --nnodes")
+    g.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="torch CPU threads of every stage that computes (0: torch's default; 1 on shared machines, "
+                   "where over-subscribed threads stall each other); not part of the stamps, so it reruns nothing")
     g = parser.add_argument_group("run")
     g.add_argument("--results", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
     g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")

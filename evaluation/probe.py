@@ -22,6 +22,7 @@ from cebench.records import default_record_path, write_record
 from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers, start_run
 from evaluation import probe_run as run
 from evaluation.features import ContextImages
+from pretrain.weights import weights_label
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
@@ -83,10 +84,16 @@ def features(encoder, split, cfg, device, desc):
     return conv_features(encoder, loader, device, grids, max_batches=cfg["max_steps"], desc=desc)
 
 
+def _out_path(cfg, label):
+    return Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
+
+
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
     cfg, rt, log = start_run(get_args_parser(), argv, "probe", check=check_config)
+    if not cfg["overwrite"]:  # an existing record is refused before any data is loaded
+        refuse_overwrite(_out_path(cfg, cfg["init_label"] or weights_label(cfg["weights"])))
     # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are
     # not decoded up front: a bad one stops the feature pass with one line naming it
     train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
@@ -94,7 +101,7 @@ def main(argv=None):
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
     backbone, info = run.build(cfg)
     label = init_label(cfg, info)
-    out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label))
+    out = _out_path(cfg, label)
     refuse_overwrite(out, cfg["overwrite"])
     rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)
     # features: conv1..conv5 after ReLU, pooled to Zhang et al.'s grids; the frozen weights must not change
