@@ -17,6 +17,7 @@ import os
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -320,6 +321,27 @@ def _table2(results):
     return found[0]
 
 
+def _narrow_table2(csv):
+    """Table 2 within 100 columns (evaluation.paper_tables.narrow), from the CSV evaluation.tables wrote."""
+    import pandas as pd
+
+    from evaluation.paper_tables import TABLE2_TASKS, narrow
+
+    table = pd.read_csv(csv, keep_default_na=False, na_values=[""]).set_index("key")
+    columns = [c for c in table.columns if f"{c} low" in table and c.split(" (")[0] in TABLE2_TASKS]
+    return narrow(table, columns)
+
+
+def _answer_lines(csv):
+    """One wrapped line per task: ce against random init, from answer.csv."""
+    import pandas as pd
+
+    from evaluation import answer
+
+    lines = [answer.headline(found := pd.read_csv(csv, keep_default_na=False)), *answer.summary(found)]
+    return "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in lines)
+
+
 SYNTHETIC_BANNER = """{bar}
 SYNTHETIC DATA. Profile {name!r} runs on a small dataset that the project draws itself ({root}):
 shapes standing for 6 VOC classes on textured backgrounds, in the VOCdevkit layout. It checks that every
@@ -332,8 +354,12 @@ def _report(tee, rows, results, synthetic):
     for label, status, seconds, summary in rows:
         tee.print(f"  {label:<24} {status:<8} {seconds:7.0f} s  {summary}")
     table = _table2(results)
-    tee.print(f"\n{BAR}\nTable 2 ({_shown(table)})\n{BAR}")
-    tee.print(table.read_text().rstrip())
+    tee.print(f"\n{BAR}\nTable 2, our values (the whole table, with the paper's: {_shown(table)})\n{BAR}")
+    tee.print(_narrow_table2(table.with_suffix(".csv")))
+    answer = table.with_name("answer.csv")
+    if answer.is_file():
+        tee.print(f"\nThe answer, ce against random init (with the controls: {_shown(answer.with_suffix('.md'))})")
+        tee.print(_answer_lines(answer))
     if (results / "report.html").is_file():
         tee.print(f"\nreport (tables, charts, curves, examples, provenance): {_shown(results / 'report.html')}")
     if synthetic:

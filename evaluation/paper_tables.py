@@ -281,3 +281,22 @@ def display_table(table, columns, text_columns=()):
         if table[f"{col} paper"].notna().any():  # no paper column where the paper has no number
             shown[f"{col} (paper)"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[f"{col} paper"]]
     return shown
+
+
+TERMINAL = 100  # columns of a terminal
+
+
+def narrow(table, columns, width=TERMINAL):
+    """The table for a terminal: init keys and our values only (rows with at least one), 'value [low, high]'
+    when that fits in `width` columns, else the values alone (the .md keeps everything)."""
+    ours = table[table[list(columns)].notna().any(axis=1)]
+    for with_interval in (True, False):
+        shown = pd.DataFrame(index=ours.index)
+        for col in columns:
+            low, high = (ours[f"{col} low"], ours[f"{col} high"]) if with_interval else (ours[col] * np.nan,) * 2
+            shown[f"{col} {arrow(col)}"] = [format_cell(v, lo, hi) for v, lo, hi in
+                                            zip(ours[col], low, high, strict=True)]
+        text = shown.to_markdown(tablefmt="simple", index=True, stralign="right", disable_numparse=True)
+        if max(map(len, text.splitlines())) <= width or not with_interval:
+            return text + ("" if with_interval else "\n(values only, to fit the terminal; intervals in the .md)")
+    return text

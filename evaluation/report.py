@@ -72,12 +72,10 @@ def answer_html(results, records):
     shown = found[answer.COLUMNS].copy()
     for col in ("ce", "rival value", "ce - rival [95%]"):
         shown[col] = shown[col].str.replace(" ", "\u00a0")  # 'v [low, high]' never breaks
-    verdicts = found["verdict"].map({"ce better": "better", "ce worse": "worse"}).fillna("open")
-    body = shown.to_html(index=False, na_rep="", border=0, classes="data answer", escape=True)
-    for kind in verdicts:  # colour each verdict cell (the word says it too)
-        body = body.replace("<tr>\n      <td>", f'<tr class="{kind}">\n      <td>', 1)
+    kinds = found["verdict"].map({"ce better": "better", "ce worse": "worse"}).fillna("open")
+    body = h.answer_table(shown, kinds)  # each verdict coloured (the word says it too)
     return (f"<p><strong>{h.esc(answer.headline(found))}</strong></p>"
-            f'<div class="scroll">{body}</div>{h.notes_html([answer.NOTE])}')
+            f"{body}{h.notes_html([answer.NOTE])}")
 
 
 def charts_html(results):

@@ -10,6 +10,7 @@ ones, see evaluation.cells); each table's footer names the records it left out a
     python -m evaluation.tables --profile smoke          # results/smoke
 """
 
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -20,8 +21,8 @@ from cebench.logs import get_logger
 from cebench.records import results_dir
 from evaluation import answer
 from evaluation.figures import layer_lines, table_bars
-from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, read_published, table1,
-                                     table2, table3)
+from evaluation.paper_tables import (add_results_args, column_of, load_records, markdown, narrow, read_published,
+                                     table1, table2, table3)
 
 
 def get_args_parser():
@@ -95,6 +96,18 @@ def write_table(out_dir, name, title, table, columns, text_columns, notes, foote
     return csv_path, md_path
 
 
+def terminal_text(t1, columns1, t2, columns2, t3, layers, found):
+    """What evaluation.tables prints: the tables narrowed to 100 columns, then the answer against random."""
+    parts = [("Table 2: transfer (%)", narrow(t2, columns2)), ("Table 1: inpainting", narrow(t1, columns1))]
+    if t3 is not None:
+        parts.append(("Table 3: linear probes (mAP %)", narrow(t3, layers)))
+    text = "\n\n".join(f"{title}\n{body}" for title, body in parts)
+    lines = [answer.headline(found), *answer.summary(found)] if not found.empty else []
+    wrapped = [textwrap.fill(line, 100, subsequent_indent="  ") for line in lines]
+    return text + ("\n\nThe answer (ce against random init; answer.md has the controls too):\n"
+                   + "\n".join(wrapped) if wrapped else "")
+
+
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     args = parse_with_profile(get_args_parser(), argv, "tables")
@@ -158,6 +171,7 @@ def main(argv=None):
         log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
     for path in (*paths, *charts):
         log.info("wrote %s", path)
+    print(terminal_text(t1, columns1, t2, columns2, t3, layers if t3 is not None else (), found))
     return {"table1": t1, "table2": t2, "table3": t3, "answer": found, "files": [str(p) for p in (*paths, *charts)],
             "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
             "unreadable": [(str(path), reason) for path, reason in unreadable]}
