@@ -48,3 +48,13 @@ def test_inpainting_compares_lower_errors_as_better():
     t1 = _table({"nn-inpainting:ce": (8.0, 7.8, 8.2), "nn-inpainting:hog": (11.7, 11.3, 12.1)}, column="Mean L2")
     found = answer.answer(t1=t1)
     assert list(found["task"]) == ["NN-inpainting (mean L2) ↓"] and list(found["verdict"]) == ["ce better"]
+
+
+def test_the_warning_about_classes_without_positives_names_them():
+    import numpy as np
+
+    from evaluation.metrics import classification_map
+
+    labels = np.array([[1, -1, -1], [-1, -1, 1]])  # class 1 has no positive image
+    with pytest.warns(UserWarning, match=r"class\(es\) bicycle \(1\) have no positive image"):
+        classification_map(np.zeros((2, 3)), labels, class_names=("aeroplane", "bicycle", "bird"))
