@@ -58,3 +58,15 @@ def test_the_warning_about_classes_without_positives_names_them():
     labels = np.array([[1, -1, -1], [-1, -1, 1]])  # class 1 has no positive image
     with pytest.warns(UserWarning, match=r"class\(es\) bicycle \(1\) have no positive image"):
         classification_map(np.zeros((2, 3)), labels, class_names=("aeroplane", "bicycle", "bird"))
+
+
+def test_readme_parts_are_replaced_whole_and_only_between_their_markers(tmp_path):
+    from cebench.errors import CebenchError
+    from evaluation import readme
+
+    text = "intro\n<!-- generated:smoke-tables -->\nold\nlines\n<!-- /generated:smoke-tables -->\nafter\n"
+    new = readme.replace_part(text, "smoke-tables", "| a |\n|---|\n")
+    assert new == "intro\n<!-- generated:smoke-tables -->\n| a |\n|---|\n<!-- /generated:smoke-tables -->\nafter\n"
+    assert readme.replace_part(new, "smoke-tables", "| a |\n|---|\n") == new  # rerunning changes nothing
+    with pytest.raises(CebenchError, match="generated:voc-mini-answer"):
+        readme.replace_part(text, "voc-mini-answer", "x")
