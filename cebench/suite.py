@@ -355,7 +355,8 @@ def _report(tee, rows, results, synthetic):
         tee.print(f"  {label:<24} {status:<8} {seconds:7.0f} s  {summary}")
     table = _table2(results)
     tee.print(f"\n{BAR}\nTable 2, our values (the whole table, with the paper's: {_shown(table)})\n{BAR}")
-    tee.print(_narrow_table2(table.with_suffix(".csv")))
+    csv = table.with_suffix(".csv")  # narrowed from the raw values; a table without its CSV as it is
+    tee.print(_narrow_table2(csv) if csv.is_file() else table.read_text().rstrip())
     answer = table.with_name("answer.csv")
     if answer.is_file():
         tee.print(f"\nThe answer, ce against random init (with the controls: {_shown(answer.with_suffix('.md'))})")

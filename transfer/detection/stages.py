@@ -207,7 +207,7 @@ def draw_examples(split, detections, folder, n, min_score=0.3):
             draw.rectangle(place(box), outline=(255, 40, 40), width=2)
             text = f"{split.classes[label - 1]} {score:.2f}"
             w, h = font.getlength(text) + 4, 15
-            x, y = min(x0, canvas.width - w), max(y0, 20)
+            x, y = max(0.0, min(x0, canvas.width - w)), max(y0, 20)
             while any(x < a + c and a < x + w and y < b + d and b < y + h for a, b, c, d in taken):
                 y += h
             taken.append((x, y, w, h))
