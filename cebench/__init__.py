@@ -2,4 +2,6 @@
 
 from cebench.errors import CebenchError
 
-__all__ = ["CebenchError"]
+__version__ = "0.1.0"  # setup.cfg reads it (version = attr: cebench.__version__): one place to bump
+
+__all__ = ["CebenchError", "__version__"]

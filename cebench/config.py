@@ -19,6 +19,7 @@ import argparse
 import difflib
 import math
 import os
+import sys
 from pathlib import Path
 
 import yaml
@@ -96,7 +97,9 @@ def get_profile(name=None, path=None):
     data = load_benchmarks(path)
     name = name or data.get("default_profile")
     if name not in data["profiles"]:
-        raise CebenchError(f"unknown profile {name!r}; {data['_path']} defines {sorted(data['profiles'])}")
+        close = difflib.get_close_matches(str(name), list(data["profiles"]), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise CebenchError(f"unknown profile {name!r}; {hint}{data['_path']} defines {sorted(data['profiles'])}")
     prof = dict(data["profiles"][name])
     prof["_name"], prof["_dir"], prof["_path"] = name, data["_path"].parent, data["_path"]
     return prof
@@ -217,19 +220,38 @@ def profile_defaults(parser, stage, profile):
     return {k: _resolve_path(k, v, profile["_dir"], actions[k]) for k, v in values.items()}
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help as they are: the profile's where one is given (parse_with_profile sets them before
+    --help prints), an on/off flag as 'on' or 'off', none repeated where the help already names it, no
+    '(default: None)'; a docstring's usage lines kept as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "%(default)" in text:
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default == action.const else 'off'})".lstrip()
+        if action.default is None or "(default" in text or "default:" in text:  # the help names it already
+            return text
+        return super()._get_help_string(action)
+
+
 def entry_parser(prog, description, **kwargs):
     """The parser of an entry point: defaults shown in --help, no abbreviated flags, --profile first."""
-    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    kwargs.setdefault("formatter_class", HelpFormatter)
     parser = argparse.ArgumentParser(prog, description=description, allow_abbrev=False, **kwargs)
     add_profile_flag(parser)
     return parser
 
 
 def add_profile_flag(parser):
-    """Every entry point takes --profile."""
+    """Every entry point takes --profile and --print-config."""
     parser.add_argument("--profile", default=None,
-                        help="profile of benchmarks.yaml that supplies defaults (smoke, voc-mini, paper); "
-                             "flags given on the command line override it")
+                        help="profile of benchmarks.yaml that supplies defaults (smoke, voc-mini, paper; without "
+                             "--profile, the file's default_profile); flags given on the command line override it")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration (parser defaults < profile < flags) as YAML and exit "
+                             "without running anything; with --profile, --help shows that profile's defaults too")
 
 
 def add_skip_bad_flag(group, what):
@@ -241,13 +263,26 @@ def parse_with_profile(parser, argv, stage):
     """Two-stage parse (timm): find --profile, load its defaults for `stage`, parse again with them."""
     if not any(a.dest == "profile" for a in parser._actions):
         add_profile_flag(parser)
-    known, _ = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --help waits for the profile, so that it shows the defaults this run would use
+    known, _ = _without_help(parser).parse_known_args([a for a in argv if a not in ("-h", "--help")])
     profile = get_profile(known.profile)
-    parser.set_defaults(**profile_defaults(parser, stage, profile))
+    parser.set_defaults(**profile_defaults(parser, stage, profile), profile=profile["_name"])
     args = parser.parse_args(argv)
     check_flag_values(parser, args)
     args.profile = profile["_name"]
+    if vars(args).pop("print_config", False):  # not part of the configuration (records, stamps, cells)
+        print(f"# {parser.prog}: profile {profile['_name']} of {profile['_path']}; defaults < profile < flags")
+        print(yaml.safe_dump(resolved_config(args), sort_keys=True, default_flow_style=False), end="")
+        raise SystemExit(0)
     return args
+
+
+def _without_help(parser):
+    """A copy of the parser's flags without -h, for the first pass (a bare parse would print help and exit)."""
+    first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    first.add_argument("--profile", default=None)
+    return first
 
 
 def command_line_dests(parser, argv=None):

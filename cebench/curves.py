@@ -109,10 +109,14 @@ def draw_curves(metrics_path, png_path, title=""):
     # one step axis for all panels: a single final evaluation sits at the end of training, not alone in a panel
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False, sharex=True)
     for ax, (key, label) in zip(axes[0], panels, strict=True):
-        if key == "eval":
+        if key == "eval":  # the metric objects' fractions, drawn in percent as every table shows them
             for name in eval_keys:
-                ax.plot(*_series(evals, name), marker="o", ms=3, label=name)
+                steps, values = _series(evals, name)
+                fraction = all(0 <= v <= 1 for v in values)
+                ax.plot(steps, [100 * v if fraction else v for v in values], marker="o", ms=3,
+                        label=f"{name} (%)" if fraction else name)
             ax.legend(fontsize=7)
+            label = "evaluation (%)" if all(line.get_label().endswith("(%)") for line in ax.get_lines()) else label
         else:  # a logged lr is that of the interval's last step: drawn as steps over the interval
             ax.plot(*_series(train, key), lw=1.2, drawstyle="steps-pre" if key == "lr" else "default")
         ax.set(xlabel="step", title=label)

@@ -98,6 +98,24 @@ def percent(x):
     return None if x is None or _is_nan(x) else round(100.0 * float(x), 4)
 
 
+def device_ran(requested="auto"):
+    """The device a run computed on, as resolved from its --device: 'cpu', or 'cuda (GPU name)', with the number
+    of processes under torchrun, e.g. 'cuda (NVIDIA H200) x 4 processes'."""
+    import os
+
+    import torch  # the entry points that make records have it loaded already
+
+    from cebench.runtime import resolve_device
+
+    try:
+        device = resolve_device(requested or "auto", int(os.environ.get("LOCAL_RANK", "0")))
+    except CebenchError:
+        return str(requested)
+    name = f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    return name + (f" x {processes} processes" if processes > 1 else "")
+
+
 def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n_images, seed,
                 wall_time_s, config, protocol, **extra):
     """Build a record; metric values come in as fractions and are stored as percent.
@@ -121,6 +139,7 @@ def make_record(*, task, init, dataset, split, metric, value, ci95, per_class, n
         "precision": (config or {}).get("precision", "fp32"),
         # how training batches were made: 'loader' (DataLoader) or 'device' (drawn on the device, --data-path)
         "data_path": (config or {}).get("data_path", "loader"),
+        "device": device_ran((config or {}).get("device", "auto")),  # what ran, where config says what was asked
     }
     reasons = {}
     if any(_is_nan(v) for v in per_class.values()):

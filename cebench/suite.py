@@ -291,6 +291,9 @@ def _check_output(job):
         record = read_record(job.out)
         if record["task"] != task:
             raise CebenchError(f"{_shown(job.out)}: record of task {record['task']!r}, expected {task!r}")
+        if isinstance(record.get("layers"), dict) and record["layers"]:  # a probe's value is its deepest layer's
+            deepest = list(record["layers"])[-1]
+            return f"{record['metric']} = {record['value']} ({deepest}, the deepest layer probed)"
         return f"{record['metric']} = {record['value']}"
     return ""
 
@@ -320,7 +323,8 @@ def run_job(job, profile, opts, tee, env):
     if state == "skip":
         tee.print(f"up to date, skipped: {_shown(job.out)} (stamp matches the command and profile)")
         return "skipped", 0.0, _check_output(job)
-    argv = launcher(job, opts) + job.argv + ([] if opts.dry_run else _extra_flags(job, state, env))
+    argv = (launcher(job, opts) + job.argv
+            + ([] if opts.dry_run else _extra_flags(job, state, env)))
     tee.print(f"$ python {shlex.join(argv)}" + (f"    # {state} run" if state in ("resume", "changed") else ""))
     if opts.dry_run:
         return "dry-run", 0.0, ""
@@ -363,8 +367,13 @@ def _report(tee, rows, results, synthetic):
     for label, status, seconds, summary in rows:
         tee.print(f"  {label:<24} {status:<8} {seconds:7.0f} s  {summary}")
     table = _table2(results)
-    tee.print(f"\n{BAR}\nTable 2 ({_shown(table)})\n{BAR}")
-    tee.print(table.read_text().rstrip())
+    tee.print(f"\n{BAR}\nTable 2, our values (the whole table, with the paper's: {_shown(table)})\n{BAR}")
+    narrow = table.with_suffix(".txt")  # within 100 columns, as evaluation.tables wrote it; else the table as it is
+    tee.print((narrow if narrow.is_file() else table).read_text().rstrip())
+    answer = table.with_name("answer.txt")
+    if answer.is_file() and answer.read_text().strip():
+        tee.print(f"\nThe answer, ce against random init (with the controls: {_shown(answer.with_suffix('.md'))})")
+        tee.print(answer.read_text().rstrip())
     if (results / "report.html").is_file():
         tee.print(f"\nreport (tables, charts, curves, examples, provenance): {_shown(results / 'report.html')}")
     if synthetic:

@@ -63,12 +63,13 @@ def get_args_parser():
     g.add_argument("--seed", type=int, metavar="N")
     g.add_argument("--max-steps", type=int, metavar="N",
                    help=f"cap on the optimisation steps of {spoken(names(trains=True))}, for quick trials")
-    g.add_argument("--threads", type=int, metavar="N", help="torch threads of every stage (1 when other jobs share "
-                   "the cores)")
     g.add_argument("--nproc-per-node", type=int, default=1, metavar="N",
                    help=f"run {spoken(names(trains=True))} with torchrun on N processes of this node "
                    "(N GPUs, DistributedDataParallel; batch sizes stay global); several nodes: run the stages' "
                    "commands (--dry-run prints them) under torchrun --nnodes")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch CPU threads of every stage that computes (0: torch's default; 1 on shared machines, "
+                   "where over-subscribed threads stall each other); not part of the stamps, so it reruns nothing")
     g = parser.add_argument_group("run")
     g.add_argument("--results", type=_abspath, metavar="DIR", help="default: results/<profile> of the checkout")
     g.add_argument("--dry-run", action="store_true", help="print the commands (and what is up to date); run nothing")

@@ -28,6 +28,7 @@ from evaluation.experiments import probe_run as run
 from evaluation.experiments.features import ContextImages
 from evaluation.experiments.probe_run import CLASSIFIERS
 from evaluation.experiments.probe_svm import SVM_COSTS
+from pretrain.weights import weights_label
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
@@ -100,10 +101,16 @@ def features(encoder, split, cfg, device, desc):
     return conv_features(encoder, loader, device, grids, max_batches=cfg["max_steps"], desc=desc)
 
 
+def _out_path(cfg, label):
+    return Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label, run.variant(cfg)))
+
+
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
     cfg, rt, log = start_run(get_args_parser(), argv, "probe", check=check_config)
+    if not cfg["overwrite"]:  # an existing record is refused before any data is loaded
+        refuse_overwrite(_out_path(cfg, cfg["init_label"] or weights_label(cfg["weights"])))
     # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are
     # not decoded up front: a bad one stops the feature pass with one line naming it
     train, test = (load_split(cfg["voc_root"], cfg["year"], cfg[k], check_images=False)
@@ -111,7 +118,7 @@ def main(argv=None):
     # model: backbone from --weights, rescaled on training views exactly as transfer.classify does
     backbone, info = run.build(cfg, train.image_paths)
     label = init_label(cfg, info)
-    out = Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label, run.variant(cfg)))
+    out = _out_path(cfg, label)
     with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
         refuse_overwrite(out, cfg["overwrite"])
         rescaling = run.rescale(backbone, info, train, cfg, rt.device, log)

@@ -17,12 +17,15 @@ from cebench.files import atomic_write_text, display_path, read_json
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from cebench.stages import STAGES
+from evaluation.reporting import answer
 from evaluation.reporting import report_html as h
 from evaluation.reporting.cells import is_complete
-from evaluation.reporting.paper_tables import add_results_args, load_records, one_profile, variant_of
+from evaluation.reporting.paper_tables import add_results_args, column_of, load_records, one_profile, variant_of
 from evaluation.tables import provenance
 
 EXAMPLE_TITLES = {s.examples: s.example_title for s in STAGES if s.examples}  # file-name prefix -> heading
+SAMPLE_ROWS = ("rows: the input as the encoder sees it (hole grey), the output pasted into the hole, the original "
+               "(the autoencoder has no hole: its output is the whole image)")
 MAX_PER_FOLDER = 6  # example folders (e.g. detect_ce_examples/) can hold many images; the page shows the first
 
 
@@ -45,6 +48,33 @@ def tables_html(results, shown_elsewhere):
         seen.update(notes)
         parts.append(f"<h3>{h.esc(title or csv.stem)}</h3>{h.frame(h.read_table_csv(csv))}{h.notes_html(notes)}")
     return "".join(parts)
+
+
+def _read_cells(path):
+    """A table CSV of evaluation.tables as numbers, indexed by its key (None when the file is absent)."""
+    if not path.is_file():
+        return None, []
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("key")
+    columns = [c for c in table.columns if f"{c} low" in table and f"{c} high" in table]
+    for name in (n for c in columns for n in (c, f"{c} low", f"{c} high")):
+        table[name] = pd.to_numeric(table[name], errors="coerce")
+    return table, columns
+
+
+def answer_html(results, records):
+    """The first section: ce against random init and the controls, from the tables' CSVs (the same cells)."""
+    (t2, columns2), (t3, layers), (t1, _) = (_read_cells(results / f"table{n}.csv") for n in (2, 3, 1))
+    metrics2 = {column_of(r): r["metric"] for r in records if column_of(r) in columns2}
+    found = answer.answer(t2, columns2, t3, layers, t1, metrics2)
+    if found.empty:
+        return ""
+    shown = found[answer.COLUMNS].copy()
+    for col in ("ce", "rival value", "ce - rival [95%]"):
+        shown[col] = shown[col].str.replace(" ", "\u00a0")  # 'v [low, high]' never breaks
+    kinds = found["verdict"].map({"ce better": "better", "ce worse": "worse"}).fillna("open")
+    body = h.answer_table(shown, kinds)  # each verdict coloured (the word says it too)
+    return (f"<p><strong>{h.esc(answer.headline(found))}</strong></p>"
+            f"{body}{h.notes_html([answer.NOTE])}")
 
 
 def charts_html(results):
@@ -93,8 +123,11 @@ def examples_html(results):
     groups = {}
     for path in sorted(found, key=_natural):
         name = path.relative_to(results).as_posix()
-        groups.setdefault(EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), []).append(
-            h.image(path, name))
+        if name.endswith(".samples.png"):  # every pretraining's grid (ce, autoencoder, ce-untrained)
+            title, caption = EXAMPLE_TITLES["ce"], f"{name}: {SAMPLE_ROWS}"
+        else:
+            title, caption = EXAMPLE_TITLES.get(re.split(r"[._]", name)[0], "Other figures"), name
+        groups.setdefault(title, []).append(h.image(path, caption))
     return "".join(f"<h3>{h.esc(title)}</h3>{h.grid(figs, kind='wide')}" for title, figs in groups.items()) + (
         h.notes_html(notes) if groups else "")
 
@@ -132,7 +165,8 @@ def provenance_html(results, records, lines):
     runs = pd.DataFrame([{
         "record": Path(r["_path"]).relative_to(results).as_posix(), "task": r["task"], "init": r["init"],
         "metric": r["metric"], "value [95% interval]": _value(r), "images": r["n_images"], "seed": r["seed"],
-        "device": (r.get("config") or {}).get("device", ""), "precision": _precision(r),
+        "device": r.get("device") or f"{(r.get('config') or {}).get('device', '?')} (asked; not recorded)",
+        "precision": _precision(r),
         "wall time (s)": r["wall_time_s"]} for r in records])
     versions = {}
     for r in records:
@@ -165,7 +199,9 @@ def main(argv=None):
     synthetic = any("synthetic" in str(r["dataset"]).lower() for r in records)
     lines = provenance(profile, display_path(results, repo), records, other, display_path(args.published, repo))
     # the page
-    sections = [("tables", "Tables", tables_html(results, lines), "No table files: run python -m evaluation.tables."),
+    sections = [("answer", "The answer: context encoder against random init and the controls",
+                 answer_html(results, records), "No cell has both a context-encoder value and a rival's."),
+                ("tables", "Tables", tables_html(results, lines), "No table files: run python -m evaluation.tables."),
                 ("charts", "Charts", charts_html(results), "No charts."),
                 ("per-class", "Per-class results", per_class_html(records), "No per-class numbers in the records."),
                 ("curves", "Training curves", curves_html(results), "No training curves in this folder."),

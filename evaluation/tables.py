@@ -12,6 +12,7 @@ of other profiles are left out and named. The set of files is written as one uni
     python -m evaluation.tables --profile smoke          # results/smoke
 """
 
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, staged_files
 from cebench.logs import get_logger
 from cebench.records import results_dir
+from evaluation.reporting import answer
 from evaluation.reporting.figures import layer_lines, table_bars
 from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
-                                               markdown, one_profile, read_published, table1, table2, table3,
+                                               markdown, narrow, one_profile, read_published, table1, table2, table3,
                                                table3_notes)
 
 
@@ -92,11 +94,29 @@ def left_out_notes(report, unreadable, results, other_profiles=()):
 def write_table(out_dir, name, title, table, columns, text_columns, notes, footer):
     """<name>.csv (every number; empty when missing) and <name>.md (formatted, with notes and provenance)."""
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
-    atomic_write_text(csv_path, table.to_csv(na_rep="", float_format="%.4g"))
+    # raw values (no rounding here): the .md, the report and answer.* format them once, alike
+    atomic_write_text(csv_path, table.to_csv(na_rep=""))
     text = f"# {title}\n\n{markdown(table, columns, text_columns)}\n\n"
     text += ("Columns:\n" + "\n".join(notes) + "\n\n" if notes else "") + "\n".join(footer) + "\n"
     atomic_write_text(md_path, text)
     return csv_path, md_path
+
+
+def terminal_text(t1, columns1, t2, columns2, t3, layers, found):
+    """What evaluation.tables prints: the tables narrowed to 100 columns, then the answer against random."""
+    parts = [("Table 2: transfer (%)", narrow(t2, columns2)), ("Table 1: inpainting", narrow(t1, columns1))]
+    if t3 is not None:
+        parts.append(("Table 3: linear probes (mAP %)", narrow(t3, layers)))
+    text = "\n\n".join(f"{title}\n{body}" for title, body in parts)
+    wrapped = answer_text(found)
+    return text + ("\n\nThe answer (ce against random init; answer.md has the controls too):\n" + wrapped
+                   if wrapped else "")
+
+
+def answer_text(found):
+    """The answer against random init as terminal lines within 100 columns ('' when nothing compares)."""
+    lines = [answer.headline(found), *answer.summary(found)] if not found.empty else []
+    return "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in lines)
 
 
 def main(argv=None):
@@ -143,8 +163,9 @@ def main(argv=None):
         log.warning("unreadable, left out: %s (%s)", display_path(path, repo), reason)
     for path in paths:
         log.info("wrote %s", path)
+    print(tables["terminal"])
     return {"table1": tables["table1"], "table2": tables["table2"], "table3": tables["table3"],
-            "files": [str(p) for p in paths], "profile": profile,
+            "answer": tables["answer"], "files": [str(p) for p in paths], "profile": profile,
             "left_out": [(cell, str(path), reason) for cell, path, reason in left_out],
             "other_profiles": [(str(path), name) for path, name in other_profiles],
             "unreadable": [(str(path), reason) for path, reason in unreadable]}
@@ -164,7 +185,10 @@ def write_tables(out_dir, records, published, profile, footer):
                        f"Table 2 ({profile}): ours with 95% intervals; paper as black ticks")
     # Table 1: inpainting of held-out images
     t1, columns1, report1 = table1(records, published)
-    notes1 = column_notes(report1["shown"], [TABLE1_TASK], lambda r: r["task"])
+    notes1 = column_notes(report1["shown"], [TABLE1_TASK], lambda r: r["task"]) + [
+        "- Mean L1 ↓, Mean L2 ↓: mean over hole pixels and colour channels of |prediction - target| and of its "
+        "square, in % of the [0, 1] pixel range; PSNR ↑ = 10 log10(1 / L2) in dB, mean over images "
+        "(evaluation.metrics.inpainting)"]
     paths += write_table(out_dir, "table1", "Table 1: inpainting of the central hole of held-out images (L1, L2 "
                          "in %, PSNR in dB)", t1, columns1, (), notes1, footer(report1))
     charts, t3, left_out = [chart], None, report2["left_out"] + report1["left_out"]
@@ -178,7 +202,22 @@ def write_tables(out_dir, records, published, profile, footer):
         charts.append(layer_lines(out_dir / "table3.png", t3[ours3].set_index("row"), layers,
                                   f"Table 3 ({profile}): linear probe per layer, 95% intervals"))
         left_out += report3["left_out"]
-    return {"table1": t1, "table2": t2, "table3": t3, "files": paths}, charts, left_out
+    # the answer: ce against random and the controls, from the same cells
+    layers = layers if t3 is not None else ()
+    metrics2 = {c: next((r["metric"] for r in report2["shown"] if column_of(r) == c), None) for c in columns2}
+    found = answer.answer(t2, columns2, t3, layers, t1, metrics2)
+    answer_csv, answer_md = out_dir / "answer.csv", out_dir / "answer.md"
+    atomic_write_text(answer_csv, found.to_csv(index=False))
+    atomic_write_text(answer_md, f"# The answer: context encoder (ce) against random init and the controls\n\n"
+                      f"{answer.markdown(found)}")
+    paths += (answer_csv, answer_md)
+    # what run_all.sh prints at its end, as text (the suite reads files only: it imports no evaluation code)
+    narrow_txt, answer_txt = out_dir / "table2.txt", out_dir / "answer.txt"
+    atomic_write_text(narrow_txt, narrow(t2, columns2) + "\n")
+    atomic_write_text(answer_txt, answer_text(found) + "\n")
+    paths += (narrow_txt, answer_txt)
+    return ({"table1": t1, "table2": t2, "table3": t3, "answer": found, "files": paths,
+             "terminal": terminal_text(t1, columns1, t2, columns2, t3, layers, found)}, charts, left_out)
 
 
 if __name__ == "__main__":

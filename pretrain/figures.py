@@ -54,8 +54,17 @@ def preview_batch(model, dataset, device, n=8):
     return denormalize(seen), torch.where(masks, denormalize(pred), original), original
 
 
+def loss_title(mask_kind):
+    """The loss curve's title, true to the run: the autoencoder (mask none) reconstructs the whole image."""
+    from pretrain.masks import AUTOENCODER
+
+    if mask_kind == AUTOENCODER:
+        return "autoencoder (no mask): L2 over the whole image"
+    return f"context encoder ({mask_kind} mask): masked L2 (hole pixels)"
+
+
 def write_figures(model, dataset, history, paths, device):
     """Loss curve and sample grid at the paths of `pretrain.loop.run_paths`."""
     if history:
-        save_loss_curve(history, paths["loss_png"])
+        save_loss_curve(history, paths["loss_png"], title=loss_title(dataset.mask_kind))
     save_sample_grid(*preview_batch(model, dataset, device), paths["samples_png"])

@@ -155,6 +155,17 @@ def weights_spec(value):
 weights_spec.keywords = (RANDOM, KMEANS)  # not paths: a profile's value is not resolved against its folder
 
 
+def weights_label(spec):
+    """The label load_encoder gives a weights spec (random, kmeans, supervised, or a ce.pt's own), without building
+    the network: entry points name their outputs by it before they load any data."""
+    spec = str(spec)
+    if spec in (RANDOM, KMEANS):
+        return spec
+    path = Path(spec)
+    obj = safe_torch_load(path, "weights file")
+    return ce_label(read_checkpoint(path), path) if isinstance(obj, dict) and "format" in obj else "supervised"
+
+
 def load_encoder(spec, *, arch=None, seed=0, train_images=None, image_size=227):
     """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc (and ce_pt for a ce.pt).
 

@@ -68,11 +68,16 @@ LAYERS = ("cebench", "voc", "pretrain", "transfer", "evaluation")  # each may im
 PURE = "evaluation.metrics"  # the pure metrics: importable by any layer, importing nothing of ours but themselves
 
 
+FRONT = "cebench.cli"  # the `cebench` command: the front door, importing a subcommand's modules when it runs
+
+
 def _in(name, package):
     return name == package or name.startswith(package + ".")
 
 
 def _layer(name):
+    if name == FRONT:
+        return len(LAYERS)  # above every layer: it dispatches to all of them
     return LAYERS.index(name.split(".")[0])
 
 
@@ -101,7 +106,10 @@ def test_reporting_reads_no_experiment_and_no_entry_point():
 
 
 def test_the_plumbing_imports_no_model_code():  # the suite reads the stage table without importing a stage
-    found = {(m, d) for m, deps in GRAPH.items() if _in(m, "cebench") for d in deps if not _in(d, "cebench")}
+    # cebench.cli is the `cebench` command, the front door to every layer (it imports a subcommand's modules only when
+    # that subcommand runs), not plumbing that the layers import
+    found = {(m, d) for m, deps in GRAPH.items() if _in(m, "cebench") and m != FRONT for d in deps
+             if not _in(d, "cebench")}
     assert not found, sorted(found)
 
 

@@ -77,6 +77,20 @@ def test_report_holds_every_part_and_loads_nothing(results):
     assert "Synthetic data" not in text
 
 
+def test_report_leads_with_the_answer_without_stray_columns(results):
+    report.main(["--results", str(results)])
+    text = (results / "report.html").read_text()
+    sections = re.findall(r'<section id="([^"]+)"', text)
+    assert sections[0] == "answer"  # the first section is the answer, before Table 1
+    answer_part = text[text.index('<section id="answer"'):text.index('<section id="tables"')]
+    # ce 40.0 [38.0, 42.0] vs random 30.0 [28.0, 32.0]: +10.0, MOVER interval 10 -/+ sqrt(2^2 + 2^2) = 2.83
+    assert "classification (mAP) ↑" in answer_part and "10.0\u00a0[7.2,\u00a012.8]" in answer_part
+    assert 'class="better"' in answer_part and "ce better" in answer_part
+    assert " complete</th>" not in text  # the CSV's completeness flags are not columns of the page
+    assert 'data-label="verdict"' in answer_part  # the phone layout names each value
+    assert "classification (ours) ↑" in text and "device" in text and ">cpu<" in text
+
+
 def test_report_of_a_folder_without_records_is_one_line(tmp_path):
     with pytest.raises(CebenchError, match="no result records or tables") as err:
         report.main(["--results", str(tmp_path)])
@@ -88,17 +102,18 @@ def _chromium():
 
 
 @pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (Debian: apt-get install chromium)")
-def test_chromium_renders_the_page_at_laptop_width(results, tmp_path):
+@pytest.mark.parametrize("width", [390, 1366])  # a phone and a laptop
+def test_chromium_renders_the_page_at_phone_and_laptop_width(results, tmp_path, width):
     report.main(["--results", str(results)])
     shot = tmp_path / "shot.png"
     command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1366,900",
+               f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", f"--window-size={width},900",
                (results / "report.html").as_uri()]
     subprocess.run(command, capture_output=True, timeout=120, check=True)
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("L"), dtype=float)
-    assert pixels.shape == (900, 1366)
+    assert pixels.shape == (900, width)
     assert (pixels < 100).mean() > 0.005 and pixels.std() > 20  # text and tables drawn, not a blank page
 
 

@@ -50,6 +50,7 @@ def get_args_parser():
 
 
 def _run(cfg, rt, log, started):
+    stages.refuse_existing(cfg, "classify", "probe" if cfg["probe"] else "")  # before minutes of loading
     # data: every file of both splits is checked here (bad input fails now, not mid-run)
     train, test = run.load_data(cfg, log)
     # model: backbone from --weights + fc8; output paths follow the init it turned out to be

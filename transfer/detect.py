@@ -73,6 +73,7 @@ def get_args_parser():
 
 
 def _run(cfg, rt, log, started):
+    stages.refuse_existing(cfg, "detect")  # before minutes of loading
     # data: annotations checked up front, then proposals (cached selective search or --proposals)
     splits = run.load_splits(cfg, log)
     proposals, proposal_info = run.load_proposals(cfg, splits, rt, log)

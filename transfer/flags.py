@@ -9,7 +9,6 @@ names the protocol the defaults come from.
     add_run_args(g["run"], out_help=...)
 """
 
-import argparse
 
 from cebench.config import (add_skip_bad_flag, at_least, entry_parser, non_negative_float, non_negative_int,
                             positive_float, positive_int)
@@ -24,15 +23,11 @@ N_BOOT_TYPE = at_least(MIN_BOOT, " (too few resamples for BCa's tail quantiles; 
 LR_SCHEDULES = ("step", "cosine", "constant")
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the docstring's usage lines kept as written."""
-
-
 def task_parser(prog, doc, protocol):
     """The parser of a transfer entry point and its groups by name: the same groups, in the same order, for every
     task; `protocol` names where the optimisation defaults come from."""
-    p = entry_parser(prog, doc, formatter_class=HelpFormatter)
-    titles = ("data", "model", f"optimisation (defaults: {protocol})", "test", "run")
+    p = entry_parser(prog, doc)
+    titles = ("data", "model", f"optimisation (defaults: the profile's, else {protocol})", "test", "run")
     return p, dict(zip(GROUPS, map(p.add_argument_group, titles), strict=True))
 
 

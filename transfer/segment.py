@@ -65,6 +65,7 @@ def get_args_parser():
 
 
 def _run(cfg, rt, log, started):
+    stages.refuse_existing(cfg, "segment")  # before minutes of loading
     # data first (a bad file fails before any output exists): augmented crops for training, whole test images
     train_ds, test_ds, transform = run.load_data(cfg, log)
     # backbone from --weights; the output paths follow the init it turned out to be

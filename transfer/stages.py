@@ -108,6 +108,18 @@ def output_paths(cfg, stage, label, variant=""):
             "rescale": run_dir / "rescale.json"}
 
 
+def refuse_existing(cfg, stage, variant=""):
+    """Before any data is loaded: an existing record or checkpoint of this run is refused (unless --resume or
+    --overwrite), named by the label its --weights will get; run_outputs checks again once they are built."""
+    if cfg["resume"] or cfg["overwrite"]:
+        return
+    from pretrain.weights import weights_label
+
+    paths = output_paths(cfg, stage, cfg["init_label"] or weights_label(cfg["weights"]), variant)
+    for path in (paths["out"], paths["checkpoint"]):
+        refuse_overwrite(path)
+
+
 @contextmanager
 def run_outputs(paths, cfg, rt, extra=(), guarded=()):
     """The outputs of a run: locked for its life against a second run writing them (cebench.locks); an existing

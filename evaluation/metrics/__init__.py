@@ -125,10 +125,12 @@ def _sklearn_ap(ranking, tp, seen, npos):
     return float(contribution.sum() / npos)
 
 
-def _warn_no_positives(classes, what):
-    """One warning naming the classes whose AP is nan."""
+def _warn_no_positives(classes, what, names=None):
+    """One warning naming the classes whose AP is nan (by name when `names` are given, e.g. VOC_CLASSES)."""
     if classes:
-        warnings.warn(f"class(es) {sorted(classes)} have no {what}: AP is nan and left out of the mean", stacklevel=3)
+        shown = (", ".join(f"{names[c]} ({c})" for c in sorted(classes)) if names is not None
+                 else str(sorted(classes)))
+        warnings.warn(f"class(es) {shown} have no {what}: AP is nan and left out of the mean", stacklevel=3)
 
 
 def _check_mode(mode):
@@ -155,11 +157,12 @@ def _classification_rankings(scores, labels):
     return rankings
 
 
-def classification_map(scores, labels, mode="sklearn"):
-    """Mean AP over classes of scores [N, C] against VOC labels (1 positive, -1 negative, 0 difficult)."""
+def classification_map(scores, labels, mode="sklearn", class_names=None):
+    """Mean AP over classes of scores [N, C] against VOC labels (1 positive, -1 negative, 0 difficult);
+    class_names (C of them) name the classes of the warning about classes without positives."""
     _check_mode(mode)
     per_class_ap = np.array([_ranking_ap(r, mode) for r in _classification_rankings(scores, labels)])
-    _warn_no_positives(np.flatnonzero(np.isnan(per_class_ap)).tolist(), "positive image")
+    _warn_no_positives(np.flatnonzero(np.isnan(per_class_ap)).tolist(), "positive image", class_names)
     return _nanmean(per_class_ap), per_class_ap
 
 

@@ -18,6 +18,7 @@ from cebench.errors import CebenchError
 from cebench.files import read_json
 from cebench.records import TASKS, read_record
 from cebench.stages import STAGES
+from evaluation.reporting.answer import arrow, format_cell
 from evaluation.reporting.cells import is_complete, progress_note, select
 
 PUBLISHED = Path(__file__).parents[1] / "published.csv"
@@ -330,27 +331,20 @@ def table3_notes(published=None):
             "--classifier svm); unmarked rows: the logistic probe. A cell never mixes the two."]
 
 
-def _fmt(value, low, high):
-    if not np.isfinite(value):
-        return ""
-    digits = 2 if abs(value) < 10 else 1
-    interval = f" [{low:.{digits}f}, {high:.{digits}f}]" if np.isfinite(low) and np.isfinite(high) else ""
-    return f"{value:.{digits}f}{interval}"
-
-
 def markdown(table, columns, text_columns=()):
     """Markdown of a table: 'value [low, high]' for ours and the paper's value beside it; empty when missing."""
     return display_table(table, columns, text_columns).to_markdown(index=False)
 
 
 def display_table(table, columns, text_columns=()):
-    """The table as shown (Markdown, the HTML report): Method, text columns, then per column ours and the paper's."""
+    """The table as shown (Markdown, the HTML report): Method, text columns, then per column ours (its header says
+    with ↑/↓ which way is better) and the paper's."""
     shown = pd.DataFrame(index=table.index)
     shown["Method"] = table["row"]
     for col in text_columns:
         shown[col] = table[col]
     for col in columns:
-        shown[f"{col} (ours)"] = [_fmt(v, lo, hi) for v, lo, hi in
+        shown[f"{col} (ours) {arrow(col)}"] = [format_cell(v, lo, hi) for v, lo, hi in
                                   zip(table[col], table[f"{col} low"], table[f"{col} high"], strict=True)]
         papers = [(f"{col} paper", "paper")] + [(c, c.split(":", 1)[1]) for c in table.columns
                                                  if c.startswith(f"{col} paper:")]
@@ -358,3 +352,22 @@ def display_table(table, columns, text_columns=()):
             if table[name].notna().any():  # no paper column where the paper has no number
                 shown[f"{col} ({label})"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[name]]
     return shown
+
+
+TERMINAL = 100  # columns of a terminal
+
+
+def narrow(table, columns, width=TERMINAL):
+    """The table for a terminal: init keys and our values only (rows with at least one), 'value [low, high]'
+    when that fits in `width` columns, else the values alone (the .md keeps everything)."""
+    ours = table[table[list(columns)].notna().any(axis=1)]
+    for with_interval in (True, False):
+        shown = pd.DataFrame(index=ours.index)
+        for col in columns:
+            low, high = (ours[f"{col} low"], ours[f"{col} high"]) if with_interval else (ours[col] * np.nan,) * 2
+            shown[f"{col} {arrow(col)}"] = [format_cell(v, lo, hi) for v, lo, hi in
+                                            zip(ours[col], low, high, strict=True)]
+        text = shown.to_markdown(tablefmt="simple", index=True, stralign="right", disable_numparse=True)
+        if max(map(len, text.splitlines())) <= width or not with_interval:
+            return text + ("" if with_interval else "\n(values only, to fit the terminal; intervals in the .md)")
+    return text

@@ -37,13 +37,23 @@ table.data th { background: var(--band); font-weight: 600; min-width: 3.5em; ver
 table.data tbody th { vertical-align: top; white-space: nowrap; }
 table.data td:first-child { white-space: nowrap; }
 table.data tbody tr:hover { background: #eef3f8; }
-.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 18px; }
-.grid.wide { grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 380px), 1fr)); gap: 18px; }
+.grid.wide { grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); }
 .grid.rows { grid-template-columns: 1fr; }
 .cards { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 figure { margin: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid var(--line); }
 ul.note { margin: 6px 0; padding-left: 18px; }
+table.answer tr.better td:last-child { color: #1a7f37; font-weight: 600; }
+table.answer tr.worse td:last-child { color: #b42318; font-weight: 600; }
+@media (max-width: 640px) {  /* a phone: the answer as one card per comparison, every value under its name */
+  main { padding: 12px 10px 40px; }
+  table.answer thead { display: none; }
+  table.answer, table.answer tbody, table.answer tr, table.answer td { display: block; width: 100%; }
+  table.answer tr { border-bottom: 2px solid var(--line); padding: 4px 0; }
+  table.answer td { border: 0; padding: 1px 4px; white-space: normal; }
+  table.answer td::before { content: attr(data-label) ": "; color: var(--muted); }
+}
 code { font-size: 12px; background: var(--band); padding: 1px 4px; }
 """
 
@@ -80,6 +90,17 @@ def frame(df, index=False):
     return f'<div class="scroll">{df.to_html(index=index, na_rep="", border=0, classes="data", escape=True)}</div>'
 
 
+def answer_table(table, kinds):
+    """The answer's rows as an HTML table whose cells carry their column's name (data-label: the phone layout
+    shows it before each value); `kinds` gives each row a class (better, worse, open)."""
+    head = "".join(f"<th>{esc(c)}</th>" for c in table.columns)
+    rows = "".join(f'<tr class="{kind}">' + "".join(f'<td data-label="{esc(c)}">{esc(v)}</td>' for c, v in
+                                                   zip(table.columns, row, strict=True)) + "</tr>"
+                   for kind, row in zip(kinds, table.itertuples(index=False), strict=True))
+    return (f'<div class="scroll"><table class="data answer"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table></div>")
+
+
 def read_table_csv(path):
     """A table CSV of evaluation.tables (or any CSV) -> the DataFrame as the page shows it.
 
@@ -89,13 +110,13 @@ def read_table_csv(path):
     columns = [c for c in table.columns if f"{c} low" in table.columns and f"{c} high" in table.columns]
     if not columns or "row" not in table.columns:
         return table.drop(columns=["key"], errors="ignore")
-    derived = {f"{c} {s}" for c in columns for s in ("low", "high", "runs", "paper")} | set(columns)
+    derived = {f"{c} {s}" for c in columns for s in ("low", "high", "runs", "complete", "paper")} | set(columns)
     text = [c for c in table.columns if c not in derived and c not in ("key", "row")]
     for col in columns:
         for name in (col, f"{col} low", f"{col} high", f"{col} paper"):
             table[name] = pd.to_numeric(table[name], errors="coerce") if name in table else np.nan
     shown = display_table(table, columns, text)
-    ours = [f"{c} (ours)" for c in columns]
+    ours = [c for c in shown.columns if c.endswith(("↑", "↓"))]  # the '<c> (ours) ↑' columns
     shown[ours] = shown[ours].apply(lambda s: s.str.replace(" ", "\u00a0"))  # 'v [low, high]' never breaks
     return shown
 

@@ -144,7 +144,7 @@ def make_classification_record(cfg, info, label, rescaling, train, test, scores,
                                feature_health=None):
     """The result record (DESIGN.md contract) with the devkit 11-point mAP and skipped images beside it."""
     labels = test.split.labels
-    value, per_class = classification_map(scores, labels, mode="sklearn")
+    value, per_class = classification_map(scores, labels, mode="sklearn", class_names=VOC_CLASSES)
     with warnings.catch_warnings():  # the same classes as the line above: warned once
         warnings.simplefilter("ignore", UserWarning)
         voc07, per_class07 = classification_map(scores, labels, mode="voc07")
