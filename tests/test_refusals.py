@@ -146,7 +146,9 @@ def test_under_torchrun_every_rank_stops_with_the_refusal(tmp_path):
         _kill(holder)
     assert run.returncode != 0 and not out.exists()
     refusals = [line for line in run.stderr.splitlines() if line.startswith("error:") and "in use by another" in line]
-    assert len(refusals) == 2, run.stderr[-2000:]  # both ranks, the same line
+    # every rank stops (no deadlock at a barrier: the run ended well inside its timeout) with the same line; rank 1
+    # may be ended by torchrun as soon as rank 0 exits, before it prints its own copy
+    assert 1 <= len(refusals) <= 2 and len(set(refusals)) == 1, run.stderr[-2000:]
 
 
 # --- 6. every stage section checked before anything runs ------------------------------------------------------

@@ -349,8 +349,9 @@ def display_table(table, columns, text_columns=()):
         papers = [(f"{col} paper", "paper")] + [(c, c.split(":", 1)[1]) for c in table.columns
                                                  if c.startswith(f"{col} paper:")]
         for name, label in papers:
-            if table[name].notna().any():  # no paper column where the paper has no number
-                shown[f"{col} ({label})"] = ["" if not np.isfinite(p) else f"{p:g}" for p in table[name]]
+            values = pd.to_numeric(table[name], errors="coerce")  # read back from a CSV: '' is no number
+            if values.notna().any():  # no paper column where the paper has no number
+                shown[f"{col} ({label})"] = ["" if not np.isfinite(p) else f"{p:g}" for p in values]
     return shown
 
 

@@ -111,7 +111,8 @@ def read_table_csv(path):
     if not columns or "row" not in table.columns:
         return table.drop(columns=["key"], errors="ignore")
     derived = {f"{c} {s}" for c in columns for s in ("low", "high", "runs", "complete", "paper")} | set(columns)
-    text = [c for c in table.columns if c not in derived and c not in ("key", "row")]
+    text = [c for c in table.columns if c not in derived and c not in ("key", "row")
+            and not any(c.startswith(f"{col} paper:") for col in columns)]  # published beside ours, not text
     for col in columns:
         for name in (col, f"{col} low", f"{col} high", f"{col} paper"):
             table[name] = pd.to_numeric(table[name], errors="coerce") if name in table else np.nan
