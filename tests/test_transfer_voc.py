@@ -118,3 +118,12 @@ def test_real_voc_mini_labels_agree_with_the_devkit_lists(voc_mini_root):
         flags = read_class_list(voc_mini_root, "2007", name, "val")
         assert [flags[i] for i in split.ids] == split.labels[:, c].tolist(), name
     assert (split.labels == 0).any() and (split.labels == 1).sum(axis=0).min() > 0
+
+
+def test_an_image_id_that_is_a_path_is_refused_naming_the_list(voc):
+    from voc.devkit import read_image_set
+
+    listing = voc.base / "ImageSets" / "Main" / "evil.txt"
+    listing.write_text("000001\n../../../../etc/passwd\n")
+    with pytest.raises(CebenchError, match=r"evil.txt:2: '../../../../etc/passwd' is not a name"):
+        read_image_set(voc.root, voc.year, "evil")

@@ -23,8 +23,9 @@ from PIL import Image
 from torchvision.datasets import VOCDetection
 
 from cebench.errors import CebenchError
-from cebench.images import read_labels, read_rgb
 from cebench.files import atomic_write, read_json
+from cebench.images import read_labels, read_rgb
+from cebench.names import check_name
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
@@ -119,8 +120,8 @@ def read_image_set(voc_root, year, split, kind="Main"):
         parts = line.split()
         if len(parts) > 1 and kind != "Main":
             raise CebenchError(f"{path}:{n}: expected one image id per line, got {line!r}")
-        if parts:
-            ids.append(parts[0])
+        if parts:  # an id names the files read for it (JPEGImages/<id>.jpg, ...): a name, never a path
+            ids.append(check_name(parts[0], f"{path}:{n}"))
     if not ids:
         raise CebenchError(f"image set is empty: {path}")
     if len(set(ids)) != len(ids):
