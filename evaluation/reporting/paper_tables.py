@@ -363,7 +363,7 @@ def narrow(table, columns, width=TERMINAL):
     when that fits in `width` columns, else the values alone (the .md keeps everything)."""
     ours = table[table[list(columns)].notna().any(axis=1)]
     for with_interval in (True, False):
-        shown = pd.DataFrame(index=ours.index)
+        shown = pd.DataFrame(index=ours.index.rename("init"))  # the row keys are initialisations
         for col in columns:
             low, high = (ours[f"{col} low"], ours[f"{col} high"]) if with_interval else (ours[col] * np.nan,) * 2
             shown[f"{col} {arrow(col)}"] = [format_cell(v, lo, hi) for v, lo, hi in
