@@ -278,6 +278,13 @@ def parse_with_profile(parser, argv, stage):
     return args
 
 
+def parse_config(parser, argv, stage):
+    """The resolved configuration of an entry point (parser defaults < profile < command line) as a plain dict.
+    --help and --print-config print and exit here: an entry point calls this before it imports torch or any model
+    code (cebench.flags builds its parsers without them), so both answer in a fraction of a second."""
+    return resolved_config(parse_with_profile(parser, argv, stage))
+
+
 def _without_help(parser):
     """A copy of the parser's flags without -h, for the first pass (a bare parse would print help and exit)."""
     first = argparse.ArgumentParser(add_help=False, allow_abbrev=False)

@@ -20,13 +20,6 @@ from cebench.files import append_jsonl
 _NOT_SCALARS = {"step", "eval", "final"}
 
 
-def add_tensorboard_flag(group, where):
-    """--tensorboard, shared by every training entry point; `where` names the default folder in the help."""
-    group.add_argument("--tensorboard", default="auto", metavar="DIR", help="TensorBoard event files of loss, "
-                       f"learning rate and evaluations (auto: {where}, when the tensorboard package is installed, "
-                       "pip install 'cebench[tensorboard]'; off: none). metrics.jsonl and a PNG are written anyway")
-
-
 def tensorboard_installed():
     return importlib.util.find_spec("tensorboard") is not None
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from cebench.config import non_negative_int, parse_with_profile, resolved_config
 from cebench.errors import CebenchError
+from cebench.flags import DATA_PATHS, DEVICE_DATA_FRACTION, PRECISIONS
 from cebench.logs import get_logger
 
 
@@ -67,7 +67,6 @@ class Runtime:
                 "tf32": bool(on_cuda and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)}
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # /proc/cpuinfo flags of CPUs that compute bfloat16 in hardware: x86 AVX512-BF16 and AMX-BF16, Arm's BF16.
 _BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}
@@ -124,22 +123,6 @@ def resolve_precision(name, device):
     return name
 
 
-def add_precision_flag(group):
-    """--precision, shared by every entry point that trains or extracts features."""
-    group.add_argument("--precision", default="auto", choices=list(PRECISIONS), help="arithmetic of forward and "
-                       "backward passes (autocast; weights, optimiser state, losses and metrics stay float32): auto = "
-                       "bf16 on a CPU with native bfloat16 (AVX512-BF16/AMX) and on GPUs of compute capability >= 8.0 "
-                       "(A100, H100, RTX 30xx on), fp16 with loss scaling on older GPUs, else fp32. float32 work on "
-                       "CUDA may use TF32 tensor cores. Use fp32 to reproduce a float32 run exactly")
-
-
-def add_compile_flag(group):
-    """--compile, shared by the training entry points."""
-    group.add_argument("--compile", action="store_true", help="torch.compile the training step's model (minutes "
-                       "of compilation at the start; worth it for long GPU runs: measure with pretrain.speed / "
-                       "transfer.speed --compile). The record says whether it ran")
-
-
 def configure_backends(device, fixed_shapes):
     """The CUDA switches GPU users expect: TF32 tensor cores for float32 matmuls and convolutions (10-bit
     mantissa, as autocast's own matmuls), and cudnn.benchmark when every batch has the same shapes (each new
@@ -150,22 +133,6 @@ def configure_backends(device, fixed_shapes):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = bool(fixed_shapes)
-
-
-DATA_PATHS = ("auto", "loader", "device")
-# --data-path auto keeps the images on the GPU when they take at most this share of its memory: the rest is left
-# to the model (AlexNet at batch 64 and 227 px needs ~3 GB in bf16), the index tensors of a batch and cuDNN.
-DEVICE_DATA_FRACTION = 0.25
-
-
-def add_data_path_flag(group):
-    """--data-path, shared by pretraining and the transfers."""
-    group.add_argument("--data-path", default="auto", choices=list(DATA_PATHS), help="how training batches are "
-                       "made: loader = DataLoader workers crop, flip and mask on the CPU; device = the images are "
-                       "decoded once into one uint8 tensor on the device and every batch is drawn there (no "
-                       "workers; same sample distribution, other random draws); auto = device on CUDA when the "
-                       f"images take at most {100 * DEVICE_DATA_FRACTION:.0f}%% of the GPU's memory, else loader (on a "
-                       "CPU always loader, so CPU results do not change)")
 
 
 def resolve_data_path(name, device, nbytes, fraction=DEVICE_DATA_FRACTION):
@@ -239,25 +206,17 @@ def default_num_workers():
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def add_threads_flag(group, what="torch CPU threads"):
-    """--threads, shared by every entry point where torch computes (0 = torch's default)."""
-    group.add_argument("--threads", type=non_negative_int,
-                       default=0, help=f"{what} (0: torch's default; use 1 when other jobs "
-                       "share the cores, as over-subscribed threads stall each other)")
-
-
 def set_threads(threads):
     """Apply --threads (0 or None: leave torch's default)."""
     if threads:
         torch.set_num_threads(threads)
 
 
-def start_run(parser, argv, stage, check=None, fixed_shapes=False):
-    """The start of every entry point that computes: config (parser defaults < benchmarks.yaml profile < command
-    line, then `check(cfg)`), distributed runtime with its resolved precision (and CUDA backends: `fixed_shapes`
-    for stages whose training batches all have one shape), threads, seed, and a logger named after the stage.
-    Returns (cfg, rt, log)."""
-    cfg = resolved_config(parse_with_profile(parser, argv, stage))
+def start_run(cfg, stage, check=None, fixed_shapes=False):
+    """The start of every entry point that computes, given its configuration `cfg` (cebench.config.parse_config,
+    called before the heavy imports): `check(cfg)`, the distributed runtime with its resolved precision (and CUDA
+    backends: `fixed_shapes` for stages whose training batches all have one shape), threads, seed, and a logger
+    named after the stage. Returns (rt, log); cfg gains the resolved precision and the runtime's settings."""
     if check:
         check(cfg)
     rt = init_distributed(cfg["device"], cfg["precision"], cfg.get("compile", False), fixed_shapes)
@@ -265,4 +224,4 @@ def start_run(parser, argv, stage, check=None, fixed_shapes=False):
     cfg["runtime"] = rt.settings()
     set_threads(cfg["threads"])
     seed_everything(cfg["seed"])
-    return cfg, rt, get_logger(stage, rt.is_main)
+    return rt, get_logger(stage, rt.is_main)

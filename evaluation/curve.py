@@ -22,7 +22,8 @@ from cebench.files import atomic_write_text
 from cebench.locks import hold_outputs
 from cebench.logs import get_logger
 from cebench.records import read_record
-from cebench.runtime import add_threads_flag, resolve_device, set_threads
+from cebench.flags import add_threads_flag
+from cebench.runtime import resolve_device, set_threads
 from evaluation import probe
 from evaluation.reporting.figures import curve_plot
 from pretrain import train

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import entry_parser
+from cebench.config import entry_parser, parse_config
 from cebench.deps import require
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
@@ -88,7 +88,8 @@ def method_record(cfg, info, method, errors, queries, started, extra, schedule, 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg, rt, log = start_run(get_args_parser(), argv, "inpainting")
+    cfg = parse_config(get_args_parser(), argv, "inpainting")
+    rt, log = start_run(cfg, "inpainting")
     require("faiss", "NN-inpainting (nearest neighbours)")  # before any data is read
     # data: gallery to borrow regions from, held-out images to fill
     gallery, queries = gallery_and_queries(cfg)

@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from threadpoolctl import threadpool_limits
 
-from cebench.config import entry_parser, non_negative_int, positive_int
+from cebench.config import entry_parser, non_negative_int, parse_config, positive_int
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
 from cebench.locks import hold_outputs
 from cebench.records import default_record_path, write_record
-from cebench.runtime import add_precision_flag, add_threads_flag, autocast, default_num_workers, start_run
+from cebench.flags import add_precision_flag, add_threads_flag
+from cebench.runtime import autocast, default_num_workers, start_run
 from evaluation.experiments import probe_run as run
 from evaluation.experiments.features import ContextImages
 from evaluation.experiments.probe_run import CLASSIFIERS
@@ -108,7 +109,8 @@ def _out_path(cfg, label):
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg, rt, log = start_run(get_args_parser(), argv, "probe", check=check_config)
+    cfg = parse_config(get_args_parser(), argv, "probe")
+    rt, log = start_run(cfg, "probe", check=check_config)
     if not cfg["overwrite"]:  # an existing record is refused before any data is loaded
         refuse_overwrite(_out_path(cfg, cfg["init_label"] or weights_label(cfg["weights"])))
     # data: the two splits with their VOC labels (1 / -1 / 0 difficult); no boxes are used, so the images are

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import entry_parser
+from cebench.config import entry_parser, parse_config
 from cebench.deps import require
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
@@ -59,7 +59,8 @@ def draw_grid(path, cfg, gallery, queries, neighbours, relevant, title):
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg, rt, log = start_run(get_args_parser(), argv, "retrieval")
+    cfg = parse_config(get_args_parser(), argv, "retrieval")
+    rt, log = start_run(cfg, "retrieval")
     require("faiss", "retrieval (nearest neighbours)")  # before any data is read
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)

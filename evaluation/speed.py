@@ -25,7 +25,8 @@ from cebench.errors import run_cli
 from cebench.files import atomic_write_json
 from cebench.logs import get_logger
 from cebench.records import versions
-from cebench.runtime import add_threads_flag, set_threads
+from cebench.flags import add_threads_flag
+from cebench.runtime import set_threads
 from evaluation.metrics.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
                             search)  # search = evaluation.retrieval.search
 

@@ -16,7 +16,6 @@ import torch
 from cebench.errors import CebenchError
 from pretrain.data import normalize, read_image
 
-HEALTH_IMAGES = 400  # views of the fixed set (issue 15); tests and the smoke profile use fewer
 
 
 def dead_unit_fraction(activations):

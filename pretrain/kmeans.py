@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from sklearn.cluster import MiniBatchKMeans
 
 from cebench.errors import CebenchError
+from cebench.flags import KMEANS
 from cebench.logs import progress
 from pretrain.data import normalize, read_image
 
-KMEANS = "kmeans"  # the weights spec (--weights kmeans) and the init label of its records
 N_IMAGES = 128  # training images the patches and the normalisation come from (fewer when the split has fewer)
 MAX_PATCHES = 10_000  # patches clustered per layer and group (10k x 2,304 dims: ~90 MB at conv3 full width)
 MAX_SIZE = 227  # images at most 227 px (AlexNet's input), whatever the task's scale: the cost stays bounded

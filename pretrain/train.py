@@ -10,16 +10,17 @@ from pathlib import Path
 
 
 from cebench.config import (add_skip_bad_flag, command_line_dests, entry_parser, non_negative_float, non_negative_int,
-                            positive_float, positive_int)
-from cebench.curves import add_tensorboard_flag, tensorboard_dir
+                            parse_config, positive_float, positive_int)
+from cebench.curves import tensorboard_dir
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_json, refuse_overwrite, truncate_jsonl
 from cebench.locks import hold_outputs
+from cebench.flags import (HEALTH_IMAGES, add_compile_flag, add_data_path_flag, add_precision_flag,
+                           add_tensorboard_flag, add_threads_flag)
 from cebench.runs import keep_previous_run
-from cebench.runtime import (add_compile_flag, add_data_path_flag, add_precision_flag, add_threads_flag, barrier,
-                             cleanup_distributed, start_run)
+from cebench.runtime import barrier, cleanup_distributed, start_run
 from pretrain import loop
-from pretrain.health import HEALTH_IMAGES, health_views
+from pretrain.health import health_views
 from pretrain.masks import MASK_KINDS
 from pretrain.model import min_input_size
 from pretrain.weights import save_checkpoint
@@ -177,8 +178,9 @@ def main(argv=None):
     # logger: cebench.runtime.start_run, as every entry point (every random choice of a step is also a function
     # of (seed, step), see pretrain.data); 'auto' precision resolved: config, replay check and ce.pt say what ran
     parser, notes = get_args_parser(), []
-    cfg, rt, log = start_run(parser, argv, "pretrain", fixed_shapes=True,  # every crop is S x S
-                             check=lambda cfg: notes.append(check_config(cfg, command_line_dests(parser, argv))))
+    cfg = parse_config(parser, argv, "pretrain")
+    rt, log = start_run(cfg, "pretrain", fixed_shapes=True,  # every crop is S x S
+                        check=lambda cfg: notes.append(check_config(cfg, command_line_dests(parser, argv))))
     paths = loop.run_paths(cfg["out"])
     if notes[0]:
         log.info(notes[0])

@@ -14,8 +14,9 @@ import torch
 
 from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
+from cebench.flags import KMEANS, RANDOM
 from cebench.names import check_name
-from pretrain.kmeans import KMEANS, kmeans_encoder
+from pretrain.kmeans import kmeans_encoder
 from pretrain.model import AlexNetEncoder, ContextEncoder, gaussian_init_
 
 FORMAT = "cebench.context-encoder"
@@ -23,7 +24,6 @@ VERSION = 1
 ENCODER_KEYS = {"arch", "pool_free", "width", "lrn"}
 LEGACY_LRN = "unscaled"  # what a ce.pt without arch["lrn"] was trained with (LRN has no weights: it loads as is)
 DECODER_KEYS = {"input_size", "dropout", "decoder_width"}
-RANDOM = "random"  # the weights spec of the Gaussian initialisation (the paper's "Random Gaussian" row)
 _TV_FC = {"classifier.1.weight": "fc6.weight", "classifier.1.bias": "fc6.bias",
           "classifier.4.weight": "fc7.weight", "classifier.4.bias": "fc7.bias"}
 
@@ -145,14 +145,6 @@ TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the com
 def trunk_of(cfg):
     """The AlexNetEncoder kwargs that a config's trunk flags ask for (those the entry point has)."""
     return {k: cfg[k] for k in TRUNK_FLAGS if k in cfg}
-
-
-def weights_spec(value):
-    """The argparse type of every --weights: the value as given (a path, or one of `weights_spec.keywords`)."""
-    return value
-
-
-weights_spec.keywords = (RANDOM, KMEANS)  # not paths: a profile's value is not resolved against its folder
 
 
 def weights_label(spec):

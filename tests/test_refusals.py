@@ -243,7 +243,7 @@ def test_a_profile_value_out_of_bounds_names_the_file(tmp_path):
 
 def test_bootstrap_minimum_is_what_the_smoke_profile_uses():
     """The smoke profile's probe runs at the minimum; the entry points' default is 1000 (Efron & Tibshirani)."""
-    from evaluation.metrics.bootstrap import MIN_BOOT
+    from cebench.flags import MIN_BOOT
     from evaluation.probe import get_args_parser
 
     assert MIN_BOOT == get_profile("smoke")["probe"]["n_boot"] == 200

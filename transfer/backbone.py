@@ -19,7 +19,8 @@ from torch import nn
 from cebench.errors import CebenchError
 from pretrain import data as pretrain_data
 from pretrain.health import health_record
-from pretrain.weights import KMEANS, RANDOM, load_encoder
+from cebench.flags import KMEANS, RANDOM
+from pretrain.weights import load_encoder
 from transfer.rescale import krahenbuhl_rescale_, parameter_layers
 
 FC_STD, FC_BIAS = 0.01, 0.1  # voc-classification's fill for layers initialised at random

@@ -8,7 +8,7 @@
 import time
 
 from cebench.errors import run_cli
-from cebench.runtime import add_data_path_flag
+from cebench.flags import add_data_path_flag
 from cebench.files import atomic_write_json
 from cebench.records import write_record
 from transfer import stages

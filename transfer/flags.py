@@ -10,16 +10,12 @@ names the protocol the defaults come from.
 """
 
 
-from cebench.config import (add_skip_bad_flag, at_least, entry_parser, non_negative_float, non_negative_int,
+from cebench.config import (add_skip_bad_flag, entry_parser, non_negative_float, non_negative_int,
                             positive_float, positive_int)
-from cebench.curves import add_tensorboard_flag
-from cebench.runtime import add_compile_flag, add_precision_flag, add_threads_flag
-from evaluation.metrics.bootstrap import MIN_BOOT
-from pretrain.health import HEALTH_IMAGES
-from pretrain.weights import RANDOM, weights_spec
+from cebench.flags import (HEALTH_IMAGES, N_BOOT_TYPE, RANDOM, add_compile_flag, add_precision_flag,
+                           add_tensorboard_flag, add_threads_flag, weights_spec)
 
 GROUPS = ("data", "model", "optimisation", "test", "run")
-N_BOOT_TYPE = at_least(MIN_BOOT, " (too few resamples for BCa's tail quantiles; 1000 is the default)")
 LR_SCHEDULES = ("step", "cosine", "constant")
 
 

@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from cebench.config import parse_config
 from cebench.errors import CebenchError
 from cebench.files import atomic_write_json, make_dirs, refuse_overwrite
 from cebench.locks import hold_outputs
@@ -40,7 +41,8 @@ def run_main(parser, argv, stage, body, check=None, fixed_shapes=False):
     distributed, precision, threads, seed, a logger named after the stage -> body(cfg, rt, log, started) -> cleanup.
     `fixed_shapes`: every training batch has one shape (cudnn.benchmark on CUDA)."""
     started = time.time()
-    cfg, rt, log = start_run(parser, argv, stage, check, fixed_shapes)
+    cfg = parse_config(parser, argv, stage)
+    rt, log = start_run(cfg, stage, check, fixed_shapes)
     try:
         return body(cfg, rt, log, started)
     finally:

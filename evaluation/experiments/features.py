@@ -16,11 +16,12 @@ from skimage.feature import hog
 from cebench.config import non_negative_int, positive_float, positive_int
 from cebench.errors import CebenchError
 from cebench.logs import progress
-from cebench.runtime import (add_precision_flag, add_threads_flag, autocast, default_num_workers, worker_seed_init)
+from cebench.runtime import autocast, default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from pretrain.weights import RANDOM, load_encoder, trunk_of, weights_spec
+from cebench.flags import RANDOM, add_precision_flag, add_threads_flag, weights_spec
+from pretrain.weights import load_encoder, trunk_of
 from transfer.flags import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,

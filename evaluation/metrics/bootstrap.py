@@ -7,14 +7,6 @@ import numpy as np
 from scipy.stats import norm
 
 JACKKNIFE_GROUPS = 100
-# The fewest resamples an entry point accepts (--n-boot). BCa's endpoints are order statistics of the resamples at
-# levels moved by z0 and the acceleration, typically 0.5-5%, and z0 itself is clipped to Phi^-1(0.5/B): with 10
-# resamples a 2.5% endpoint is an extreme of 10 draws and the interval can miss its own estimate. 200 keeps 5
-# resamples in each 2.5% tail (an endpoint inside the cloud, not its edge); Efron & Tibshirani (1993, §19.3) ask
-# for 1,000 or more for intervals one reports, the default.
-MIN_BOOT = 200
-
-
 def interval_description(n_boot, over="test images"):
     """What a record's ci95 is, for its protocol (`bootstrap_ci`'s interval)."""
     return (f"BCa bootstrap 95%, {n_boot} resamples over {over} (with replacement; bias correction from the "
