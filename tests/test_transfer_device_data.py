@@ -4,16 +4,20 @@ positions and sizes, crop geometry, per-pixel classes) within stated tolerances,
 fits whose records say which path ran."""
 
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 from torchvision import tv_tensors
 
+from cebench.errors import CebenchError
 from test_device_data import ks_distance
 from transfer.detection import device_data as det
 from transfer.detection.data import RoiSampling, TrainImages, collate_rois, from_voc
+from transfer.engine import fit
 from transfer.sampling import SeededItems, StepBatchSampler, derive_seed
 from transfer.segmentation import device_data as seg
 from transfer.segmentation.data import IGNORE_INDEX, SegTransform, VOCSegmentation, pad_collate
@@ -56,13 +60,17 @@ def assert_same_batches(a, b):
 def detection_split(tmp_path_factory):
     voc = make_vocdevkit(tmp_path_factory.mktemp("det") / "voc", splits={"train": 5}, size=(96, 72), seed=4)
     split = from_voc(load_split(voc.root, "2007", "train"))
-    rng = np.random.default_rng(0)
-    proposals = []  # 300 random boxes per image: enough fg and bg candidates for the sampling to be random
+    return split, random_proposals(split)
+
+
+def random_proposals(split, n=300, seed=0):
+    """`n` random boxes per image: enough fg and bg candidates for the RoI sampling to be random."""
+    rng, proposals = np.random.default_rng(seed), []
     for width, height in split.sizes:
-        xy = rng.uniform(0, [width, height], size=(300, 2))
-        wh = rng.uniform(4, [width / 2, height / 2], size=(300, 2))
+        xy = rng.uniform(0, [width, height], size=(n, 2))
+        wh = rng.uniform(4, [width / 2, height / 2], size=(n, 2))
         proposals.append(np.concatenate([xy, np.minimum(xy + wh, [width, height])], axis=1).astype(np.float32))
-    return split, proposals
+    return proposals
 
 
 def train_images(split, proposals, flip_prob=0.5, sampling=None):
@@ -204,3 +212,20 @@ def test_detect_and_segment_fit_on_the_device_path_and_record_it(tmp_path):
         record = json.loads((tmp_path / f"{name}.json").read_text())
         assert record["data_path"] == record["protocol"]["data_path"] == record["config"]["data_path"] == "device"
         assert record["complete"] and 0 <= record["value"] <= 100
+
+
+def test_a_resume_on_the_other_data_path_is_refused(tmp_path):
+    from test_transfer_engine import CONFIG, CPU, ToyTask, toy_model
+
+    def on_device(task):  # a toy device path: the same items, collated without a loader
+        task.device_batches = lambda sampler: (default_collate([task.train_dataset[i] for i, _ in items])
+                                               for items in sampler)
+        return task
+
+    fit(ToyTask(), toy_model(), replace(CONFIG, max_steps=2), tmp_path / "loader", CPU)
+    with pytest.raises(CebenchError, match="--data-path loader -> device"):
+        fit(on_device(ToyTask()), toy_model(), CONFIG, tmp_path / "loader", CPU)
+    fit(on_device(ToyTask()), toy_model(), replace(CONFIG, max_steps=2), tmp_path / "device", CPU)
+    assert fit(on_device(ToyTask()), toy_model(), CONFIG, tmp_path / "device", CPU).resumed_from == 2
+    with pytest.raises(CebenchError, match="--data-path device -> loader"):
+        fit(ToyTask(), toy_model(), CONFIG, tmp_path / "device", CPU)
