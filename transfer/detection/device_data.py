@@ -32,17 +32,18 @@ class DeviceImages:
         self.device = torch.device(device)
         paths = [train.split.image_paths[i] for i in train.index]
         load = partial(load_scaled, scale=train.scale, max_size=train.max_size)
-        # PIL decodes and resizes with the GIL released: a few threads, in the items' order
-        with ThreadPoolExecutor(max_workers=threads or torch.get_num_threads()) as pool:
-            scaled = list(progress(pool.map(load, paths), total=len(paths), desc="images to device", leave=False))
         self.images, self.boxes, self.labels, self.proposals = [], [], [], []
-        for i, (image, s) in zip(train.index, scaled, strict=True):
-            gt, labels = train.objects[i]
-            self.images.append(torch.from_numpy(image).to(self.device).permute(2, 0, 1).contiguous())
-            # scaled in NumPy as the loader scales them, so the boxes are the loader's to the last bit
-            self.boxes.append(torch.from_numpy(gt * s).to(self.device))
-            self.labels.append(torch.from_numpy(labels).to(self.device))
-            self.proposals.append(torch.from_numpy(train.proposals[i] * s).to(self.device))
+        # PIL decodes and resizes with the GIL released: a few threads, in the items' order, each image moved to
+        # the device as it comes (the host never holds them all)
+        with ThreadPoolExecutor(max_workers=threads or torch.get_num_threads()) as pool:
+            scaled = progress(pool.map(load, paths), total=len(paths), desc="images to device", leave=False)
+            for i, (image, s) in zip(train.index, scaled, strict=True):
+                gt, labels = train.objects[i]
+                self.images.append(torch.from_numpy(image).to(self.device).permute(2, 0, 1).contiguous())
+                # scaled in NumPy as the loader scales them, so the boxes are the loader's to the last bit
+                self.boxes.append(torch.from_numpy(gt * s).to(self.device))
+                self.labels.append(torch.from_numpy(labels).to(self.device))
+                self.proposals.append(torch.from_numpy(train.proposals[i] * s).to(self.device))
 
     def __len__(self):
         return len(self.images)

@@ -12,6 +12,7 @@ CPU the pixels are the loader's for the same draws (tested); on CUDA torchvision
 and rounds (its CPU kernel is fixed-point), so a resized pixel may differ by a level; masks are exact on both.
 """
 
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import torch
@@ -27,13 +28,16 @@ from transfer.segmentation.data import pad_collate
 class DeviceImages:
     """A VOCSegmentation's training images (3, H, W) and masks (H, W), uint8, on `device`, each at its own size."""
 
-    def __init__(self, dataset, device):
+    def __init__(self, dataset, device, threads=None):
         self.device = torch.device(device)
         self.images, self.masks = [], []
-        for i in progress(range(len(dataset)), desc="images to device", leave=False):
-            image, mask = dataset.load(i)  # (H, W, 3), (H, W) uint8: from its cache when the split is cached
-            self.images.append(torch.from_numpy(image).to(self.device).permute(2, 0, 1).contiguous())
-            self.masks.append(torch.from_numpy(mask).to(self.device))
+        # (H, W, 3), (H, W) uint8 each, from the split's cache or decoded by a few threads (PIL and scipy's loadmat
+        # release the GIL), in order, each moved to the device as it comes (the host never holds them all)
+        with ThreadPoolExecutor(max_workers=threads or torch.get_num_threads()) as pool:
+            for image, mask in progress(pool.map(dataset.load, range(len(dataset))), total=len(dataset),
+                                        desc="images to device", leave=False):
+                self.images.append(torch.from_numpy(image).to(self.device).permute(2, 0, 1).contiguous())
+                self.masks.append(torch.from_numpy(mask).to(self.device))
 
     def __len__(self):
         return len(self.images)
