@@ -17,9 +17,9 @@ from evaluation.metrics import detection_map_ci
 from transfer import engine, stages
 from transfer.backbone import measure_health, normalize, rescale_layers
 from transfer.detection.coco import coco_ap, load_coco_split
-from transfer.detection.device_data import choose_data_path
 from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
+from transfer.detection.device_data import choose_data_path
 from transfer.detection.model import FastRCNN
 from transfer.detection.proposals import cached_proposals, load_proposal_file, selective_search_settings
 from transfer.detection.task import DetectionTask, detection_scores, voc_detections
