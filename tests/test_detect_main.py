@@ -58,6 +58,7 @@ def test_two_step_smoke_run_record_devkit_and_cache(tmp_path):
     assert health["n_images"] == 6 and health["image_size"] == 227 and health["weights"].startswith("after")
     assert 0 <= health["dead_units"]["conv5"] <= 1 and health["pool5_effective_rank"] <= 6
     assert record["complete"] and record["schedule"] == {"unit": "iterations", "steps_run": 2, "steps": 2}
+    assert record["data_path"] == record["protocol"]["data_path"] == record["config"]["data_path"] == "loader"
     # The devkit files, read back independently of our writer, give the record's mAP, scored by our metric and
     # by the plain-loop port of the devkit's VOCevaldet in test_metrics (independent of evaluation.metrics).
     devkit, gt = read_devkit(tmp_path / "devkit", "val", VOC_CLASSES), voc_ground_truth(info, "val")

@@ -83,3 +83,41 @@ def test_pretrain_whole_loop_keeps_up_at_paper_size(folder, tmp_path, data_path)
         native = resolve_precision("auto", "cuda")
         assert result["precisions"][native]["ratio_median"] >= 0.8  # issue 22: whole loop >= 0.8 of the step
         assert np.isfinite(result["precisions"][native]["model_only_images_per_s_median"])
+
+
+def test_detection_and_segmentation_device_batches_on_cuda_are_the_cpus(tmp_path):
+    from test_transfer_device_data import DET_FAST, SEG_TINY, micro_batches, random_proposals
+    from transfer import detect, segment
+    from transfer.detection import device_data as det
+    from transfer.detection.data import RoiSampling, TrainImages, from_voc
+    from transfer.segmentation import device_data as seg
+    from transfer.segmentation.data import SegTransform, VOCSegmentation
+    from voc.devkit import load_split
+    from vocfactory import make_vocdevkit
+
+    # detection with nothing random (every candidate RoI kept, every image mirrored): the CPU's batches
+    voc = make_vocdevkit(tmp_path / "det", splits={"train": 6, "val": 4}, size=(96, 72), seed=4)
+    split = from_voc(load_split(voc.root, "2007", "train"))
+    train = TrainImages(split, random_proposals(split), scale=96, max_size=128, flip_prob=1.0,
+                        sampling=RoiSampling(rois_per_image=10_000, fg_fraction=1.0))
+    sampler = micro_batches(len(train), steps=2, batch_size=2)
+    cpu, cuda = ([[t.cpu() for t in b] for b in det.device_batches(det.DeviceImages(train, d), train, sampler)]
+                 for d in ("cpu", "cuda"))
+    for a, b in zip(cpu, cuda, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a[:3], b[:3], strict=True))  # images, rois, labels
+        torch.testing.assert_close(a[3], b[3], rtol=1e-5, atol=1e-5)  # targets: CUDA's log may differ by an ulp
+    # segmentation for the same draws: masks exact; a resized pixel within a level (float32 resize on CUDA)
+    voc_seg = make_vocdevkit(tmp_path / "seg", splits={"train": 6, "val": 4}, seed=5)
+    transform = SegTransform(scale_range=(0.6, 1.4), crop_size=40, flip_prob=0.5)
+    dataset = VOCSegmentation(voc_seg.root, "train", "2007", transform=transform, cache="on")
+    std, on = torch.tensor(transform.std).view(3, 1, 1), [seg.DeviceImages(dataset, d) for d in ("cpu", "cuda")]
+    for index, draws in enumerate([[0.1, 0.3, 0.8, 0.2], [0.9, 0.5, 0.1, 0.7], [0.5, 0.0, 0.99, 0.4]]):
+        (ia, ma), (ib, mb) = (seg.augment(images, transform, index, draws) for images in on)
+        assert torch.equal(ma, mb.cpu()) and ((ia - ib.cpu()).abs() * std * 255).max() <= 1.01
+    # both entry points on CUDA: --data-path auto puts these tiny training sets on the device
+    detect.main(["--voc-root", str(voc.root), *DET_FAST, "--device", "cuda", "--proposals-cache",
+                 str(tmp_path / "cache"), "--out", str(tmp_path / "det.json")])
+    segment.main(["--voc-root", str(voc_seg.root), *SEG_TINY, "--device", "cuda", "--out", str(tmp_path / "seg.json")])
+    for name in ("det", "seg"):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        assert record["data_path"] == "device" and record["device"].startswith("cuda"), name

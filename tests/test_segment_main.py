@@ -50,6 +50,7 @@ def test_two_step_run_writes_a_record_predictions_and_examples(tiny_run):
     assert record["task"] == "segmentation" and record["metric"] == "mIoU" and record["init"] == "random"
     assert record["dataset"] == "VOC2007" and record["split"] == "val" and record["n_images"] == 4
     assert record["steps_done"] == 2 and list(record["per_class"]) == list(SEG_CLASSES)
+    assert record["data_path"] == record["protocol"]["data_path"] == record["config"]["data_path"] == "loader"
     assert record["complete"] and record["schedule"]["steps_run"] == record["schedule"]["steps"] == 2
     assert 0 <= record["ci95"][0] <= record["value"] <= record["ci95"][1] <= 100
     assert record["protocol"]["model"]["variant"] == "FCN-32s" and record["protocol"]["interval"].startswith("BCa")

@@ -13,6 +13,7 @@ import time
 
 from cebench.config import benchmarks_path
 from cebench.errors import run_cli
+from cebench.runtime import add_data_path_flag
 from transfer import stages
 from transfer.backbone import health_of_init
 from transfer.detection import stages as run
@@ -36,6 +37,7 @@ def get_args_parser():
     data.add_argument("--scale", type=int, default=600, help="shorter image side (Fast R-CNN: 600, single scale)")
     data.add_argument("--max-size", type=int, default=1000, help="cap on the longer side (Fast R-CNN: 1000)")
     add_flip_flag(data, 0.5)
+    add_data_path_flag(data)
     data.add_argument("--proposals", default=None, help="precomputed proposals instead of selective search: .npz "
                       "with one [K, 4] array per image id, or .pkl of {id: array} or {'boxes': [...], 'ids': [...]}; "
                       "boxes (x1, y1, x2, y2) in the image's pixels, 1-based inclusive as VOC annotations; keys are "

@@ -36,11 +36,11 @@ micro-batches, so the paper's batch sizes hold under any number of GPUs (each ra
 schedule, and a later call with a larger cap resumes from the run folder. Epochs are permutations of the
 dataset seeded by (seed, epoch); an epoch is ``len(dataset) // batch_size`` steps (``epochs_to_steps``).
 
-Run folder: ``checkpoint.pt`` (model, optimiser, scaler, step, config; tensors and plain values only, loaded
-with weights_only=True), ``metrics.jsonl`` (a line per log interval and evaluation; a resume drops those after its
-checkpoint), ``config.json`` (``run_config``, written once a resume is accepted: a refused one keeps the run's),
-``curves.png`` (drawn from metrics.jsonl at the end) and, when the tensorboard package is installed,
-``tensorboard/`` (``fit(tensorboard=DIR|"off")``).
+Run folder: ``checkpoint.pt`` (model, optimiser, scaler, step, config, precision, data path; tensors and plain
+values only, loaded with weights_only=True), ``metrics.jsonl`` (a line per log interval and evaluation; a resume
+drops those after its checkpoint), ``config.json`` (``run_config``, written once a resume is accepted: a refused
+one keeps the run's), ``curves.png`` (drawn from metrics.jsonl at the end) and, when the tensorboard package is
+installed, ``tensorboard/`` (``fit(tensorboard=DIR|"off")``).
 """
 
 import math
@@ -193,14 +193,17 @@ def _plain(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def _load_checkpoint(path, model, optimizer, scaler, config, precision="fp32"):
-    """Restore a run's state; a checkpoint of another run (different schedule, model or precision) is refused."""
+def _load_checkpoint(path, model, optimizer, scaler, config, precision="fp32", path_of_data="loader"):
+    """Restore a run's state; a checkpoint of another run (different schedule, model, precision or data path: the
+    other path draws other batches, so the run would not resume exactly) is refused."""
     state = safe_torch_load(path, "run checkpoint")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CebenchError(f"{path}: not a cebench fine-tuning checkpoint")
     changed = _config_changes(state["config"], config)
     if state.get("precision", "fp32") != precision:  # checkpoints before --precision ran float32 on CPU
         changed.append(f"precision {state.get('precision', 'fp32')} -> {precision}")
+    if state.get("data_path", "loader") != path_of_data:  # checkpoints before --data-path drew on the loader
+        changed.append(f"--data-path {state.get('data_path', 'loader')} -> {path_of_data}")
     if changed:
         raise CebenchError(f"{path}: was written with different settings ({', '.join(changed)}); "
                            "use another run folder or --overwrite to start again")
@@ -214,9 +217,10 @@ def _load_checkpoint(path, model, optimizer, scaler, config, precision="fp32"):
     return int(state["step"]), float(state.get("train_time_s", 0.0))
 
 
-def _save_checkpoint(path, model, optimizer, scaler, config, step, train_time_s=0.0, precision="fp32"):
+def _save_checkpoint(path, model, optimizer, scaler, config, step, train_time_s=0.0, precision="fp32",
+                     path_of_data="loader"):
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": 1, "step": step, "config": asdict(config),
-                       "train_time_s": train_time_s, "precision": precision,
+                       "train_time_s": train_time_s, "precision": precision, "data_path": path_of_data,
                        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                        "scaler": scaler.state_dict() if scaler.is_enabled() else {}}, path)
 
@@ -292,7 +296,7 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
     scaler = runtime.grad_scaler(config.amp)  # float16 only; weights and optimiser state stay float32
     ckpt, start, before = checkpoint_path(run_dir), 0, 0.0
     if resume and ckpt.is_file():
-        start, before = _load_checkpoint(ckpt, model, optimizer, scaler, config, runtime.precision)
+        start, before = _load_checkpoint(ckpt, model, optimizer, scaler, config, runtime.precision, data_path(task))
         logger.info("resumed from %s at step %d", ckpt, start)
     end = min(config.steps, config.max_steps or config.steps)
     if runtime.is_main and start:  # lines of replayed steps go (and a final evaluation that is redone)
@@ -313,7 +317,7 @@ def fit(task, model, config, run_dir, runtime, *, resume=True, logger=None, run_
         if end > start or not ckpt.is_file():
             if runtime.is_main:
                 _save_checkpoint(ckpt, model, optimizer, scaler, config, max(start, end), result.train_time_s,
-                                 runtime.precision)
+                                 runtime.precision, data_path(task))
             barrier(runtime)
         result.metrics = evaluate_main(task, model, runtime)
         runlog.write({"step": max(start, end), "final": True, **result.metrics})
@@ -357,7 +361,7 @@ def _train_loop(task, model, optimizer, scaler, config, runtime, run_dir, start,
         if step % config.checkpoint_every == 0 and step < end:
             if runtime.is_main:
                 _save_checkpoint(checkpoint_path(run_dir), model, optimizer, scaler, config, step,
-                                 before + time.time() - t0, runtime.precision)
+                                 before + time.time() - t0, runtime.precision, data_path(task))
             barrier(runtime)
     bar.close()
     elapsed = time.time() - t0

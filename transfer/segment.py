@@ -12,11 +12,13 @@ import time
 
 from cebench.errors import run_cli
 from cebench.records import write_record
+from cebench.runtime import add_data_path_flag
 from transfer import stages
 from transfer.backbone import health_of_init
 from transfer.flags import (add_data_args, add_flip_flag, add_head_args, add_init_args, add_optimisation_args,
                             add_run_args, add_test_args, task_parser)
 from transfer.segmentation import stages as run
+from transfer.segmentation.device_data import choose_data_path
 from transfer.segmentation.model import VARIANTS
 from transfer.segmentation.task import LOSS_NORMALIZATIONS, SegmentationTask
 
@@ -41,6 +43,7 @@ def get_args_parser():
     data.add_argument("--min-scale", type=float, default=1.0, help="random rescaling of training images (1 = none)")
     data.add_argument("--max-scale", type=float, default=1.0)
     add_flip_flag(data, 0.0)
+    add_data_path_flag(data)
     add_init_args(g["model"], rescale_images=32, rescale_what="training crops")
     add_head_args(g["model"], input_size_help="input size whose pool5 gives fc6's kernel (227 -> 6x6, as "
                   "voc-fcn-alexnet); also the size of the rescaling crops")
@@ -81,6 +84,7 @@ def _run(cfg, rt, log, started):
         task = SegmentationTask(train_ds, test_ds, loss_normalization=cfg["loss_normalization"],
                                 prediction_dir=paths["predictions"], n_examples=cfg["examples"],
                                 show_progress=rt.is_main)
+        cfg["data_path"] = choose_data_path(task, train_ds, cfg["data_path"], rt.device, log)  # resolved: the record
         workers = stages.data_workers(cfg, cached=train_ds.cached)
         fit = stages.fit(task, model, cfg, rt, paths, log, workers)
         if not rt.is_main:

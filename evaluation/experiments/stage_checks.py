@@ -9,13 +9,14 @@ import importlib
 import os
 import platform
 import time
+from functools import partial
 
 import torch
 
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.logs import get_logger
-from cebench.runtime import Runtime, default_num_workers, resolve_device, resolve_precision, seed_everything, \
-    set_threads
+from cebench.runtime import Runtime, default_num_workers, resolve_data_path, resolve_device, resolve_precision, \
+    seed_everything, set_threads
 from cebench.speed import Bench, measure, peak_memory, reset_peak_memory, seconds_per_call
 
 CHECKED = ("pretrain", "classify", "detect", "segment", "probe", "retrieval", "inpainting")
@@ -96,6 +97,11 @@ def _transfer(stage, cfg, rt, log, n_train, n_test):
         model = run.classifier(backbone, cfg)
         task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                                   num_workers=workers)
+        from transfer.classification.device_views import DeviceImages
+        nbytes = DeviceImages.nbytes(train)
+
+        def choose(name):
+            return run.choose_data_path(task, train, dict(cfg, data_path=name), rt.device)
         what = f"test pass, {cfg['test_crops']} crops per image"
     elif stage == "detect":
         from transfer.detection import stages as run
@@ -117,6 +123,8 @@ def _transfer(stage, cfg, rt, log, n_train, n_test):
         task = DetectionTask(train, test, device=rt.device, num_workers=workers,
                              test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                             "max_per_image": cfg["max_dets"]})
+        from transfer.detection.device_data import DeviceImages, choose_data_path
+        nbytes, choose = DeviceImages.estimate_nbytes(train), partial(choose_data_path, task, train, device=rt.device)
         what = "test pass (every proposal scored, per-class NMS)"
     else:
         from transfer.segmentation import stages as run
@@ -128,7 +136,11 @@ def _transfer(stage, cfg, rt, log, n_train, n_test):
         model = run.fcn(backbone, cfg)
         task = SegmentationTask(train, test, loss_normalization=cfg["loss_normalization"], prediction_dir=None,
                                 n_examples=0, show_progress=False)
+        from transfer.segmentation.device_data import DeviceImages, choose_data_path
+        nbytes, choose = DeviceImages.estimate_nbytes(train), partial(choose_data_path, task, train, device=rt.device)
         what = "test pass, whole images one at a time"
+    # the full run's data path: --data-path auto weighs the full split's images (the check's, scaled to its count)
+    chosen = choose(resolve_data_path(cfg["data_path"], rt.device, nbytes * max(1, n_train) / len(train)))
     config = stages.train_config(cfg, workers)
     bench = engine_bench(task, model, config, rt)
     micro = cfg["batch_size"] // cfg["accum_steps"]
@@ -141,6 +153,7 @@ def _transfer(stage, cfg, rt, log, n_train, n_test):
                          "how": f"measured: {per_image:.4f} s per image over the check's {len(test)} test images"}]
 
     path = f"loader (workers: {workers}), " + ("images cached in memory" if cached else "images read from disk")
+    path = "device (images decoded once onto it, no workers)" if chosen == "device" else path
     return {"bench": bench, "images_per_step": micro, "steps": cfg["steps"] * cfg["accum_steps"],
             "step_unit": "micro-batch" if cfg["accum_steps"] > 1 else "step", "data_path": path,
             "evaluations": evaluations, "not_projected": notes}

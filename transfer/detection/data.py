@@ -178,7 +178,8 @@ def pad_images(images):
     """Stack uint8 images (3, H, W) of different sizes into (N, 3, Hmax, Wmax), padded with the mean colour."""
     h = max(im.shape[1] for im in images)
     w = max(im.shape[2] for im in images)
-    out = torch.tensor(MEAN_RGB, dtype=torch.uint8).view(1, 3, 1, 1).repeat(len(images), 1, h, w)
+    mean = torch.tensor(MEAN_RGB, dtype=torch.uint8, device=images[0].device)  # the device data path's on it
+    out = mean.view(1, 3, 1, 1).repeat(len(images), 1, h, w)
     for k, im in enumerate(images):
         out[k, :, : im.shape[1], : im.shape[2]] = im
     return out
@@ -187,7 +188,7 @@ def pad_images(images):
 def collate_rois(items):
     """Training items -> (images (N, 3, H, W) uint8, rois (R, 5) with batch index, labels (R,), targets (R, 4))."""
     images, rois, labels, targets = zip(*items, strict=True)
-    indexed = [torch.cat([torch.full((len(r), 1), float(k)), r], dim=1) for k, r in enumerate(rois)]
+    indexed = [torch.cat([torch.full((len(r), 1), float(k), device=r.device), r], dim=1) for k, r in enumerate(rois)]
     return pad_images(images), torch.cat(indexed), torch.cat(labels), torch.cat(targets)
 
 

@@ -19,6 +19,7 @@ from transfer.backbone import measure_health, normalize, rescale_layers
 from transfer.detection.coco import coco_ap, load_coco_split
 from transfer.detection.data import (RoiSampling, TestImages, TrainImages, collate_rois, from_voc, ground_truth,
                                      proposals_for)
+from transfer.detection.device_data import choose_data_path
 from transfer.detection.model import FastRCNN
 from transfer.detection.proposals import cached_proposals, load_proposal_file, selective_search_settings
 from transfer.detection.task import DetectionTask, detection_scores, voc_detections
@@ -163,6 +164,7 @@ def finetune(model, train, test, cfg, rt, paths, log):
     task = DetectionTask(train, test, device=rt.device, num_workers=workers,
                          test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                         "max_per_image": cfg["max_dets"]})
+    cfg["data_path"] = choose_data_path(task, train, cfg["data_path"], rt.device, log)  # resolved, for the record
     fit = stages.fit(task, model, cfg, rt, paths, log, workers)
     return (task.last or {}).get("detections"), fit  # None on other ranks: the main rank evaluates
 

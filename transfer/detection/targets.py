@@ -54,7 +54,7 @@ def _pick(candidates, count, generator):
     """`count` of the candidate indices, uniformly without replacement."""
     if count >= len(candidates):
         return candidates
-    return candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+    return candidates[torch.randperm(len(candidates), generator=generator, device=candidates.device)[:count]]
 
 
 def sample_rois(proposals, gt_boxes, gt_labels, *, num_rois=64, fg_fraction=0.25, fg_iou=0.5,
@@ -63,20 +63,21 @@ def sample_rois(proposals, gt_boxes, gt_labels, *, num_rois=64, fg_fraction=0.25
 
     The ground-truth boxes join the proposals; up to fg_fraction·num_rois foreground RoIs (IoU >= fg_iou with
     some object) keep that object's label, the rest of the batch is background drawn from IoU in
-    [bg_iou[0], bg_iou[1]). R is below num_rois when an image lacks candidates, as in Fast R-CNN.
+    [bg_iou[0], bg_iou[1]). R is below num_rois when an image lacks candidates, as in Fast R-CNN. Runs on the
+    boxes' device; `generator` (None: torch's global one) must be on it too.
     """
     rois = torch.cat([gt_boxes, proposals]) if len(gt_boxes) else proposals
     if len(gt_boxes):
         iou = box_iou(rois, gt_boxes)  # (K, G)
         best_iou, best_gt = iou.max(dim=1)
     else:  # an image with no (non-difficult) object offers only background
-        best_iou, best_gt = rois.new_zeros(len(rois)), torch.zeros(len(rois), dtype=torch.long)
+        best_iou, best_gt = rois.new_zeros(len(rois)), torch.zeros(len(rois), dtype=torch.long, device=rois.device)
     fg = _pick(torch.nonzero(best_iou >= fg_iou).flatten(), int(round(fg_fraction * num_rois)), generator)
     bg_candidates = torch.nonzero((best_iou < bg_iou[1]) & (best_iou >= bg_iou[0])).flatten()
     bg = _pick(bg_candidates, num_rois - len(fg), generator)
     keep = torch.cat([fg, bg])
-    labels = torch.zeros(len(keep), dtype=torch.long)
-    targets = torch.zeros(len(keep), 4)
+    labels = torch.zeros(len(keep), dtype=torch.long, device=rois.device)
+    targets = torch.zeros(len(keep), 4, device=rois.device)
     if len(fg):
         labels[: len(fg)] = gt_labels[best_gt[fg]]
         targets[: len(fg)] = encode_boxes(rois[fg], gt_boxes[best_gt[fg]])

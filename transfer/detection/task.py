@@ -72,6 +72,7 @@ class DetectionTask:
         self.collate_fn = collate_rois
         self.test_images, self.device, self.num_workers = test_images, device, num_workers
         self.test_settings = dict(test_settings)  # score_thresh, nms_iou, max_per_image
+        self.device_batches = None  # the device data path sets it (detection.device_data); None: a loader
         self.last = None  # what the latest evaluate() predicted: {"detections": {id: (boxes, scores, labels)}}
 
     def param_groups(self, model):

@@ -95,22 +95,30 @@ class SegTransform:
         self._fill = tuple(int(round(255 * m)) for m in self.mean)  # pad value = mean pixel, 0 once normalised
 
     def __call__(self, image, mask):
+        """The loader's augmentation: every draw from torch's global generator (the engine seeds it per item)."""
+        return self.apply(image, mask, uniform=lambda: torch.rand(()).item(),
+                          integer=lambda n: int(torch.randint(0, n, ()).item()))
+
+    def apply(self, image, mask, uniform, integer):
+        """The augmentation with its draws from `uniform()` (a float in [0, 1)) and `integer(n)` (one of 0..n-1),
+        made in this order: scale, crop top, crop left, flip. The device data path calls it with its own draws
+        on tensors on the device (transfer.segmentation.device_data), so both paths run the same operations."""
         lo, hi = self.scale_range
         if (lo, hi) != (1.0, 1.0):
-            scale = lo + (hi - lo) * torch.rand(()).item()
+            scale = lo + (hi - lo) * uniform()
             h, w = image.shape[-2:]
             size = [max(1, round(h * scale)), max(1, round(w * scale))]
             image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
             # NEAREST_EXACT samples pixel centres (PIL's rule): labels are copied, never blended.
             mask = TF.resize(mask, size, interpolation=InterpolationMode.NEAREST_EXACT)
         if self.crop_size:
-            image, mask = self._random_crop(image, mask)
-        if self.flip_prob and torch.rand(()).item() < self.flip_prob:
+            image, mask = self._random_crop(image, mask, integer)
+        if self.flip_prob and uniform() < self.flip_prob:
             image, mask = TF.horizontal_flip(image), TF.horizontal_flip(mask)
         image = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.mean, self.std)
         return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
 
-    def _random_crop(self, image, mask):
+    def _random_crop(self, image, mask, integer):
         """crop_size x crop_size window at a random place; images smaller than it are padded first."""
         size = self.crop_size
         h, w = image.shape[-2:]
@@ -119,8 +127,7 @@ class SegTransform:
             image = TF.pad(image, [0, 0, pad_w, pad_h], fill=list(self._fill))
             mask = TF.pad(mask, [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)
             h, w = h + pad_h, w + pad_w
-        top = int(torch.randint(0, h - size + 1, ()).item())
-        left = int(torch.randint(0, w - size + 1, ()).item())
+        top, left = integer(h - size + 1), integer(w - size + 1)
         return TF.crop(image, top, left, size, size), TF.crop(mask, top, left, size, size)
 
     def describe(self):
@@ -141,8 +148,9 @@ def pad_collate(batch):
     """Stack (image, mask) pairs of different sizes: pad bottom/right with 0 (the mean) and void 255."""
     height = max(image.shape[-2] for image, _ in batch)
     width = max(image.shape[-1] for image, _ in batch)
-    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width)
-    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long)
+    device = batch[0][0].device  # the device data path's items are on the device already
+    images = torch.zeros(len(batch), batch[0][0].shape[0], height, width, device=device)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.long, device=device)
     for i, (image, mask) in enumerate(batch):
         images[i, :, :image.shape[-2], :image.shape[-1]] = image
         masks[i, :mask.shape[-2], :mask.shape[-1]] = mask

@@ -44,6 +44,7 @@ class SegmentationTask:
         n = len(test_dataset)
         self.example_indices = sorted({round(i * (n - 1) / max(1, n_examples - 1)) for i in range(n_examples)}) \
             if n_examples else []
+        self.device_batches = None  # the device data path sets it (segmentation.device_data); None: a loader
         self.last = None  # full results of the latest evaluate(): scores, per-image confusions, examples
 
     def param_groups(self, model):
