@@ -13,7 +13,7 @@ import time
 
 from cebench.config import benchmarks_path
 from cebench.errors import run_cli
-from cebench.runtime import add_data_path_flag
+from cebench.flags import add_data_path_flag
 from transfer import stages
 from transfer.backbone import health_of_init
 from transfer.detection import stages as run

@@ -12,7 +12,7 @@ import time
 
 from cebench.errors import run_cli
 from cebench.records import write_record
-from cebench.runtime import add_data_path_flag
+from cebench.flags import add_data_path_flag
 from transfer import stages
 from transfer.backbone import health_of_init
 from transfer.flags import (add_data_args, add_flip_flag, add_head_args, add_init_args, add_optimisation_args,
