@@ -69,9 +69,9 @@ STAGES = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = tuple(BY_NAME)
 RECORD_TASKS = tuple(stage.task for stage in STAGES if stage.task)  # the tasks of cebench.records
-# The stages with a `check`, in the order run_all's --check measures them (not the pipeline's: the probes, which
-# read the classification's splits, come right after the transfers); tests/test_stages.py holds the two together.
-CHECKED = ("pretrain", "classify", "detect", "segment", "probe", "retrieval", "inpainting")
+# The stages with a `check`, in the order run_all's --check measures them: those that train, then those of frozen
+# features, the ones without a HOG baseline (the probe, on the classification's splits) first; else pipeline order.
+CHECKED = tuple(s.name for s in sorted((s for s in STAGES if s.check), key=lambda s: (not s.trains, s.hog)))
 
 
 def stage(name):
