@@ -32,31 +32,36 @@ class Stage:
     output: str | None = None  # what a `once` stage writes, relative to the results folder
     rebuilt: bool = False  # cheap, from the records: rerun every time instead of skipped by its stamp
     packages: tuple = ()  # optional libraries (import names, cebench.deps) that every run of it needs
+    check: str | None = None  # its hooks for run_all's --check (evaluation.check): a module, or `module:object`
 
 
 STAGES = (
     Stage("pretrain", "pretrain.train", runs="pretrain", trains=True,
           takes=("images", "device", "seed", "threads", "max_steps"), examples="ce",
-          example_title="Pretraining samples"),
+          example_title="Pretraining samples", check="pretrain.check"),
     Stage("classify", "transfer.classify", task="classification", trains=True, takes=(*_SOURCES, "max_steps"),
           table2="classification", examples="classify", example_title="Classification",
+          check="transfer.classification.check",
           null_reason="AP undefined: the class has no non-difficult positive image in the test split; left out of "
                       "the mean"),
     Stage("detect", "transfer.detect", task="detection", trains=True, takes=(*_SOURCES, "max_steps"),
-          packages=("pycocotools",),
+          packages=("pycocotools",), check="transfer.detection.check",
           table2="detection", examples="detect", example_title="Detection",
           null_reason="AP undefined: the class has no non-difficult object in the test split; left out of the mean"),
     Stage("segment", "transfer.segment", task="segmentation", trains=True, takes=(*_SOURCES, "sbd_root", "max_steps"),
           table2="segmentation", examples="segment", example_title="Segmentation",
+          check="transfer.segmentation.check",
           null_reason="IoU undefined: the class is in neither the ground truth nor the predictions; left out of the "
                       "mean"),
     Stage("retrieval", "evaluation.retrieval", task="retrieval", takes=_SOURCES, hog=True, table2="retrieval",
-          packages=("faiss",),
+          packages=("faiss",), check="evaluation.experiments.feature_checks:RETRIEVAL",
           examples="retrieval", example_title="Retrieval", null_reason="undefined: no query holds the class"),
     Stage("inpainting", "evaluation.inpainting", task="inpainting", takes=_SOURCES, hog=True, packages=("faiss",),
+          check="evaluation.experiments.feature_checks:INPAINTING",
           examples="inpainting", example_title="Inpainting",
           null_reason="undefined: no held-out image holds the class"),
-    Stage("probe", "evaluation.probe", task="probe", takes=_SOURCES),
+    Stage("probe", "evaluation.probe", task="probe", takes=_SOURCES,
+          check="evaluation.experiments.feature_checks:PROBE"),
     Stage("curve", "evaluation.curve", runs="once", output="curve.csv"),  # in results/<profile>-curve/ (suite)
     Stage("tables", "evaluation.tables", runs="once", output="table2.md", rebuilt=True),
     Stage("report", "evaluation.report", runs="once", output="report.html", rebuilt=True),
@@ -64,6 +69,9 @@ STAGES = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 NAMES = tuple(BY_NAME)
 RECORD_TASKS = tuple(stage.task for stage in STAGES if stage.task)  # the tasks of cebench.records
+# The stages with a `check`, in the order run_all's --check measures them: those that train, then those of frozen
+# features, the ones without a HOG baseline (the probe, on the classification's splits) first; else pipeline order.
+CHECKED = tuple(s.name for s in sorted((s for s in STAGES if s.check), key=lambda s: (not s.trains, s.hog)))
 
 
 def stage(name):

@@ -25,18 +25,12 @@ from pathlib import Path
 
 from cebench.config import get_profile, parse_with_profile, resolved_config
 from cebench.errors import CebenchError, one_line, run_cli
-from cebench.files import atomic_write_json, atomic_write_text, make_dirs
 from cebench.logs import get_logger
-from cebench.records import git_info, results_dir
-from evaluation.experiments.stage_checks import CHECKED, _counts, _stage_parser, check_stage
+from cebench.stages import CHECKED
+from cebench.stages import stage as stage_row
 
-# Images per split of the VOC devkits (ImageSets/Main for 2007, ImageSets/Segmentation for segmentation), for the
-# projections of a profile whose data is absent.
-VOC_SIZES = {("Main", "2007", "train"): 2501, ("Main", "2007", "val"): 2510, ("Main", "2007", "trainval"): 5011,
-             ("Main", "2007", "test"): 4952, ("Segmentation", "2012", "train"): 1464,
-             ("Segmentation", "2012", "val"): 1449, ("Segmentation", "2012", "seg11valid"): 736,
-             ("Segmentation", "2007", "train"): 209, ("Segmentation", "2007", "val"): 213,
-             ("Segmentation", "2007", "trainval"): 422, ("Segmentation", "2007", "test"): 210}
+# What a stage checks is its own package's (its hooks: evaluation.experiments.stage_checks); this module reads them
+# through the stage table and imports them, and torch with them, only once its flags are parsed (a fast --help).
 VOC_LONGER_SIDE = 500  # PASCAL VOC photos are at most 500 px (most 500 x 375)
 
 
@@ -76,42 +70,55 @@ def _profile_path(profile, value):
     return Path(value) if Path(value).is_absolute() else (Path(profile["_dir"]) / value).resolve()
 
 
+def _hooks(stage):
+    from evaluation.experiments.stage_checks import hooks
+    return hooks(stage)
+
+
 def _stage_config(profile, stage, argv=()):
     """A stage's resolved configuration under the profile (parser defaults < profile < argv)."""
-    return resolved_config(parse_with_profile(_stage_parser(stage), ["--profile", profile["_name"], *argv], stage))
+    from evaluation.experiments.stage_checks import stage_parser
+    return resolved_config(parse_with_profile(stage_parser(stage), ["--profile", profile["_name"], *argv], stage))
+
+
+def _voc_flags(opts):
+    return ["--voc-root", opts.voc_root] if opts.voc_root else []
 
 
 def _full_counts(profile, stage, opts):
     """(train or gallery, test or query) images of the full run and where the numbers come from."""
-    if stage == "pretrain":
+    from voc.devkit import DEVKIT_SIZES
+    own = _hooks(stage)
+    if own.SPLITS is None:
         return (0, 0), "the profile's schedule (steps)"
-    cfg = _stage_config(profile, stage, ["--voc-root", opts.voc_root] if opts.voc_root else [])
+    cfg = _stage_config(profile, stage, _voc_flags(opts))
     if Path(cfg["voc_root"]).is_dir():
         try:
-            return _counts(stage, cfg), f"the profile's data ({cfg['voc_root']})"
+            return own.counts(cfg), f"the profile's data ({cfg['voc_root']})"
         except CebenchError:
             pass
-    kind = "Segmentation" if stage == "segment" else "Main"
-    keys = ("gallery_split", "query_split") if stage in ("retrieval", "inpainting") else ("train_split", "test_split")
     years = ("2012", "2007") if cfg["year"] == "auto" else (str(cfg["year"]),)
     for year in years:
-        sizes = [VOC_SIZES.get((kind, year, cfg[k])) for k in keys]
+        sizes = [DEVKIT_SIZES.get((own.IMAGE_SETS, year, cfg[k])) for k in own.SPLITS]
         if None not in sizes:
             return tuple(sizes), f"VOC{year}'s devkit counts (the profile's data is absent)"
     return None, "the check's images (the profile's data is absent and its splits are not VOC's)"
 
 
 def _standin_size(profile, opts):
-    """The stand-in's longer image side: the profile's first VOC image when present, else VOC's 500 px or the
-    detection section's --max-size when smaller."""
+    """The stand-in's longer image side: the profile's first VOC image when present (where the first stage on VOC
+    splits reads them), else VOC's 500 px or a stage's cap when smaller (detection's --max-size)."""
     if opts.image_size:
         return opts.image_size
     from PIL import Image
-    cfg = _stage_config(profile, "classify", ["--voc-root", opts.voc_root] if opts.voc_root else [])
+    first_voc = next(s for s in CHECKED if _hooks(s).SPLITS is not None)
+    cfg = _stage_config(profile, first_voc, _voc_flags(opts))
     folder = Path(cfg["voc_root"]) / f"VOC{cfg['year']}" / "JPEGImages"
     first = next(iter(sorted(folder.glob("*.jpg"))), None) if folder.is_dir() else None
-    if first is None:  # detection's cap on the longer side tells a profile of reduced images (voc-mini: 224 px)
-        return min(VOC_LONGER_SIDE, _stage_config(profile, "detect")["max_size"])
+    if first is None:  # a stage's cap on the longer side tells a profile of reduced images (voc-mini: 224 px)
+        caps = [_hooks(s).max_image_side(_stage_config(profile, s)) for s in CHECKED
+                if hasattr(_hooks(s), "max_image_side")]
+        return min([VOC_LONGER_SIDE, *caps])
     with Image.open(first) as image:
         return max(image.size)
 
@@ -129,61 +136,43 @@ def check_data(profile, opts, out_dir, log):
     size = _standin_size(profile, opts)
     out = out_dir / "standin"
     # at least one batch of every transfer's training set (their samplers refuse fewer items than a batch)
-    n_train = max([opts.check_images] + [_stage_config(profile, s)["batch_size"] for s in ("classify", "detect",
-                                                                                          "segment")])
+    n_train = max([opts.check_images] + [_hooks(s).min_train_images(_stage_config(profile, s)) for s in CHECKED
+                                         if hasattr(_hooks(s), "min_train_images")])
     synthetic(["--out", str(out), "--n-train", str(n_train), "--n-val", str(opts.check_test_images),
                "--size", str(size), "--seg-fraction", "1.0", "--seed", "0"])
-    root, jpegs = out / "VOCdevkit", out / "VOCdevkit" / "VOC2007" / "JPEGImages"
-    voc = ["--voc-root", str(root), "--year", "2007"]
-    flags = {"pretrain": ["--images", str(jpegs), "--image-split", "train"],
-             **{s: [*voc, "--train-split", "train", "--test-split", "val"] for s in ("classify", "detect", "segment",
-                                                                                     "probe")},
-             **{s: [*voc, "--gallery-split", "train", "--query-split", "val"] for s in ("retrieval", "inpainting")}}
-    if (profile.get("pretrain") or {}).get("region_shapes"):
-        flags["pretrain"] += ["--region-shapes", str(root / "VOC2007" / "SegmentationClass"),
-                              "--region-shapes-split", "train"]
+    root = out / "VOCdevkit"
+    flags = {stage: _standin_flags(profile, stage, root) for stage in CHECKED}
     log.info("checking on a synthetic stand-in: %d + %d images, longer side %d px, in %s", n_train,
              opts.check_test_images, size, out)
     return (f"SYNTHETIC STAND-IN: {n_train} train + {opts.check_test_images} test images drawn at {size} px "
             f"(the profile's image size), not the profile's data"), flags, size
 
 
+def _standin_flags(profile, stage, root):
+    """A stage's data flags on the stand-in devkit `root`: its two splits as the stand-in's train and val."""
+    own = _hooks(stage)
+    if hasattr(own, "standin_flags"):
+        return own.standin_flags(root, _stage_config(profile, stage))
+    train, test = (f"--{key.replace('_', '-')}" for key in own.SPLITS)
+    return ["--voc-root", str(root), "--year", "2007", train, "train", test, "val"]
+
+
 def full_run_cache(profile, stage, counts, size):
     """The --cache flags that give the check the full run's data path: a stand-in of a few dozen images always fits
     in memory, the full splits may not (pretraining's and the transfers' own --cache auto rules, on their sizes)."""
-    if stage not in ("pretrain", "classify", "segment") or "cache" in (profile.get(stage) or {}):
+    own = _hooks(stage)
+    if not hasattr(own, "cache_fits") or "cache" in (profile.get(stage) or {}):
         return []
-    if stage == "pretrain":
-        from pretrain.data import ImageCache
-        cfg = _stage_config(profile, "pretrain")
-        split = cfg["image_split"]
-        n = VOC_SIZES.get(("Main", "2007", split)) if split else None
-        if n is None and Path(profile_images(profile)).is_dir():
-            from pretrain.data import list_images
-            n = len(list_images(profile_images(profile)))
-        fits = n is not None and ImageCache.fits(n, cfg["load_size"])
-    else:
-        from transfer.classification.stages import CACHE_LIMIT_BYTES as CLASSIFY_LIMIT
-        from transfer.segmentation.data import CACHE_LIMIT_BYTES as SEGMENT_LIMIT
-        if counts is None:
-            return []
-        image_bytes = size * size * 3 * 3 // 4  # a 4:3 photo of longer side `size`, decoded
-        fits = (sum(counts) * image_bytes < CLASSIFY_LIMIT if stage == "classify" else
-                max(counts) * image_bytes < SEGMENT_LIMIT)  # segmentation decides per split
-    return ["--cache", "on" if fits else "off"]
-
-
-def profile_images(profile):
-    images = (profile.get("pretrain") or {}).get("images") or (profile.get("common") or {}).get("images") or "."
-    return _profile_path(profile, images)
+    fits = own.cache_fits(_stage_config(profile, stage), counts, size)
+    return [] if fits is None else ["--cache", "on" if fits else "off"]
 
 
 def runs_of(profile, stage):
     """The runs of a stage in the profile's full run: one per initialisation that trains or extracts features
     (ce-untrained's pretraining is 0 steps; hog is computed on the CPU, not checked; supervised needs its file)."""
     spec = ((profile.get("run") or {}).get("stages") or {}).get(stage) or {}
-    inits = spec.get("inits", ["ce"] if stage == "pretrain" else [])
-    skip = {"hog", "ce-untrained"} if stage == "pretrain" else {"hog"}
+    inits = spec.get("inits", ["ce"] if stage_row(stage).runs == "pretrain" else [])
+    skip = {"hog", "ce-untrained"} if stage_row(stage).runs == "pretrain" else {"hog"}
     if not (profile.get("run") or {}).get("supervised"):
         skip.add("supervised")
     return [i for i in inits if i not in skip]
@@ -224,6 +213,9 @@ def main(argv=None):
     opts = get_args_parser().parse_args(argv)
     if opts.check_steps < 1 or opts.check_warmup < 0 or opts.check_images < 2 or opts.check_test_images < 1:
         raise CebenchError("--check-steps, --check-images (at least 2) and --check-test-images must be positive")
+    from cebench.files import atomic_write_json, atomic_write_text, make_dirs  # after parsing: they import torch
+    from cebench.records import git_info, results_dir
+    from evaluation.experiments.stage_checks import check_stage
     profile, log = get_profile(opts.profile), get_logger("check")
     name = profile["_name"]
     out_dir = make_dirs(Path(opts.out_dir) if opts.out_dir else results_dir(f"{name}-check"))
@@ -234,8 +226,8 @@ def main(argv=None):
         log.info("checking %s (%d + %d steps)", stage, opts.check_warmup, opts.check_steps)
         counts, sizes_from = _full_counts(profile, stage, opts)
         cache = full_run_cache(profile, stage, counts, size) if size else []
-        if stage == "detect":  # the check's proposals stay with the check, not in the runs' shared cache
-            cache += ["--proposals-cache", str(out_dir / "proposals")]
+        if hasattr(_hooks(stage), "check_flags"):  # e.g. detection's proposals: kept with the check
+            cache += _hooks(stage).check_flags(out_dir)
         try:
             row = check_stage(stage, ["--profile", name, *data_flags[stage], *cache, *_run_flags(opts)],
                               steps=opts.check_steps, warmup=opts.check_warmup, counts=counts, data_label=label,

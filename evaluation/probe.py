@@ -5,8 +5,8 @@ the classification transfer, Krähenbühl et al.'s rescaling included; each laye
 to Zhang et al.'s ~9,000-d grid and a linear classifier per class is fitted on the training split's centre views,
 then scored on the test split with bootstrap intervals: `--classifier logistic` (Zhang et al.'s; C chosen on a
 held-out part of the training views) or `--classifier svm` (Goyal et al.'s VOC07 SVM benchmark as VISSL runs it:
-L2-normalised features, LinearSVC per class, cost per class by 3-fold cross-validated AP;
-evaluation.experiments.probe_svm).
+L2-normalised features, LinearSVC per class, cost per class by 3-fold cross-validated AP). Features and
+classifiers: transfer.classification.probe, shared with `transfer.classify --probe`.
 
     python -m evaluation.probe --profile voc-mini --weights results/voc-mini/ce.pt
     python -m evaluation.probe --profile voc-mini --weights kmeans --classifier svm --threads 2
@@ -28,10 +28,9 @@ from cebench.runtime import autocast, default_num_workers, start_run
 from evaluation.experiments import probe_run as run
 from evaluation.experiments.features import ContextImages
 from evaluation.experiments.probe_run import CLASSIFIERS
-from evaluation.experiments.probe_svm import SVM_COSTS
 from pretrain.weights import weights_label
-from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
-                                           state_fingerprint)
+from transfer.classification.probe import (LAYERS, SVM_COSTS, ZHANG_GRIDS, assert_unchanged, frozen_features,
+                                           layer_shapes, state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
 from transfer.stages import check_positive, init_label
 from voc.devkit import load_split
@@ -99,7 +98,7 @@ def features(encoder, split, cfg, device, desc):
     loader = torch.utils.data.DataLoader(ContextImages(split.image_paths, cfg["input_size"]),
                                          batch_size=cfg["batch_size"], num_workers=workers)
     grids = {n: ZHANG_GRIDS[n] for n in cfg["layers"]}
-    return conv_features(encoder, loader, device, grids, max_batches=cfg["max_steps"], desc=desc)
+    return frozen_features(encoder, loader, device, grids, max_batches=cfg["max_steps"], desc=desc)
 
 
 def _out_path(cfg, label):

@@ -87,6 +87,16 @@ def test_runs_cache_and_totals_of_the_repository_profiles():
     assert check.stage_total(row) == 23.0
 
 
+def test_every_checked_stage_has_its_hooks_in_its_own_package():
+    from evaluation.experiments.stage_checks import hooks, stage_parser
+
+    for stage in STAGES:
+        own = hooks(stage)
+        assert callable(own.counts) and callable(own.bench) and own.IMAGE_SETS in (None, "Main", "Segmentation")
+        assert own.SPLITS is None or all(k in vars(stage_parser(stage).parse_args([])) for k in own.SPLITS)
+    assert hooks("pretrain").__name__ == "pretrain.check" and hooks("segment").IMAGE_SETS == "Segmentation"
+
+
 def test_run_all_check_runs_evaluation_check_and_nothing_else(capsys):
     result = run_all(["smoke", "--check", "--check-steps", "3", "--threads", "1", "--dry-run"])
     printed = capsys.readouterr().out

@@ -10,8 +10,8 @@ from cebench.errors import CebenchError
 from cebench.records import read_record
 from evaluation import probe
 from pretrain.model import AlexNetEncoder
-from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, conv_features, fit_predict, layer_shapes, select_c,
-                                           standardise_and_rotate)
+from transfer.classification.probe import (LAYERS, POOL5, ZHANG_GRIDS, fit_predict, frozen_features, layer_shapes,
+                                           select_c, standardise_and_rotate)
 
 SMALL = ["--profile", "smoke", "--input-size", "64", "--width", "0.25", "--fc-dim", "32", "--base-size", "72",
          "--rescale-images", "4", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--n-boot", "200",
@@ -36,7 +36,7 @@ def test_layers_pool_to_zhang_et_al_grids_of_about_9000_dims(size, maps):
 def test_conv_features_are_pooled_relu_outputs_in_order():
     encoder = AlexNetEncoder(width=0.25).eval()
     images = torch.randint(0, 256, (3, 3, 128, 128), dtype=torch.uint8)
-    feats = conv_features(encoder, [(images, None)], "cpu")
+    feats = frozen_features(encoder, [(images, None)], "cpu")
     assert [feats[n].shape for n in LAYERS] == [(3, 24 * 100), (3, 64 * 36), (3, 96 * 25), (3, 96 * 25),
                                                 (3, 64 * 36)]
     assert all((f >= 0).all() for f in feats.values())  # averages of ReLU outputs
@@ -48,6 +48,24 @@ def test_conv_features_are_pooled_relu_outputs_in_order():
     by_hand = conv1.view(3, 24, 10, 3, 10, 3).mean(dim=(3, 5)).flatten(1)
     # tolerance: the same sums in another order (float32)
     np.testing.assert_allclose(feats["conv1"], by_hand.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_views_of_an_item_are_averaged_or_kept_as_rows_in_one_pass_with_pool5():
+    encoder = AlexNetEncoder(width=0.25).eval()
+    views = torch.randint(0, 256, (2, 3, 3, 64, 64), dtype=torch.uint8)  # 2 items x 3 views
+    layers = {POOL5: None, "conv2": 2}
+    rows = frozen_features(encoder, [(views, None)], "cpu", layers, average_views=False)
+    flat = frozen_features(encoder, [(views.flatten(0, 1), None)], "cpu", layers)  # the same 6 images, one view each
+    assert all(np.array_equal(rows[n], flat[n]) for n in layers) and rows["conv2"].shape == (6, 64 * 4)
+    from pretrain.data import normalize
+
+    with torch.no_grad():
+        pool5 = encoder.forward_features(normalize(views[1, 2:], "cpu")).flatten(1)
+    # item-major: item 1's third view is the sixth row (tolerance: a batch of 1, not 6, may take another kernel)
+    np.testing.assert_allclose(rows[POOL5][5:], pool5.numpy(), rtol=1e-5, atol=1e-6)
+    averaged = frozen_features(encoder, [(views, None)], "cpu", layers)
+    for n in layers:  # tolerance: a float32 mean of three rows, computed by torch against numpy
+        np.testing.assert_allclose(averaged[n], rows[n].reshape(2, 3, -1).mean(axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_select_c_prefers_the_value_that_generalises():

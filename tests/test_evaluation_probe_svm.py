@@ -1,9 +1,9 @@
-"""The VOC07 linear-SVM probe (evaluation.experiments.probe_svm, Goyal et al. 2019 as VISSL runs it)."""
+"""The VOC07 linear-SVM probe (transfer.classification.probe, Goyal et al. 2019 as VISSL runs it)."""
 
 import numpy as np
 import pytest
 
-from evaluation.experiments.probe_svm import SVM_COSTS, l2_normalise, svm_probe
+from transfer.classification.probe import SVM_COSTS, l2_normalise, svm_probe
 
 
 def test_svm_probe_separates_classes_and_chooses_a_cost_per_class_from_the_grid():

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from cebench import config, records, suite_args
-from cebench.stages import STAGES, names, spoken, stage
+from cebench.stages import CHECKED, STAGES, names, spoken, stage
 from evaluation import report
 from evaluation.reporting import paper_tables
 
@@ -42,6 +42,10 @@ def test_the_lists_of_stages_are_read_from_the_table():
     assert spoken(names(trains=True)) == "pretrain, classify, detect and segment" and spoken(["a"]) == "a"
     assert stage("probe").module == "evaluation.probe" and stage("tables").runs == "once"
     assert "pretrain, classify, detect and segment" in suite_args.get_args_parser().format_help()
+
+
+def test_the_check_measures_the_stages_with_hooks_those_that_train_first():
+    assert CHECKED == ("pretrain", "classify", "detect", "segment", "probe", "retrieval", "inpainting")
 
 
 def test_a_toy_stage_added_as_one_row_appears_in_the_dry_run(tmp_path):

@@ -32,6 +32,13 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
                "tvmonitor")
 CLASS_INDEX = {name: i for i, name in enumerate(VOC_CLASSES)}
 IGNORE_LABEL = 255  # void / object border in SegmentationClass masks
+# Images per split of the official devkits (ImageSets/Main for 2007, ImageSets/Segmentation for segmentation), by
+# (ImageSets folder, year, split): the full runs' sizes where a profile's data is absent (run_all's --check).
+DEVKIT_SIZES = {("Main", "2007", "train"): 2501, ("Main", "2007", "val"): 2510, ("Main", "2007", "trainval"): 5011,
+                ("Main", "2007", "test"): 4952, ("Segmentation", "2012", "train"): 1464,
+                ("Segmentation", "2012", "val"): 1449, ("Segmentation", "2012", "seg11valid"): 736,
+                ("Segmentation", "2007", "train"): 209, ("Segmentation", "2007", "val"): 213,
+                ("Segmentation", "2007", "trainval"): 422, ("Segmentation", "2007", "test"): 210}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """The stages of `python -m evaluation.probe`: backbone and rescaling as the classification transfer, one layer's
-probe (logistic regression or the VOC07 SVM), and the result record."""
+scores and their record fields (its features and classifiers: transfer.classification.probe), and the result
+record."""
 
 import warnings
 
@@ -7,8 +8,7 @@ from cebench.records import make_record, percent
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
 from pretrain.weights import trunk_of
 from transfer.backbone import build_backbone, rescale_backbone_
-from evaluation.experiments.probe_svm import CV_FOLDS, SVM_SETTINGS, svm_probe
-from transfer.classification.probe import fit_predict, select_c, standardise_and_rotate
+from transfer.classification.probe import CV_FOLDS, SVM_SETTINGS, logistic_probe, svm_probe
 from transfer.classification.stages import AP_DEFINITION, calibration_views
 from voc.devkit import VOC_CLASSES, dataset_name
 
@@ -49,14 +49,8 @@ def rescale(backbone, info, train, cfg, device, log):
 
 def _logistic(train_x, train_y, test_x, cfg):
     """C chosen on held-out training images, refit on all of them: (test logits (N_test, 20), record fields)."""
-    cs = sorted(cfg["cs"])
-    opts = {"max_iter": cfg["max_iter"], "n_jobs": max(1, cfg["threads"]), "standardize": False}
-    train_x, test_x = standardise_and_rotate(train_x, test_x)  # exact: the same probe, cheaper iterations
-    if len(cs) > 1:
-        c, held = select_c(train_x, train_y, cs, cfg["held_out"], seed=cfg["seed"], **opts)
-    else:
-        c, held = cs[0], {}
-    scores = fit_predict(train_x, train_y, test_x, c=c, **opts)
+    scores, c, held = logistic_probe(train_x, train_y, test_x, cfg["cs"], held_out=cfg["held_out"], seed=cfg["seed"],
+                                     max_iter=cfg["max_iter"], n_jobs=max(1, cfg["threads"]))
     return scores, {"c": c, "held_out_map": {f"{k:g}": percent(v) for k, v in held.items()}}
 
 

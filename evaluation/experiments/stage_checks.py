@@ -1,247 +1,72 @@
 """One stage of a profile checked for a few steps: its own step at the profile's precision, timed alone on a batch
 in memory and in the whole loop with its loader (cebench.speed.measure), peak memory, and the projected wall time
 of its full schedule. `python -m evaluation.check` (`bash run_all.sh PROFILE --check`) runs every stage with it.
+
+What is particular to a stage lives in its own package, in the hooks its row of the stage table names (`check`:
+a module, or `module:object`, e.g. pretrain/check.py, transfer/<task>/check.py,
+evaluation/experiments/feature_checks.py). Every stage's hooks have these names:
+
+- `SPLITS`: the config keys of its (training or gallery, test or query) VOC splits, None without VOC splits;
+  `IMAGE_SETS`: the devkit folder listing them (ImageSets/Main or ImageSets/Segmentation);
+- `counts(cfg)`: the images of those two splits;
+- `bench(cfg, rt, log, n_train, n_test)`: {bench (cebench.speed.Bench), images_per_step, steps (of the full
+  schedule), data_path, evaluations (a callable: the evaluation passes, each {what, seconds, how, once?}),
+  not_projected, and optionally step_unit, step_what};
+
+and where a stage needs them: `parser()` (default: its entry point's get_args_parser), `check_args(args, given)`
+(flags checked as its run checks them), `standin_flags(devkit, cfg)` (its data on the stand-in devkit; default
+its two splits as train and val), `min_train_images(cfg)` (the stand-in's training images it needs),
+`max_image_side(cfg)` (a cap on the stand-in's image size), `cache_fits(cfg, counts, size)` (whether the full run's
+images fit its --cache auto: True, False or None for unknown), `check_flags(out_dir)` (flags that keep its files
+with the check).
 """
 
-import dataclasses
 import gc
 import importlib
-import os
 import platform
-import time
-from functools import partial
 
 import torch
 
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.logs import get_logger
-from cebench.runtime import Runtime, default_num_workers, resolve_data_path, resolve_device, resolve_precision, \
-    seed_everything, set_threads
-from cebench.speed import Bench, measure, peak_memory, reset_peak_memory, seconds_per_call
-
-CHECKED = ("pretrain", "classify", "detect", "segment", "probe", "retrieval", "inpainting")
-TRANSFERS = ("classify", "detect", "segment")
-CHECK_TRAIN, CHECK_TEST = 64, 16  # detection images checked on (of larger splits): proposals are computed for them
+from cebench.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_threads
+from cebench.speed import measure, peak_memory, reset_peak_memory
+from cebench.stages import stage as stage_row
 
 
-def _head(split, n):
-    """The first `n` images of a DetectionSplit (its per-image lists cut alike)."""
-    per_image = ("ids", "image_paths", "sizes", "boxes", "labels", "difficult")
-    return dataclasses.replace(split, **{k: getattr(split, k)[:n] for k in per_image})
+def hooks(stage):
+    """The check hooks of a stage: what its row's `check` names (a module, or an object of one: `module:object`)."""
+    module, _, name = stage_row(stage).check.partition(":")
+    found = importlib.import_module(module)
+    return getattr(found, name) if name else found
 
 
-def _stage_parser(stage):
+def stage_parser(stage):
     """The stage's own parser: its flags and the profile's section apply as in a run."""
-    if stage == "pretrain":
-        from pretrain.train import get_args_parser
-        return get_args_parser(run_files=False)
-    module = {"classify": "transfer.classify", "detect": "transfer.detect", "segment": "transfer.segment",
-              "probe": "evaluation.probe", "retrieval": "evaluation.retrieval",
-              "inpainting": "evaluation.inpainting"}[stage]
-    return importlib.import_module(module).get_args_parser()
-
-
-def _selective_search_s(paths, settings):
-    """Mean seconds of selective search per image over `paths`, in this process (as one worker of the run's)."""
-    import cv2
-
-    from transfer.detection.proposals import selective_search
-    start = time.perf_counter()
-    for path in paths:
-        selective_search(cv2.imread(str(path)), settings)
-    return (time.perf_counter() - start) / len(paths)
-
-
-def _workers(cfg, default):
-    return cfg["workers"] if cfg.get("workers") is not None else default
-
-
-def _pretrain(cfg, rt, log, n_train, n_test):
-    from pretrain import loop
-    from pretrain.health import feature_health, health_views
-    from pretrain.speed import trainer_bench
-
-    dataset, _ = loop.build_dataset(cfg, log)
-    batch = next(iter(loop.make_train_loader(dataset, cfg, rt, 0, 1)))
-    bench, trainer = trainer_bench(cfg, rt, dataset, batch)
-    decode = loop.decode_mode(cfg, dataset, rt.device)
-    cached = "images cached in memory" if dataset.cache is not None else "images read from disk"
-    path = f"loader (workers: {_workers(cfg, default_num_workers())}), JPEGs decoded on the {decode}, {cached}"
-
-    def evaluations():
-        if not cfg["health_images"]:
-            return []
-        views = health_views(dataset.paths, cfg["health_images"], cfg["input_size"], cfg["seed"])
-        checks = -(-cfg["steps"] // cfg["ckpt_every"])
-        s = seconds_per_call(lambda: feature_health(trainer.model.encoder, views, rt.device), rt.device)
-        return [{"what": f"feature health on {len(views)} views at each of {checks} checkpoints", "seconds": s * checks,
-                 "how": f"measured: {s:.2f} s per checkpoint"}]
-
-    return {"bench": bench, "images_per_step": cfg["batch_size"], "steps": cfg["steps"], "data_path": path,
-            "evaluations": evaluations, "not_projected": ["figures and ce.pt writing at the end (seconds)"]}
-
-
-def _transfer(stage, cfg, rt, log, n_train, n_test):
-    """A transfer's engine step (per micro-batch) and its final evaluation, with the stage's own data and model."""
-    from transfer import stages
-    from transfer.speed import engine_bench
-
-    extra, notes = [], ["Krähenbühl rescaling and feature health of the init (a few batches, once per run)"]
-    if stage == "classify":
-        from transfer.classification import stages as run
-        from transfer.classification.task import ClassificationTask
-        train, test = run.load_data(cfg, log)
-        cached = train._cache is not None
-        workers = stages.data_workers(cfg, cached=cached)
-        backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-        model = run.classifier(backbone, cfg)
-        task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
-                                  num_workers=workers)
-        from transfer.classification.device_views import DeviceImages
-        nbytes = DeviceImages.nbytes(train)
-
-        def choose(name):
-            return run.choose_data_path(task, train, dict(cfg, data_path=name), rt.device)
-        what = f"test pass, {cfg['test_crops']} crops per image"
-    elif stage == "detect":
-        from transfer.detection import stages as run
-        from transfer.detection.task import DetectionTask
-        # the check's share of each split (selective search of whole splits would take the check's minutes)
-        splits = [_head(split, n) for split, n in zip(run.load_splits(cfg, log), (CHECK_TRAIN, CHECK_TEST),
-                                                        strict=True)]
-        proposals, _ = run.load_proposals(cfg, splits, rt, log)
-        if not cfg["proposals"]:  # timed apart from the cache, on a few images in this one process
-            per_image, workers = _selective_search_s(splits[0].image_paths[:4], run.proposal_settings(cfg)), \
-                cfg["ss_workers"] or os.cpu_count() or 1
-            extra.append({"what": "selective search of both splits (CPU; once: cached for every later run)",
-                          "seconds": per_image * (n_train + n_test) / workers, "once": True,
-                          "how": f"measured: {per_image:.3f} s per image on 4 of the check's images (their content, "
-                                 f"not the real photos'), times the full splits' images, over {workers} processes"})
-        train, test = run.datasets(cfg, splits, proposals)
-        cached, workers = False, stages.data_workers(cfg, cached=False)
-        model, _ = run.build(cfg, num_classes=len(splits[0].classes) + 1)
-        task = DetectionTask(train, test, device=rt.device, num_workers=workers,
-                             test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
-                                            "max_per_image": cfg["max_dets"]})
-        from transfer.detection.device_data import DeviceImages, choose_data_path
-        nbytes, choose = DeviceImages.estimate_nbytes(train), partial(choose_data_path, task, train, device=rt.device)
-        what = "test pass (every proposal scored, per-class NMS)"
-    else:
-        from transfer.segmentation import stages as run
-        from transfer.segmentation.task import SegmentationTask
-        train, test, _ = run.load_data(cfg, log)
-        cached = train.cached
-        workers = stages.data_workers(cfg, cached=cached)
-        backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-        model = run.fcn(backbone, cfg)
-        task = SegmentationTask(train, test, loss_normalization=cfg["loss_normalization"], prediction_dir=None,
-                                n_examples=0, show_progress=False)
-        from transfer.segmentation.device_data import DeviceImages, choose_data_path
-        nbytes, choose = DeviceImages.estimate_nbytes(train), partial(choose_data_path, task, train, device=rt.device)
-        what = "test pass, whole images one at a time"
-    # the full run's data path: --data-path auto weighs the full split's images (the check's, scaled to its count)
-    chosen = choose(resolve_data_path(cfg["data_path"], rt.device, nbytes * max(1, n_train) / len(train)))
-    config = stages.train_config(cfg, workers)
-    bench = engine_bench(task, model, config, rt)
-    micro = cfg["batch_size"] // cfg["accum_steps"]
-
-    def evaluations():
-        from transfer.engine import evaluate_main
-        s = seconds_per_call(lambda: evaluate_main(task, model, rt), rt.device)
-        per_image = s / len(test)
-        return extra + [{"what": f"{what}, {n_test} images", "seconds": per_image * n_test,
-                         "how": f"measured: {per_image:.4f} s per image over the check's {len(test)} test images"}]
-
-    path = f"loader (workers: {workers}), " + ("images cached in memory" if cached else "images read from disk")
-    path = "device (images decoded once onto it, no workers)" if chosen == "device" else path
-    return {"bench": bench, "images_per_step": micro, "steps": cfg["steps"] * cfg["accum_steps"],
-            "step_unit": "micro-batch" if cfg["accum_steps"] > 1 else "step", "data_path": path,
-            "evaluations": evaluations, "not_projected": notes}
-
-
-def _features(stage, cfg, rt, log, n_train, n_test):
-    """The forward pass of the evaluation's features (pool5 of the trunk; for inpainting the whole context encoder)
-    on batches in memory, and with the loader, over the check's images."""
-    from evaluation.experiments.features import Extractor, hole_mask, make_loader
-    from evaluation.experiments.imagesets import gallery_and_queries, voc_images
-    from pretrain.data import normalize
-    from pretrain.masks import apply_mask
-    from pretrain.model import ContextEncoder
-    from pretrain.weights import load_encoder, trunk_of
-
-    if stage == "probe":
-        sets = [voc_images(cfg["voc_root"], cfg["year"], cfg[k]) for k in ("train_split", "test_split")]
-    else:
-        sets = list(gallery_and_queries(cfg))
-    paths, size, batch_size = [p for s in sets for p in s.paths], cfg["input_size"], cfg["batch_size"]
-    encoder, _ = load_encoder("random", arch=trunk_of(cfg), seed=cfg["seed"])  # a ce.pt's trunk has these shapes
-    extractor = Extractor("pool5", encoder, rt.device, rt.precision)
-    mask = hole_mask(size)
-    workers = _workers(cfg, default_num_workers())
-    if stage == "inpainting":  # the context encoder's fill: encoder, channel-wise FC and decoder
-        model = ContextEncoder(extractor.encoder, input_size=size).to(rt.device).eval()
-
-        @torch.inference_mode()
-        def step(batch, _):
-            with rt.autocast():
-                return model(apply_mask(normalize(batch[0], rt.device), mask.to(rt.device))).float().cpu()
-        what = "the context encoder's fill (encoder and decoder) of every gallery and query image: an upper bound"
-    else:
-        def step(batch, _):
-            return extractor.batch(batch[0], batch[1], mask)
-        what = "pool5 features of every image (the probes' conv1-conv5 come from the same pass)" if stage == "probe" \
-            else "pool5 features of the gallery and the queries"
-
-    def batches(start, n, workers=workers):  # the check's images, repeated as often as n full batches need
-        need = n * batch_size
-        return make_loader((paths * (-(-need // len(paths))))[:need], size, extractor, batch_size, workers)
-
-    bench = Bench(step=step, batch=next(iter(batches(0, 1, workers=0))), batches=batches)
-    left = {"probe": "the logistic regressions (scikit-learn, CPU) and the rescaling views",
-            "retrieval": "the exact search (faiss) and the bootstrap", "inpainting": "the nearest-neighbour search "
-            "and the error metrics"}[stage]
-    return {"bench": bench, "images_per_step": batch_size, "steps": -(-(n_train + n_test) // batch_size),
-            "step_unit": "batch", "step_what": what, "data_path": f"loader (workers: {workers}), images read from disk",
-            "evaluations": list, "not_projected": [left]}
-
-
-def _counts(stage, cfg):
-    """(training or gallery, test or query) images of the splits checked on."""
-    if stage == "pretrain":
-        return 0, 0
-    from voc.devkit import read_image_set
-    if stage == "segment":
-        from transfer.segmentation.data import find_year
-        year = find_year(cfg["voc_root"], cfg["train_split"], cfg["year"])
-        return tuple(len(read_image_set(cfg["voc_root"], year, cfg[k], kind="Segmentation"))
-                     for k in ("train_split", "test_split"))
-    keys = ("gallery_split", "query_split") if stage in ("retrieval", "inpainting") else ("train_split", "test_split")
-    return tuple(len(read_image_set(cfg["voc_root"], cfg["year"], cfg[k])) for k in keys)
+    own = getattr(hooks(stage), "parser", None)
+    return own() if own else importlib.import_module(stage_row(stage).module).get_args_parser()
 
 
 def check_stage(stage, argv, *, steps, warmup, counts=None, data_label="", sizes_from="the data checked on"):
     """The row of one stage: its flags `argv` (the profile's section applies), `steps` timed steps per side;
     `counts`: (training or gallery, test or query) images of the full run (default: those checked on)."""
-    parser = _stage_parser(stage)
+    own = hooks(stage)
+    parser = stage_parser(stage)
     args = parse_with_profile(parser, argv, stage)
-    if stage == "pretrain":
-        from pretrain.train import check_args
-        check_args(args, given=command_line_dests(parser, argv))
+    if hasattr(own, "check_args"):
+        own.check_args(args, command_line_dests(parser, argv))
     cfg = resolved_config(args)
     set_threads(cfg["threads"])
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     rt = Runtime(device=device, precision=resolve_precision(cfg["precision"], device))
     log = get_logger("check")
-    n_train, n_test = counts or _counts(stage, cfg)
+    n_train, n_test = counts or own.counts(cfg)
     gc.collect()  # the previous stage's model and batches go before this stage's peak is counted
     if device.type == "cuda":
         torch.cuda.empty_cache()
     reset_peak_memory(device)
-    if stage == "pretrain":
-        built = _pretrain(cfg, rt, log, n_train, n_test)
-    else:
-        built = (_transfer if stage in TRANSFERS else _features)(stage, cfg, rt, log, n_train, n_test)
+    built = own.bench(cfg, rt, log, n_train, n_test)
     rates = measure({rt.precision: built["bench"]}, images_per_step=built["images_per_step"], device=device,
                     rounds=1, warmup=warmup, steps=steps)[rt.precision]
     evaluations = built["evaluations"]()

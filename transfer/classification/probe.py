@@ -1,10 +1,23 @@
-"""Frozen-feature linear probes: logistic regression per class on standardised features (fast comparisons).
+"""Frozen features and the linear classifiers fitted on them: the one home of both probes of the suite.
 
-`linear_probe` (transfer.classify --probe): pool5 of `train_views` random views of each training image (the
-fine-tuning augmentation); test features are pool5 averaged over the test crops, so scores are the probe's logits
-averaged over crops. `conv_features` (evaluation.probe): conv1..conv5 after ReLU, each average-pooled to a grid of
-about 9,000 dimensions (Zhang et al. 2016). Difficult labels are left out of each class's fit. The backbone is
-checked afterwards to be unchanged (MoCo's sanity check).
+Features (`frozen_features`): any of pool5 and conv1..conv5 after ReLU of a frozen trunk, in one pass per batch,
+each conv layer average-pooled (adaptive) to a grid (Zhang et al. 2016: about 9,000 dimensions); views of one
+image are averaged or kept as rows. Classifiers, per class on the training images without the class's difficult
+ones: a logistic regression on standardised features (`fit_predict`, `select_c`, `logistic_probe`; Zhang et al.)
+and the VOC07 linear SVM of Goyal et al. (ICCV 2019) as fair_self_supervision_benchmark and VISSL run it
+(`svm_probe`).
+
+Users: `python -m transfer.classify --probe` (`linear_probe`: pool5 of `train_views` random views of each training
+image, the fine-tuning augmentation; test features pool5 averaged over the test crops, so scores are the probe's
+logits averaged over crops) and `python -m evaluation.probe` (each layer of one centre view; its record:
+evaluation.experiments.probe_run). The backbone is checked afterwards to be unchanged (MoCo's sanity check).
+
+The SVM is VISSL's `vissl/utils/svm_utils/svm_trainer.py` with `configs/config/benchmark/
+linear_image_classification/voc07/eval_alexnet_8gpu_transfer_voc07_svm.yaml`: features L2-normalised
+(x / (|x| + 1e-5)); per class a one-vs-rest sklearn LinearSVC (squared hinge, L2, dual, tol 1e-4, max_iter 2000,
+class_weight {1: 2, -1: 1}); for every cost of the grid the 3-fold cross-validated AP (`cross_val_score(...,
+cv=3, scoring="average_precision")`) on the training images, the cost of the best mean AP kept per class, its SVM
+fitted on all training images scores the test images.
 """
 
 import warnings
@@ -12,10 +25,12 @@ import warnings
 import numpy as np
 import torch
 from joblib import Parallel, delayed
+from sklearn.decomposition import PCA
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.decomposition import PCA
+from sklearn.model_selection import cross_val_score
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
 from torch.nn import functional as F
 
 from cebench.errors import CebenchError
@@ -23,18 +38,6 @@ from cebench.logs import progress
 from evaluation.metrics import classification_map
 from transfer.backbone import normalize
 from transfer.classification.data import TestViews
-
-
-@torch.no_grad()
-def pool5_features(backbone, views, device, batch_size=16, average=True, desc="features"):
-    """pool5 of every view, flattened: (N, D) averaged over each item's views, or (N * views, D)."""
-    loader = torch.utils.data.DataLoader(views, batch_size=batch_size)
-    out = []
-    for crops, _ in progress(loader, desc=desc, leave=False):
-        n, k = crops.shape[:2]
-        feats = backbone.forward_features(normalize(crops.flatten(0, 1), device)).flatten(1).float().cpu()
-        out.append(feats.view(n, k, -1).mean(dim=1) if average else feats)
-    return torch.cat(out).numpy()
 
 
 def state_fingerprint(module):
@@ -78,26 +81,40 @@ def layer_shapes(encoder, input_size, grids=ZHANG_GRIDS):
                 "dims": shapes[n][0] * grids[n] ** 2} for n in grids}
 
 
+POOL5 = "pool5"  # the trunk's output (forward_features), flattened as it is: (C, h, w) -> C*h*w
+
+
 @torch.no_grad()
-def conv_features(encoder, loader, device, grids=ZHANG_GRIDS, max_batches=None, desc="features"):
-    """{layer: float32 (N, C*g*g)} of normalised uint8 batches (images, _) from `loader`, pooled in forward hooks."""
+def frozen_features(encoder, loader, device, layers=ZHANG_GRIDS, *, average_views=True, max_batches=None,
+                    desc="features"):
+    """{layer: float32 (N, D)} of a frozen trunk over the normalised uint8 batches (images, _) of `loader`.
+
+    `layers`: {name: grid} of `POOL5` (grid None: as it is) and conv1..conv5 after ReLU (average-pooled in forward
+    hooks to g x g: the map itself is never kept). Images (B, 3, S, S) are one view each; (B, K, 3, S, S) are K
+    views of each item, averaged (`average_views`) or kept as K rows per item in order.
+    """
     encoder.to(device).eval()
     batch = {}
 
     def keep(name):
-        def hook(module, inputs, output):  # (B, C, h, w) after ReLU -> (B, C*g*g): the map itself is never kept
-            batch[name] = F.adaptive_avg_pool2d(output, grids[name]).flatten(1).float().cpu()
+        def hook(module, inputs, output):  # (B, C, h, w) after ReLU -> (B, C*g*g)
+            batch[name] = F.adaptive_avg_pool2d(output, layers[name]).flatten(1).float().cpu()
         return hook
 
-    hooks = [m.register_forward_hook(keep(n)) for n, m in relu_after_convs(encoder).items() if n in grids]
-    out = {n: [] for n in grids}
+    hooks = [m.register_forward_hook(keep(n)) for n, m in relu_after_convs(encoder).items() if n in layers]
+    out = {n: [] for n in layers}
     try:
         for b, (images, _) in enumerate(progress(loader, desc=desc, leave=False)):
             if max_batches is not None and b >= max_batches:
                 break
-            encoder.forward_features(normalize(images, device))
-            for n in grids:
-                out[n].append(batch[n])
+            views = images.shape[1] if images.dim() == 5 else 1
+            pool5 = encoder.forward_features(normalize(images.flatten(0, images.dim() - 4), device))
+            if POOL5 in layers:
+                batch[POOL5] = pool5.flatten(1).float().cpu()
+            for n in layers:
+                feats = batch[n]
+                out[n].append(feats.view(len(images), views, -1).mean(dim=1) if average_views and views > 1
+                              else feats)
     finally:
         for h in hooks:
             h.remove()
@@ -132,7 +149,7 @@ def select_c(train_x, train_labels, cs, held_out=0.2, seed=0, max_iter=500, n_jo
     return max(cs, key=lambda c: (scores[c], -c)), scores  # ties: the stronger regularisation
 
 
-def _fit_class(train_x, y, test_x, cs, max_iter):
+def _fit_logistic_class(train_x, y, test_x, cs, max_iter):
     """Test decision values of one class's regressions for each C (ascending), each warm-started from the last."""
     clf = LogisticRegression(C=cs[0], max_iter=max_iter, warm_start=True)
     out = []
@@ -161,7 +178,7 @@ def fit_predict_path(train_x, train_labels, test_x, cs, max_iter=500, n_jobs=1, 
         y = train_labels[kept, c_idx] == 1
         if not (y.all() or not y.any()):  # else nothing to learn (fewer classes): constant scores, AP by chance
             fitted.append((c_idx, kept, y))
-    tasks = (delayed(_fit_class)(train_x[kept], y, test_x, cs, max_iter) for _, kept, y in fitted)
+    tasks = (delayed(_fit_logistic_class)(train_x[kept], y, test_x, cs, max_iter) for _, kept, y in fitted)
     results = Parallel(n_jobs=n_jobs, prefer="threads")(progress(tasks, total=len(fitted), desc="probe",
                                                                   leave=False))
     scores = {c: np.zeros((len(test_x), train_labels.shape[1])) for c in cs}
@@ -177,15 +194,82 @@ def fit_predict(train_x, train_labels, test_x, c=0.01, max_iter=500, n_jobs=1, s
                             standardize=standardize)[c]
 
 
+def logistic_probe(train_x, train_labels, test_x, cs, *, held_out=0.2, seed=0, max_iter=500, n_jobs=1):
+    """Zhang et al.'s probe of evaluation.probe: features standardised and rotated onto the training span, C chosen
+    among `cs` on a seeded held-out part of the training images (one value: fixed), refit on all of them.
+
+    Returns (test logits (N_test, classes), the C, {C: held-out mAP} ({} for a fixed C))."""
+    cs = sorted(cs)
+    opts = {"max_iter": max_iter, "n_jobs": n_jobs, "standardize": False}
+    train_x, test_x = standardise_and_rotate(train_x, test_x)  # exact: the same probe, cheaper iterations
+    if len(cs) > 1:
+        c, held = select_c(train_x, train_labels, cs, held_out, seed=seed, **opts)
+    else:
+        c, held = cs[0], {}
+    return fit_predict(train_x, train_labels, test_x, c=c, **opts), c, held
+
+
+# VISSL's VOC07 AlexNet config (SVM.costs.costs_list; its `base` power terms are off there).
+SVM_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
+SVM_SETTINGS = {"loss": "squared_hinge", "penalty": "l2", "dual": True, "tol": 1e-4, "max_iter": 2000,
+                "class_weight": {1: 2, -1: 1}, "intercept_scaling": 1.0}
+CV_FOLDS = 3
+
+
+def l2_normalise(features):
+    """VISSL's `_normalize_features`: each row divided by its L2 norm + 1e-5."""
+    return features / (np.linalg.norm(features, axis=1, keepdims=True) + 1e-5)
+
+
+def _svm(cost, max_iter):
+    return LinearSVC(C=cost, **dict(SVM_SETTINGS, max_iter=max_iter))
+
+
+def _fit_svm_class(train_x, y, test_x, costs, max_iter):
+    """One class: mean 3-fold CV AP per cost, the best cost's SVM refit on all -> (test scores, cost, {cost: AP})."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        cv_ap = {c: float(cross_val_score(_svm(c, max_iter), train_x, y, cv=CV_FOLDS,
+                                          scoring="average_precision").mean()) for c in costs}
+        best = max(costs, key=lambda c: (cv_ap[c], -c))  # np.argmax in VISSL: the first (smallest) of ties
+        clf = _svm(best, max_iter).fit(train_x, y)
+    return clf.decision_function(test_x), best, cv_ap
+
+
+def svm_probe(train_x, train_labels, test_x, costs=SVM_COSTS, max_iter=2000, n_jobs=1):
+    """Per class the VOC07 SVM on L2-normalised features: (test scores (N_test, classes), {class index: (cost,
+    {cost: CV AP})}). `train_labels` are VOC's 1 / -1 / 0 (difficult: left out of the class's training)."""
+    costs = sorted(costs)
+    train_x, test_x = l2_normalise(train_x), l2_normalise(test_x)
+    fitted = []
+    for c_idx in range(train_labels.shape[1]):
+        kept = train_labels[:, c_idx] != 0
+        y = train_labels[kept, c_idx].astype(int)
+        if len(np.unique(y)) == 2 and min((y == 1).sum(), (y == -1).sum()) >= CV_FOLDS:
+            fitted.append((c_idx, kept, y))  # else no SVM to fit (small splits): constant scores, AP by chance
+    tasks = (delayed(_fit_svm_class)(train_x[kept], y, test_x, costs, max_iter) for _, kept, y in fitted)
+    results = Parallel(n_jobs=n_jobs, prefer="threads")(progress(tasks, total=len(fitted), desc="svm",
+                                                                  leave=False))
+    scores, chosen = np.zeros((len(test_x), train_labels.shape[1])), {}
+    for (c_idx, _, _), (values, best, cv_ap) in zip(fitted, results, strict=True):
+        scores[:, c_idx], chosen[c_idx] = values, (best, cv_ap)
+    return scores, chosen
+
+
 def linear_probe(backbone, train_images, test_images, *, device, train_views=2, test_crops=10, c=0.01, seed=0):
     """Fit on frozen pool5 of the training views, score the test images; returns logits (N_test, 20)."""
     backbone.to(device).eval()
     before = state_fingerprint(backbone)
-    train_x = pool5_features(backbone, TestViews(train_images, train_views, seed, stream=5), device,
-                             average=False, desc="train features")
+    train_x = _pool5(backbone, TestViews(train_images, train_views, seed, stream=5), device, average_views=False,
+                     desc="train features")
     train_y = np.repeat(train_images.split.labels, train_views, axis=0)
-    test_x = pool5_features(backbone, TestViews(test_images, test_crops, seed, stream=4), device,
-                            desc="test features")
+    test_x = _pool5(backbone, TestViews(test_images, test_crops, seed, stream=4), device, desc="test features")
     scores = fit_predict(train_x, train_y, test_x, c=c)
     assert_unchanged(backbone, before)
     return scores
+
+
+def _pool5(backbone, views, device, batch_size=16, **kwargs):
+    """pool5 of a views dataset's items (TestViews), 16 images' views per batch."""
+    loader = torch.utils.data.DataLoader(views, batch_size=batch_size)
+    return frozen_features(backbone.encoder, loader, device, {POOL5: None}, **kwargs)[POOL5]

@@ -1,0 +1,47 @@
+"""Segmentation's hooks for `bash run_all.sh PROFILE --check` (evaluation.check; the stage table's `check` column):
+the engine's step on its crops, timed alone and in the loop, and its test pass over whole images (the names every
+stage's hooks share: evaluation.experiments.stage_checks)."""
+
+from functools import partial
+
+from transfer import check, stages
+from transfer.segmentation import stages as run
+from transfer.segmentation.data import CACHE_LIMIT_BYTES, find_year
+from transfer.segmentation.device_data import DeviceImages, choose_data_path
+from transfer.segmentation.task import SegmentationTask
+from voc.devkit import read_image_set
+
+SPLITS = ("train_split", "test_split")
+IMAGE_SETS = "Segmentation"
+
+
+def counts(cfg):
+    year = find_year(cfg["voc_root"], cfg["train_split"], cfg["year"])
+    return tuple(len(read_image_set(cfg["voc_root"], year, cfg[k], kind=IMAGE_SETS)) for k in SPLITS)
+
+
+def min_train_images(cfg):
+    """Images the stand-in's training split needs: one batch (the sampler refuses fewer)."""
+    return cfg["batch_size"]
+
+
+def cache_fits(cfg, counts, size):
+    """Whether the larger split, decoded at longer side `size`, fits segmentation's --cache auto (per split)."""
+    if counts is None:
+        return None
+    return max(counts) * check.image_bytes(size) < CACHE_LIMIT_BYTES
+
+
+def bench(cfg, rt, log, n_train, n_test):
+    train, test, _ = run.load_data(cfg, log)
+    cached = train.cached
+    workers = stages.data_workers(cfg, cached=cached)
+    backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
+    model = run.fcn(backbone, cfg)
+    task = SegmentationTask(train, test, loss_normalization=cfg["loss_normalization"], prediction_dir=None,
+                            n_examples=0, show_progress=False)
+    return check.engine_check(task, model, cfg, rt, train=train, test=test,
+                              what="test pass, whole images one at a time", workers=workers, cached=cached,
+                              n_train=n_train, n_test=n_test,
+                              nbytes=DeviceImages.estimate_nbytes(train),
+                              choose=partial(choose_data_path, task, train, device=rt.device))
