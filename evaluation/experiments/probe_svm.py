@@ -17,9 +17,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.svm import LinearSVC
 
 from cebench.logs import progress
-
-# VISSL's VOC07 AlexNet config (SVM.costs.costs_list; its `base` power terms are off there).
-SVM_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
+from evaluation.experiments.flags import SVM_COSTS  # the --svm-costs default, defined without scikit-learn
 SVM_SETTINGS = {"loss": "squared_hinge", "penalty": "l2", "dual": True, "tol": 1e-4, "max_iter": 2000,
                 "class_weight": {1: 2, -1: 1}, "intercept_scaling": 1.0}
 CV_FOLDS = 3
