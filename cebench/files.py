@@ -11,8 +11,6 @@ import stat
 import tempfile
 from pathlib import Path
 
-import torch
-
 from cebench.errors import CebenchError
 
 
@@ -148,6 +146,8 @@ def atomic_write_bytes(path, data):
 
 def atomic_torch_save(obj, path):
     """torch.save through a temporary file, so an interrupted save keeps the previous checkpoint intact."""
+    import torch  # here, not at the top: the parsers' modules import this one, and --help imports no torch
+
     return atomic_write(path, lambda f: torch.save(obj, f), "wb", raw=True)
 
 
@@ -255,6 +255,8 @@ def safe_torch_load(path, what="checkpoint"):
     path = Path(path)
     if not path.is_file():
         raise CebenchError(f"{what} not found: {path}")
+    import torch  # as in atomic_torch_save
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -52,6 +52,19 @@ def add_tensorboard_flag(group, where):
                        "pip install 'cebench[tensorboard]'; off: none). metrics.jsonl and a PNG are written anyway")
 
 
+def add_benchmark_args(parser):
+    """--bench-steps/--warmup/--rounds/--precisions/--json of both speed commands (pretrain.speed, transfer.speed)."""
+    g = parser.add_argument_group("benchmark")
+    g.add_argument("--bench-steps", type=int, default=8, help="timed steps per measurement")
+    g.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    g.add_argument("--rounds", type=int, default=2, help="rounds of (model-only, end-to-end) per precision, "
+                   "interleaved so that other load on the machine does not favour one side")
+    g.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="precisions to compare (default: fp32 and what the device runs natively)")
+    g.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return g
+
+
 RANDOM = "random"  # the weights spec of the Gaussian initialisation (the paper's "Random Gaussian" row)
 KMEANS = "kmeans"  # the weights spec (--weights kmeans) of Krähenbühl et al.'s init and the label of its records
 HEALTH_IMAGES = 400  # views of the fixed feature-health set (issue 15); tests and the smoke profile use fewer

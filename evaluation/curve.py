@@ -12,28 +12,13 @@ checkpoint). Writes curve.csv and curve.png; finished pieces are reused when the
 
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
-
-from cebench.config import benchmarks_path, entry_parser, parse_with_profile, positive_int, resolved_config
-from cebench.errors import CebenchError, run_cli
+from cebench.config import benchmarks_path, entry_parser, parse_config, positive_int
+from cebench.errors import run_cli
 from cebench.files import atomic_write_text
+from cebench.flags import add_threads_flag
 from cebench.locks import hold_outputs
 from cebench.logs import get_logger
-from cebench.records import read_record
-from cebench.flags import add_threads_flag
-from cebench.runtime import resolve_device, set_threads
-from evaluation import probe
-from evaluation.reporting.figures import curve_plot
-from pretrain import train
-from pretrain.data import InpaintingStream, normalize
-from pretrain.loop import snapshot_path
-from pretrain.losses import masked_l2
-from pretrain.masks import context_of
-from pretrain.weights import load_context_encoder
 from transfer.flags import add_voc_args
-from voc.devkit import load_split
 
 FRACTIONS = (0.0, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
@@ -62,83 +47,32 @@ def get_args_parser():
     return p
 
 
-def budget_steps(cfg, pretrain_cfg):
-    """(steps of the budget, sorted checkpoint steps)."""
-    steps = pretrain_cfg["steps"]
-    budget = min(steps, cfg["max_steps"]) if cfg["max_steps"] is not None else steps
-    if budget < 1 or any(not 0 <= f <= 1 for f in cfg["fractions"]):
-        raise CebenchError("the budget must be at least one step and --fractions within [0, 1]")
-    return budget, sorted({int(round(f * budget)) for f in cfg["fractions"]})
-
-
-def pretrain_with_snapshots(cfg, out_dir, budget, steps, log):
-    """Run (or finish) the pretraining that writes every checkpoint; returns their paths."""
-    ce = out_dir / "ce.pt"
-    paths = [snapshot_path(ce, s) for s in steps]
-    if all(p.is_file() for p in paths):
-        log.info("checkpoints found in %s: pretraining skipped", out_dir)
-        return paths
-    argv = ["--profile", cfg["profile"], "--out", str(ce), "--max-steps", str(budget), "--seed", str(cfg["seed"]),
-            "--device", cfg["device"], "--save-at", *map(str, steps), "--resume"]
-    train.main(argv + (["--threads", str(cfg["threads"])] if cfg["threads"] else []))
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:  # a resumed run does not go back to steps it had passed
-        raise CebenchError(f"{out_dir}: checkpoints {missing} are missing; remove the run's files to redo it")
-    return paths
-
-
-@torch.no_grad()
-def inpainting_loss(weights, image_paths, cfg, load_size, device):
-    """Mean per-image masked L2 (normalised pixels, the pretraining loss) of a checkpoint on fixed crops and masks."""
-    model, info = load_context_encoder(weights)
-    model.to(device).eval()
-    kind = info["meta"]["mask"]
-    stream = InpaintingStream(image_paths, model.input_size, load_size, kind, cfg["seed"])  # crops as in training
-    loader = torch.utils.data.DataLoader(stream, batch_size=cfg["batch_size"], shuffle=False)
-    losses = []
-    for images, masks, _ in loader:  # _: replaced images (none: --skip-bad is a training option)
-        target = normalize(images, device)
-        pred = model(context_of(target, masks.to(device), kind))
-        losses += [float(masked_l2(p[None], t[None], m[None])) for p, t, m in zip(pred, target, masks, strict=True)]
-    return float(np.mean(losses)), len(losses)
-
-
-def checkpoint_row(weights, step, budget, cfg, out_dir, loss_paths, load_size, device, log):
-    """One row of the curve: the probe record (run or reused) and the inpainting loss at one checkpoint."""
-    record_path = out_dir / f"probe_step{step}.json"
-    if not record_path.is_file():
-        argv = ["--profile", cfg["profile"], "--weights", str(weights), "--voc-root", cfg["voc_root"], "--year",
-                cfg["year"], "--seed", str(cfg["seed"]), "--device", cfg["device"], "--init-label", f"ce-step{step}",
-                "--out", str(record_path)]
-        probe.main(argv + (["--threads", str(cfg["threads"])] if cfg["threads"] else []))
-    record = read_record(record_path)
-    loss, n = inpainting_loss(weights, loss_paths, cfg, load_size, device)
-    meta = record.get("weights_meta") or {}
-    row = {"step": step, "fraction": step / budget, "images_seen": meta.get("images_seen"),
-           "val_inpainting_l2": loss, "loss_images": n}
-    for name, cell in record["layers"].items():
-        row.update({name: cell["value"], f"{name} low": cell["ci95"][0], f"{name} high": cell["ci95"][1]})
-    log.info("step %d: loss %.4f, probe %s", step, loss, {n: c["value"] for n, c in record["layers"].items()})
-    return row
-
-
 def main(argv=None):
-    # config: parser defaults < benchmarks.yaml profile < command line
-    cfg = resolved_config(parse_with_profile(get_args_parser(), argv, "curve"))
-    pretrain_cfg = vars(parse_with_profile(train.get_args_parser(), ["--profile", cfg["profile"]], "pretrain"))
+    # config: parser defaults < benchmarks.yaml profile < command line (--help and --print-config exit here)
+    cfg = parse_config(get_args_parser(), argv, "curve")
+    # what runs: pretraining, the probes, pandas and matplotlib
+    import pandas as pd
+
+    from cebench.runtime import resolve_device, set_threads
+    from evaluation.experiments import curve_run as run
+    from evaluation.reporting.figures import curve_plot
+    from pretrain import train
+    from voc.devkit import load_split
+
+    pretrain_cfg = parse_config(train.get_args_parser(), ["--profile", cfg["profile"]], "pretrain")
     set_threads(cfg["threads"])
     log = get_logger("curve")
     out_dir = Path(cfg["out_dir"] or benchmarks_path().parent / "results" / f"{cfg['profile']}-curve")
-    budget, steps = budget_steps(cfg, pretrain_cfg)
+    budget, steps = run.budget_steps(cfg, pretrain_cfg)
     with hold_outputs([out_dir]):  # a second curve into the same folder is refused (cebench.locks)
         # pretraining with a checkpoint at every fraction of the budget
-        weights = pretrain_with_snapshots(cfg, out_dir, budget, steps, log)
+        weights = run.pretrain_with_snapshots(cfg, out_dir, budget, steps, log)
         # data: the held-out images of the inpainting loss
         loss_paths = load_split(cfg["voc_root"], cfg["year"], cfg["loss_split"], check_images=False).image_paths
         loss_paths = loss_paths[:cfg["loss_images"]] if cfg["loss_images"] else loss_paths
         # probes and loss at each checkpoint
         device = resolve_device(cfg["device"])
-        rows = [checkpoint_row(w, s, budget, cfg, out_dir, loss_paths, pretrain_cfg["load_size"], device, log)
+        rows = [run.checkpoint_row(w, s, budget, cfg, out_dir, loss_paths, pretrain_cfg["load_size"], device, log)
                 for w, s in zip(weights, steps, strict=True)]
         table = pd.DataFrame(rows)
         csv = out_dir / "curve.csv"

@@ -19,17 +19,9 @@ from cebench.deps import require
 from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.locks import hold_outputs
+from cebench.flags import weights_spec
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
-from cebench.runtime import start_run
-from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
-                                             encoder_health, extract_features, hole_mask)
-from evaluation.reporting.figures import inpainting_grid
-from evaluation.experiments.fills import evaluate_fills
-from evaluation.experiments.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
-from evaluation.metrics.inpainting import summarize
-from evaluation.metrics.knn import KnnIndex
-from evaluation.metrics import interval_description
-from pretrain.weights import NoDecoderError, load_context_encoder
+from evaluation.experiments.flags import HOG, add_data_args, add_feature_args, add_run_args, features_label
 
 N_BOOT = 1000  # bootstrap resamples of the held-out images for the intervals
 
@@ -54,6 +46,8 @@ def load_decoder(cfg, info):
         return None
     if not info.get("ce_pt"):
         raise CebenchError(f"--decoder on needs a ce.pt as --weights, got {cfg['weights']!r}")
+    from pretrain.weights import NoDecoderError, load_context_encoder
+
     try:
         model, _ = load_context_encoder(cfg["weights"])
     except NoDecoderError:
@@ -68,6 +62,9 @@ def load_decoder(cfg, info):
 
 def method_record(cfg, info, method, errors, queries, started, extra, schedule, feature_health=None):
     """One result record: value = mean L2 (%), with L1, L2 and PSNR and their intervals in `scores`."""
+    from evaluation.experiments.imagesets import class_names, dataset_name, present
+    from evaluation.metrics.inpainting import summarize
+
     stats = summarize(errors, n_boot=N_BOOT, seed=cfg["seed"])
     scores = {name: {"value": round((1 if name == "psnr" else 100) * mean, 4),
                      "ci95": [round((1 if name == "psnr" else 100) * v, 4) for v in (low, high)],
@@ -85,10 +82,50 @@ def method_record(cfg, info, method, errors, queries, started, extra, schedule, 
         weights_meta=info["meta"], feature_health=feature_health, **schedule)
 
 
+def record_paths(cfg, label):
+    """The NN-inpainting record (--out, else results/<profile>/inpainting_<label>.json) and the decoder's beside it."""
+    out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", label))
+    return out, out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")
+
+
+def refuse_existing(cfg):
+    """Before any data is loaded: the records this run would write exist (unless --overwrite), named by the label
+    its --weights will get; the decoder's record counts when a decoder will be scored (--decoder on, or auto with
+    a ce.pt that holds one). The check runs again once the outputs are locked."""
+    if cfg["overwrite"]:
+        return
+    label = features_label(cfg)
+    out, out_decoder = record_paths(cfg, label)
+    refuse_overwrite(out)
+    if cfg["decoder"] == "on" or (cfg["decoder"] == "auto" and label != HOG and _holds_decoder(cfg["weights"])):
+        refuse_overwrite(out_decoder)
+
+
+def _holds_decoder(weights):
+    """Whether --weights is a ce.pt that holds a decoder (what --decoder auto scores); random and kmeans hold none."""
+    if weights in weights_spec.keywords:
+        return False
+    from pretrain.weights import holds_decoder  # torch: imported already, to read the file's label
+
+    return holds_decoder(weights)
+
+
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg = parse_config(get_args_parser(), argv, "inpainting")
+    cfg = parse_config(get_args_parser(), argv, "inpainting")  # --help and --print-config exit here
+    refuse_existing(cfg)  # an existing record is refused before any data is loaded (or the model code imported)
+    # what runs: torch, the features, faiss's search (imported once --help and --print-config have answered)
+    from cebench.runtime import start_run
+    from evaluation.experiments.features import (build_extractor, center_on_gallery, encoder_health,
+                                                 extract_features, hole_mask)
+    from evaluation.experiments.fills import evaluate_fills
+    from evaluation.experiments.imagesets import dataset_name, gallery_and_queries
+    from evaluation.metrics import interval_description
+    from evaluation.metrics.knn import KnnIndex
+    from evaluation.reporting.figures import inpainting_grid
+
+    # distributed, threads, seed, logger
     rt, log = start_run(cfg, "inpainting")
     require("faiss", "NN-inpainting (nearest neighbours)")  # before any data is read
     # data: gallery to borrow regions from, held-out images to fill
@@ -96,8 +133,7 @@ def main(argv=None):
     # model: the feature extractor, and the decoder when there is one
     extractor, info = build_extractor(cfg, rt.device, rt.precision, train_images=gallery.paths)
     decoder = load_decoder(cfg, info)
-    out = Path(cfg["out"] or default_record_path(cfg["profile"], "inpainting", info["init"]))
-    out_decoder = out.with_name(f"{out.stem}_decoder.json")  # by default record_name(..., "decoder")
+    out, out_decoder = record_paths(cfg, info["init"])
     with hold_outputs([out, out_decoder], rt):  # a second run on the same --out is refused (cebench.locks)
         for path in (out, out_decoder) if decoder is not None else (out,):
             refuse_overwrite(path, cfg["overwrite"])
@@ -117,7 +153,7 @@ def main(argv=None):
                                           workers=cfg["workers"], keep=keep)
         examples_png = inpainting_grid(out.with_name(f"{out.stem}.png"), examples, hole_mask(cfg["input_size"])[0, 0]
                                        .numpy(), f"held-out {dataset_name(cfg)} {cfg['query_split']}: NN with "
-                                       + ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}"))
+                                       + ("HOG" if cfg["features"] == HOG else f"pool5 of {info['init']}"))
         # result records
         protocol = {"hole": "central, half the height and width (1/4 of the area)", "pixels": "[0, 1], RGB",
                     "input": f"shorter side resized to {cfg['input_size']}, centre crop", "gallery": gallery.source,

@@ -15,25 +15,14 @@ classifiers: transfer.classification.probe, shared with `transfer.classify --pro
 import time
 from pathlib import Path
 
-import torch
-from threadpoolctl import threadpool_limits
-
 from cebench.config import entry_parser, non_negative_int, parse_config, positive_int
 from cebench.errors import CebenchError, run_cli
 from cebench.files import refuse_overwrite
+from cebench.flags import add_precision_flag, add_threads_flag
 from cebench.locks import hold_outputs
 from cebench.records import default_record_path, write_record
-from cebench.flags import add_precision_flag, add_threads_flag
-from cebench.runtime import autocast, default_num_workers, start_run
-from evaluation.experiments import probe_run as run
-from evaluation.experiments.features import ContextImages
-from evaluation.experiments.probe_run import CLASSIFIERS
-from pretrain.weights import weights_label
-from transfer.classification.probe import (LAYERS, SVM_COSTS, ZHANG_GRIDS, assert_unchanged, frozen_features,
-                                           layer_shapes, state_fingerprint)
-from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
-from transfer.stages import check_positive, init_label
-from voc.devkit import load_split
+from evaluation.experiments.flags import PROBE_CLASSIFIERS, probe_variant
+from transfer.flags import PROBE_LAYERS, SVM_COSTS, add_init_args, add_n_boot_flag, add_voc_args
 
 
 def get_args_parser():
@@ -53,8 +42,8 @@ def get_args_parser():
                    default=500, help="longer image side at scale 1 of the rescaling views "
                    "(match transfer.classify)")
     g = p.add_argument_group("probe")
-    g.add_argument("--layers", nargs="+", default=list(LAYERS), choices=LAYERS, help="layers to probe")
-    g.add_argument("--classifier", default="logistic", choices=list(CLASSIFIERS), help="logistic: Zhang et al.'s "
+    g.add_argument("--layers", nargs="+", default=list(PROBE_LAYERS), choices=PROBE_LAYERS, help="layers to probe")
+    g.add_argument("--classifier", default="logistic", choices=list(PROBE_CLASSIFIERS), help="logistic: Zhang et al.'s "
                    "logistic regression per class (--cs, --held-out); svm: the VOC07 linear-SVM benchmark of Goyal "
                    "et al. 2019 as VISSL runs it (--svm-costs; its records are a Table 3 row of their own)")
     g.add_argument("--cs", type=float, nargs="+", default=[1.0e-3, 1.0e-2, 1.0e-1], help="logistic: inverse L2 "
@@ -82,6 +71,8 @@ def get_args_parser():
 
 
 def check_config(cfg):
+    from transfer.stages import check_positive
+
     check_positive(cfg, ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"))
     for flag in ("cs", "svm_costs"):
         if any(c <= 0 for c in cfg[flag]):
@@ -94,6 +85,12 @@ def check_config(cfg):
 
 def features(encoder, split, cfg, device, desc):
     """{layer: (N, D)} of the centre views of a split (no hole: the probe sees whole images)."""
+    import torch
+
+    from cebench.runtime import default_num_workers
+    from evaluation.experiments.features import ContextImages
+    from transfer.classification.probe import ZHANG_GRIDS, frozen_features
+
     workers = default_num_workers() if cfg["workers"] is None else cfg["workers"]
     loader = torch.utils.data.DataLoader(ContextImages(split.image_paths, cfg["input_size"]),
                                          batch_size=cfg["batch_size"], num_workers=workers)
@@ -102,13 +99,24 @@ def features(encoder, split, cfg, device, desc):
 
 
 def _out_path(cfg, label):
-    return Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label, run.variant(cfg)))
+    return Path(cfg["out"] or default_record_path(cfg["profile"], "probe", label, probe_variant(cfg)))
 
 
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg = parse_config(get_args_parser(), argv, "probe")
+    cfg = parse_config(get_args_parser(), argv, "probe")  # --help and --print-config exit here
+    # what runs: torch, the backbone and rescaling of the classification transfer, scikit-learn's probes
+    from threadpoolctl import threadpool_limits
+
+    from cebench.runtime import autocast, start_run
+    from evaluation.experiments import probe_run as run
+    from pretrain.weights import weights_label
+    from transfer.classification.probe import assert_unchanged, layer_shapes, state_fingerprint
+    from transfer.stages import init_label
+    from voc.devkit import load_split
+
+    # distributed, threads, seed, logger
     rt, log = start_run(cfg, "probe", check=check_config)
     if not cfg["overwrite"]:  # an existing record is refused before any data is loaded
         refuse_overwrite(_out_path(cfg, cfg["init_label"] or weights_label(cfg["weights"])))

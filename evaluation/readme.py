@@ -11,14 +11,12 @@ import argparse
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from cebench.config import benchmarks_path
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path
 from cebench.logs import get_logger
-from evaluation.reporting import answer
-from evaluation.reporting.paper_tables import TABLE2_TASKS
+
+# pandas (evaluation.reporting's answer and tables) is imported where it is used: --help answers without it
 
 
 def get_args_parser():
@@ -33,12 +31,17 @@ def get_args_parser():
 
 
 def _cells(path):
+    import pandas as pd
+
     table = pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("key")
     return table, [c for c in table.columns if f"{c} low" in table and f"{c} high" in table]
 
 
 def answer_of(folder):
     """The answer table of a folder of table CSVs (Tables 2, 3 and 1 where present), or None."""
+    from evaluation.reporting import answer
+    from evaluation.reporting.paper_tables import TABLE2_TASKS
+
     folder = Path(folder)
     if not (folder / "table2.csv").is_file():
         return None
@@ -49,6 +52,8 @@ def answer_of(folder):
 
 
 def voc_mini_part(folder, repo):
+    from evaluation.reporting import answer
+
     found = answer_of(folder)
     if found is None:
         return None

@@ -9,19 +9,17 @@ import re
 import time
 from pathlib import Path
 
-import pandas as pd
-
 from cebench.config import benchmarks_path, command_line_dests, entry_parser, parse_with_profile
 from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, read_json
 from cebench.logs import get_logger
 from cebench.records import git_info, results_dir
 from cebench.stages import STAGES
-from evaluation.reporting import answer
-from evaluation.reporting import report_html as h
-from evaluation.reporting.cells import is_complete
-from evaluation.reporting.paper_tables import add_results_args, column_of, load_records, one_profile, variant_of
+from evaluation.reporting.flags import add_results_args
 from evaluation.tables import provenance
+
+# pandas (evaluation.reporting's tables and HTML pieces) is imported where it is used, once the command line is
+# parsed: --help and --print-config answer without it
 
 EXAMPLE_TITLES = {s.examples: s.example_title for s in STAGES if s.examples}  # file-name prefix -> heading
 SAMPLE_ROWS = ("rows: the input as the encoder sees it (hole grey), the output pasted into the hole, the original "
@@ -41,6 +39,8 @@ def _natural(path):
 
 def tables_html(results, shown_elsewhere):
     """Every table*.csv of the folder (Table 1, 2 and any later one), with the notes of its .md."""
+    from evaluation.reporting import report_html as h
+
     parts, seen = [], set(shown_elsewhere)
     for csv in sorted(results.glob("table*.csv"), key=_natural):
         title, notes = h.markdown_notes(csv.with_suffix(".md"))
@@ -52,6 +52,8 @@ def tables_html(results, shown_elsewhere):
 
 def _read_cells(path):
     """A table CSV of evaluation.tables as numbers, indexed by its key (None when the file is absent)."""
+    import pandas as pd
+
     if not path.is_file():
         return None, []
     table = pd.read_csv(path, keep_default_na=False, na_values=[""]).set_index("key")
@@ -63,6 +65,9 @@ def _read_cells(path):
 
 def answer_html(results, records):
     """The first section: ce against random init and the controls, from the tables' CSVs (the same cells)."""
+    from evaluation.reporting import answer, report_html as h
+    from evaluation.reporting.paper_tables import column_of
+
     (t2, columns2), (t3, layers), (t1, _) = (_read_cells(results / f"table{n}.csv") for n in (2, 3, 1))
     metrics2 = {column_of(r): r["metric"] for r in records if column_of(r) in columns2}
     found = answer.answer(t2, columns2, t3, layers, t1, metrics2)
@@ -79,11 +84,19 @@ def answer_html(results, records):
 
 def charts_html(results):
     """The charts evaluation.tables drew (table2.png: Table 2 with intervals, the paper's values as ticks)."""
+    from evaluation.reporting import report_html as h
+
     return h.grid([h.image(p, p.name) for p in sorted(results.glob("table*.png"), key=_natural)], kind="wide")
 
 
 def per_class_html(records):
     """One table per task and metric: classes down, runs across, the mean in the last row."""
+    import pandas as pd
+
+    from evaluation.reporting import report_html as h
+    from evaluation.reporting.cells import is_complete
+    from evaluation.reporting.paper_tables import variant_of
+
     groups = {}
     for r in records:
         if any(v is not None for v in (r.get("per_class") or {}).values()):
@@ -105,6 +118,8 @@ def per_class_html(records):
 
 def curves_html(results):
     """Pretraining loss curves and each fine-tuning run's curves.png (drawn from its metrics.jsonl)."""
+    from evaluation.reporting import report_html as h
+
     figures = [h.image(p, f"pretraining: {p.name}") for p in sorted(results.glob("*.loss.png"))]
     figures += [h.image(p, f"{p.parent.name}: loss, learning rate, evaluations") for p in
                 sorted(results.glob("*/curves.png"), key=lambda p: _natural(p.parent))]
@@ -113,6 +128,8 @@ def curves_html(results):
 
 def examples_html(results):
     """The example grids the runs drew (inpainting, retrieval, segmentation, detection, pretraining samples)."""
+    from evaluation.reporting import report_html as h
+
     found = [p for p in results.glob("*.png") if not p.name.startswith("table") and not p.name.endswith(".loss.png")]
     notes = []
     for folder in sorted(p for p in results.iterdir() if p.is_dir() and re.search(r"[._]examples$", p.name)):
@@ -141,6 +158,8 @@ def _precision(record):
 
 
 def _stamps(results):
+    import pandas as pd
+
     rows = []
     for path in sorted(results.glob("*.stamp")):
         try:
@@ -162,6 +181,10 @@ def _value(record):
 
 def provenance_html(results, records, lines):
     """Where the numbers come from: commits, data, seeds, precision, devices, wall times, library versions."""
+    import pandas as pd
+
+    from evaluation.reporting import report_html as h
+
     runs = pd.DataFrame([{
         "record": Path(r["_path"]).relative_to(results).as_posix(), "task": r["task"], "init": r["init"],
         "metric": r["metric"], "value [95% interval]": _value(r), "images": r["n_images"], "seed": r["seed"],
@@ -183,7 +206,10 @@ def provenance_html(results, records, lines):
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     parser = get_args_parser()
-    args = parse_with_profile(parser, argv, "report")
+    args = parse_with_profile(parser, argv, "report")  # --help and --print-config exit here
+    from evaluation.reporting import report_html as h
+    from evaluation.reporting.paper_tables import load_records, one_profile
+
     repo = benchmarks_path().parent
     results = Path(args.results or results_dir(args.profile))
     out = Path(args.out) if args.out else results / "report.html"

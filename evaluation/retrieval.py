@@ -19,13 +19,16 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import check_writable, refuse_overwrite
 from cebench.locks import hold_outputs
 from cebench.records import default_record_path, make_record, schedule_fields, write_record
-from cebench.runtime import start_run
-from evaluation.experiments.features import (add_feature_args, add_run_args, build_extractor, center_on_gallery,
-                                             encoder_health, extract_features, hole_mask, load_square)
-from evaluation.reporting.figures import retrieval_grid
-from evaluation.experiments.imagesets import add_data_args, class_names, dataset_name, gallery_and_queries, present
-from evaluation.metrics.knn import KINDS, METRICS, KnnIndex, search  # noqa: F401  (search: DESIGN.md's entry point)
-from evaluation.metrics.retrieval import precision_at_k
+from evaluation.experiments.flags import (HOG, INDEX_KINDS, SEARCH_METRICS, add_data_args, add_feature_args,
+                                          add_run_args, features_label)
+
+
+def __getattr__(name):  # evaluation.retrieval.search, DESIGN.md's entry point: faiss and numpy only when used
+    if name == "search":
+        from evaluation.metrics.knn import search
+
+        return search
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_args_parser():
@@ -34,8 +37,8 @@ def get_args_parser():
     add_feature_args(p)
     g = p.add_argument_group("search")
     g.add_argument("--k", type=int, default=10, help="neighbours per query (precision@k)")
-    g.add_argument("--metric", default="cosine", choices=METRICS, help="cosine: L2-normalised features")
-    g.add_argument("--index", default="flat", choices=KINDS, help="flat = exact; ivf/hnsw = approximate (PCA + "
+    g.add_argument("--metric", default="cosine", choices=SEARCH_METRICS, help="cosine: L2-normalised features")
+    g.add_argument("--index", default="flat", choices=INDEX_KINDS, help="flat = exact; ivf/hnsw = approximate (PCA + "
                    "faiss index + exact re-ranking), for galleries of ~100K images and more")
     g.add_argument("--grid-queries", type=int, default=8, help="queries drawn in the grid PNG (seeded choice)")
     g.add_argument("--grid-neighbours", type=int, default=6, help="neighbours per query in the grid")
@@ -47,6 +50,9 @@ def get_args_parser():
 
 def draw_grid(path, cfg, gallery, queries, neighbours, relevant, title):
     """The grid PNG of a seeded choice of queries and their nearest neighbours."""
+    from evaluation.experiments.features import hole_mask, load_square
+    from evaluation.reporting.figures import retrieval_grid
+
     rng = np.random.default_rng(cfg["seed"])
     rows = np.sort(rng.choice(len(neighbours), min(cfg["grid_queries"], len(neighbours)), replace=False))
     size, shown = cfg["input_size"], min(cfg["grid_neighbours"], neighbours.shape[1])
@@ -56,17 +62,32 @@ def draw_grid(path, cfg, gallery, queries, neighbours, relevant, title):
     return retrieval_grid(path, images, found, hole_mask(size)[0, 0].numpy(), marks, title)
 
 
+def record_path(cfg, label):
+    """--out, else results/<profile>/retrieval_<label>.json."""
+    return Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", label))
+
+
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     started = time.time()
-    cfg = parse_config(get_args_parser(), argv, "retrieval")
+    cfg = parse_config(get_args_parser(), argv, "retrieval")  # --help and --print-config exit here
+    if not cfg["overwrite"]:  # an existing record is refused before any data is loaded (or the model code imported)
+        refuse_overwrite(record_path(cfg, features_label(cfg)))
+    # what runs: torch, the features, faiss's search (imported once --help and --print-config have answered)
+    from cebench.runtime import start_run
+    from evaluation.experiments.features import build_extractor, center_on_gallery, encoder_health, extract_features
+    from evaluation.experiments.imagesets import class_names, dataset_name, gallery_and_queries, present
+    from evaluation.metrics.knn import KnnIndex
+    from evaluation.metrics.retrieval import precision_at_k
+
+    # distributed, threads, seed, logger
     rt, log = start_run(cfg, "retrieval")
     require("faiss", "retrieval (nearest neighbours)")  # before any data is read
     # data: gallery and held-out queries
     gallery, queries = gallery_and_queries(cfg)
     # features: pool5 of --weights or HOG; the output path follows the init it turned out to be
     extractor, info = build_extractor(cfg, rt.device, rt.precision, train_images=gallery.paths)
-    out = Path(cfg["out"] or default_record_path(cfg["profile"], "retrieval", info["init"]))
+    out = record_path(cfg, info["init"])
     with hold_outputs([out], rt):  # a second run on the same --out is refused (cebench.locks)
         refuse_overwrite(out, cfg["overwrite"])
         check_writable(out.parent)  # created when the outputs are written, at the end
@@ -86,7 +107,7 @@ def main(argv=None):
         if gallery.labels is not None and queries.labels is not None:
             score = precision_at_k(present(queries.labels[:n_queries]), present(gallery.labels[:n_gallery]),
                                    neighbours, seed=cfg["seed"])
-        title = ("HOG" if cfg["features"] == "hog" else f"pool5 of {info['init']}") + f", {n_queries} queries: " + (
+        title = ("HOG" if cfg["features"] == HOG else f"pool5 of {info['init']}") + f", {n_queries} queries: " + (
             f"precision@{cfg['k']} {100 * score['precision']:.1f}% (chance {100 * score['chance']:.1f}%)"
             if score else "unlabelled images")
         grid = draw_grid(out.with_suffix(".png"), cfg, gallery, queries, neighbours,

@@ -18,17 +18,14 @@ import platform
 import time
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from cebench.deps import require
 from cebench.errors import run_cli
 from cebench.files import atomic_write_json
+from cebench.flags import add_threads_flag
 from cebench.logs import get_logger
 from cebench.records import versions
-from cebench.flags import add_threads_flag
-from cebench.runtime import set_threads
-from evaluation.metrics.knn import (METRICS, KnnIndex, differ_beyond_ties, exact_search, recall_at_k,
-                            search)  # search = evaluation.retrieval.search
+from evaluation.experiments.flags import INDEX_KINDS, SEARCH_METRICS
 
 SKLEARN_METRIC = {"cosine": "cosine", "l2": "euclidean"}
 
@@ -95,24 +92,28 @@ def round_ratio(times, a, b):
 
 def exact_benchmark(args, log):
     """Exact search (cosine and l2) vs one matrix product and vs scikit-learn, on a G x D gallery."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from evaluation.metrics.knn import differ_beyond_ties, search  # search = evaluation.retrieval.search
+
     gallery = pool5_like(args.gallery, args.dim, args.seed, **data_params(args))
     queries = pool5_like(args.queries, args.dim, args.seed, stream=1, **data_params(args))  # held out, same law
     log.info("exact: gallery %s, queries %s (%.1f GB)", gallery.shape, queries.shape, gallery.nbytes / 1e9)
     runs = {"matmul": lambda: queries @ gallery.T,  # (Q, G) float32: the BLAS bound, no selection
-            **{m: (lambda m=m: search(gallery, queries, args.k, m, exact=True)) for m in METRICS}}
+            **{m: (lambda m=m: search(gallery, queries, args.k, m, exact=True)) for m in SEARCH_METRICS}}
     if not args.skip_sklearn:  # sklearn's default metric is Euclidean (minkowski, p=2); once per metric, slow
-        for m in METRICS:
+        for m in SEARCH_METRICS:
             runs[f"sklearn_{m}"] = lambda m=m: NearestNeighbors(
                 n_neighbors=args.k, algorithm="brute", metric=SKLEARN_METRIC[m]).fit(gallery).kneighbors(
                 queries, return_distance=False)
-    times, results = timed_rounds({k: runs[k] for k in ("matmul", *METRICS)}, args.repeats - 1)
+    times, results = timed_rounds({k: runs[k] for k in ("matmul", *SEARCH_METRICS)}, args.repeats - 1)
     last, last_results = timed_rounds(runs, 1)  # the last round adds scikit-learn beside the same runs
     for k, v in last.items():
         times.setdefault(k, []).extend(v)
     results.update(last_results)
     out = {"gallery": list(gallery.shape), "queries": list(queries.shape), "k": args.k,
            "matmul_s": min(times["matmul"]), "times_s": times}
-    for metric in METRICS:
+    for metric in SEARCH_METRICS:
         row = {"search_s": min(times[metric]), "search_over_matmul": round_ratio(times, metric, "matmul")}
         if not args.skip_sklearn:
             sk = results[f"sklearn_{metric}"]
@@ -129,6 +130,8 @@ def exact_benchmark(args, log):
 
 def approximate_benchmark(args, log):
     """Approximate (IVF/HNSW) vs exact search on a larger gallery, with recall@k against exact."""
+    from evaluation.metrics.knn import KnnIndex, exact_search, recall_at_k
+
     gallery = pool5_like(args.approx_gallery, args.dim, args.seed, **data_params(args))
     queries = pool5_like(args.queries, args.dim, args.seed, stream=1, **data_params(args))
     log.info("approximate: gallery %s (%.1f GB), index %s", gallery.shape, gallery.nbytes / 1e9, args.approx_kind)
@@ -151,10 +154,10 @@ def get_args_parser():
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--dim", type=int, default=9216, help="feature dimension (pool5 at 227 px: 256x6x6)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--metric", default="cosine", choices=["cosine", "l2"], help="metric of the approximate benchmark "
-                   "(the exact one measures both)")
+    p.add_argument("--metric", default="cosine", choices=list(SEARCH_METRICS), help="metric of the approximate "
+                   "benchmark (the exact one measures both)")
     p.add_argument("--approx-gallery", type=int, default=200_000, help="gallery size of the approximate benchmark")
-    p.add_argument("--approx-kind", default="ivf", choices=["ivf", "hnsw"])
+    p.add_argument("--approx-kind", default="ivf", choices=[k for k in INDEX_KINDS if k != "flat"])
     p.add_argument("--target-recall", type=float, default=0.96, help="recall@10 the index is calibrated to on "
                    "gallery rows (held-out queries score ~0.01 lower)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best time counts")
@@ -172,7 +175,9 @@ def get_args_parser():
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_args(argv)  # --help exits here, before torch, faiss or scikit-learn
+    from cebench.runtime import set_threads
+
     log = get_logger("speed")
     faiss = require("faiss", "python -m evaluation.speed (a faiss benchmark)")
     if args.threads:
@@ -184,7 +189,7 @@ def main(argv=None):
     report["passed"] = {}
     e = {} if args.skip_exact else exact_benchmark(args, log)
     report["exact"] = e
-    for metric in METRICS if e else ():
+    for metric in SEARCH_METRICS if e else ():
         r = e[metric]
         log.info("exact %s: search %.2f s, matmul %.2f s (best) -> %.2fx the bound (median over rounds; target <= "
                  "1.3)", metric, r["search_s"], e["matmul_s"], r["search_over_matmul"])

@@ -21,11 +21,10 @@ from cebench.errors import CebenchError, run_cli
 from cebench.files import atomic_write_text, display_path, staged_files
 from cebench.logs import get_logger
 from cebench.records import results_dir
-from evaluation.reporting import answer
-from evaluation.reporting.figures import layer_lines, table_bars
-from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, add_results_args, column_of, load_records,
-                                               markdown, narrow, one_profile, read_published, table1, table2, table3,
-                                               table3_notes)
+from evaluation.reporting.flags import add_results_args
+
+# pandas and matplotlib (evaluation.reporting's tables, answer and figures) are imported where they are used, once
+# the command line is parsed: --help and --print-config answer without them
 
 
 def get_args_parser():
@@ -93,6 +92,8 @@ def left_out_notes(report, unreadable, results, other_profiles=()):
 
 def write_table(out_dir, name, title, table, columns, text_columns, notes, footer):
     """<name>.csv (every number; empty when missing) and <name>.md (formatted, with notes and provenance)."""
+    from evaluation.reporting.paper_tables import markdown
+
     csv_path, md_path = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     # raw values (no rounding here): the .md, the report and answer.* format them once, alike
     atomic_write_text(csv_path, table.to_csv(na_rep=""))
@@ -104,6 +105,8 @@ def write_table(out_dir, name, title, table, columns, text_columns, notes, foote
 
 def terminal_text(t1, columns1, t2, columns2, t3, layers, found):
     """What evaluation.tables prints: the tables narrowed to 100 columns, then the answer against random."""
+    from evaluation.reporting.paper_tables import narrow
+
     parts = [("Table 2: transfer (%)", narrow(t2, columns2)), ("Table 1: inpainting", narrow(t1, columns1))]
     if t3 is not None:
         parts.append(("Table 3: linear probes (mAP %)", narrow(t3, layers)))
@@ -115,6 +118,8 @@ def terminal_text(t1, columns1, t2, columns2, t3, layers, found):
 
 def answer_text(found):
     """The answer against random init as terminal lines within 100 columns ('' when nothing compares)."""
+    from evaluation.reporting import answer
+
     lines = [answer.headline(found), *answer.summary(found)] if not found.empty else []
     return "\n".join(textwrap.fill(line, 100, subsequent_indent="  ") for line in lines)
 
@@ -122,7 +127,9 @@ def answer_text(found):
 def main(argv=None):
     # config: parser defaults < benchmarks.yaml profile < command line
     parser = get_args_parser()
-    args = parse_with_profile(parser, argv, "tables")
+    args = parse_with_profile(parser, argv, "tables")  # --help and --print-config exit here
+    from evaluation.reporting.paper_tables import load_records, one_profile, read_published
+
     log = get_logger("tables")
     results = Path(args.results or results_dir(args.profile))
     out_dir = Path(args.out) if args.out else results
@@ -174,6 +181,11 @@ def main(argv=None):
 def write_tables(out_dir, records, published, profile, footer):
     """Tables 2, 1 and (with probe records) 3 with their charts into `out_dir`: ({table1, table2, table3, files},
     charts, [(cell, path, reason) left out])."""
+    from evaluation.reporting import answer
+    from evaluation.reporting.figures import layer_lines, table_bars
+    from evaluation.reporting.paper_tables import (TABLE1_TASK, TABLE3_TASK, column_of, narrow, table1, table2, table3,
+                                                   table3_notes)
+
     # Table 2: transfer tasks (and retrieval) per initialisation, one configuration per cell
     t2, columns2, report2 = table2(records, published)
     notes2 = column_notes(report2["shown"], columns2, column_of)

@@ -16,7 +16,6 @@ from cebench.errors import CebenchError
 from cebench.files import atomic_torch_save, safe_torch_load
 from cebench.flags import KMEANS, RANDOM
 from cebench.names import check_name
-from pretrain.kmeans import kmeans_encoder
 from pretrain.model import AlexNetEncoder, ContextEncoder, gaussian_init_
 
 FORMAT = "cebench.context-encoder"
@@ -158,6 +157,17 @@ def weights_label(spec):
     return ce_label(read_checkpoint(path), path) if isinstance(obj, dict) and "format" in obj else "supervised"
 
 
+def holds_decoder(spec):
+    """Whether a weights spec is a ce.pt that holds its decoder (what evaluation.inpainting's --decoder auto scores),
+    without building the network."""
+    spec = str(spec)
+    if spec in (RANDOM, KMEANS):
+        return False
+    path = Path(spec)
+    obj = safe_torch_load(path, "weights file")
+    return isinstance(obj, dict) and "format" in obj and isinstance(check_checkpoint(obj, path).get("decoder"), dict)
+
+
 def load_encoder(spec, *, arch=None, seed=0, train_images=None, image_size=227):
     """Weights spec -> (AlexNetEncoder, info) with info keys init, arch, source, meta, fc (and ce_pt for a ce.pt).
 
@@ -174,6 +184,8 @@ def load_encoder(spec, *, arch=None, seed=0, train_images=None, image_size=227):
         if spec == KMEANS:
             if train_images is None:
                 raise CebenchError("--weights kmeans: this entry point gives the k-means init no training images")
+            from pretrain.kmeans import kmeans_encoder  # scikit-learn: only for the k-means init
+
             encoder, meta = kmeans_encoder(encoder, train_images, image_size, seed=seed)
             info = {"init": KMEANS, "source": KMEANS, "meta": meta, "fc": None}
     else:

@@ -17,6 +17,10 @@ from cebench.flags import (HEALTH_IMAGES, N_BOOT_TYPE, RANDOM, add_compile_flag,
 
 GROUPS = ("data", "model", "optimisation", "test", "run")
 LR_SCHEDULES = ("step", "cosine", "constant")
+PROBE_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")  # the frozen layers a probe reads (after their ReLU)
+# VISSL's VOC07 AlexNet config (SVM.costs.costs_list; its `base` power terms are off there): the grid each class's
+# 3-fold cross-validation chooses from (Goyal et al. 2019), the --svm-costs default of evaluation.probe
+SVM_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
 
 
 def task_parser(prog, doc, protocol):

@@ -13,16 +13,14 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
-from cebench.config import non_negative_int, positive_float, positive_int
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from cebench.runtime import autocast, default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from cebench.flags import RANDOM, add_precision_flag, add_threads_flag, weights_spec
 from pretrain.weights import load_encoder, trunk_of
-from transfer.flags import add_health_arg
+from evaluation.experiments.flags import HOG
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,
 # 8x8-pixel cells, 2x2-cell blocks with L2-Hys normalisation, on colour (per pixel the channel of largest gradient).
@@ -130,51 +128,11 @@ def extract_features(paths, extractor, size, *, batch_size=64, workers=None, max
     return out
 
 
-def add_feature_args(parser):
-    """--features/--weights/--arch/--width/--input-size, shared by retrieval and inpainting."""
-    g = parser.add_argument_group("features")
-    g.add_argument("--features", default="pool5", choices=["pool5", "hog"],
-                   help="pool5 of --weights, or HOG (the paper's hand-made baseline; --weights is then ignored)")
-    g.add_argument("--weights", default=RANDOM, type=weights_spec, help="ce.pt from pretrain, a torchvision "
-                   "AlexNet state_dict (the ImageNet row), 'random' (the paper's Gaussian initialisation, seeded) or "
-                   "'kmeans' (Krähenbühl et al.'s k-means init on the gallery images, seeded)")
-    g.add_argument("--arch", default="caffenet", choices=["caffenet", "torchvision"],
-                   help="trunk for --weights random; weight files bring their own")
-    g.add_argument("--width", type=positive_float,
-                   default=1.0, help="channel multiplier for --weights random (match the "
-                   "ce.pt you compare with)")
-    g.add_argument("--center", dest="center", action="store_true", help="centre features on the gallery mean "
-                   "before the (cosine) search: removes the component shared by all images that otherwise makes a "
-                   "few images everyone's neighbours (on by default)")
-    g.add_argument("--no-center", dest="center", action="store_false", help="search the raw features")
-    parser.set_defaults(center=True)
-    add_health_arg(g)
-    g.add_argument("--input-size", type=positive_int, default=227, help="images are resized and centre-cropped to this "
-                   "square; the hole is its central half (paper: 227 for features; voc-mini: 128)")
-    add_precision_flag(g)
-    return g
-
-
-def add_run_args(parser, *, seed_help, batches, out_help, overwrite_help="replace an existing record"):
-    """The run group of retrieval and inpainting: seed, device, threads, batches, workers, the record's path."""
-    g = parser.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help=seed_help)
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add_threads_flag(g)
-    g.add_argument("--max-steps", type=positive_int, default=None, help=f"cap on {batches} per image set (quick runs)")
-    g.add_argument("--batch-size", type=positive_int, default=64, help=f"images per {batches[:-2]}")
-    g.add_argument("--workers", type=non_negative_int,
-                   default=None, help="DataLoader workers (default: one per spare core)")
-    g.add_argument("--out", default=None, help=out_help)
-    g.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    return g
-
-
 def build_extractor(cfg, device, precision="fp32", train_images=None):
     """(Extractor, info) from a resolved config: info has init, source, arch, meta like load_encoder's;
     `train_images` (paths, the gallery) are what `kmeans` clusters."""
-    if cfg["features"] == "hog":
-        info = {"init": "hog", "source": "skimage.feature.hog", "arch": None, "meta": {},
+    if cfg["features"] == HOG:
+        info = {"init": HOG, "source": "skimage.feature.hog", "arch": None, "meta": {},
                 "hog_params": {k: list(v) if isinstance(v, tuple) else v for k, v in HOG_PARAMS.items()}}
         return Extractor("hog"), info
     encoder, info = load_encoder(cfg["weights"], arch=trunk_of(cfg), seed=cfg["seed"], train_images=train_images,

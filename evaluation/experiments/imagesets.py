@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cebench.config import positive_int
 from cebench.errors import CebenchError
 from cebench.logs import progress
 from pretrain.data import list_images
@@ -100,24 +99,6 @@ def present(labels):
 
 def class_names():
     return list(VOC_CLASSES)
-
-
-def add_data_args(parser, queries="query"):
-    """Data flags shared by retrieval and inpainting: a VOCdevkit's splits, or a folder with optional id lists."""
-    g = parser.add_argument_group("data")
-    g.add_argument("--voc-root", default="data/VOCdevkit", help="VOCdevkit folder that holds VOC<year>/")
-    g.add_argument("--year", default="2007", help="VOC year folder to read")
-    g.add_argument("--gallery-split", default="train", help="ImageSets/Main split searched for neighbours")
-    g.add_argument("--query-split", default="val", help=f"split of the {queries} images (never in the gallery)")
-    g.add_argument("--images", default=None, help="any folder of JPEG/PNG images (recursive) instead of VOC; no "
-                   "labels, so no precision score. Queries come from --query-list or a seeded draw")
-    g.add_argument("--gallery-list", default=None, help="with --images: file of gallery image ids (file stems)")
-    g.add_argument("--query-list", default=None, help=f"with --images: file of {queries} image ids")
-    g.add_argument("--max-gallery", type=positive_int,
-                   default=None, help="seeded random subset of the gallery (quick runs)")
-    g.add_argument("--max-queries", type=positive_int,
-                   default=None, help=f"seeded random subset of the {queries} images")
-    return g
 
 
 def dataset_name(cfg):

@@ -23,11 +23,6 @@ CLASSIFIERS = {
 }
 
 
-def variant(cfg):
-    """The record-name variant of a classifier: '' for the logistic probe (probe_<init>.json), else its name."""
-    return "" if cfg["classifier"] == "logistic" else cfg["classifier"]
-
-
 def build(cfg, train_images=None):
     """Backbone from --weights as transfer.classify builds it (the trunk flags apply to `random` and `kmeans`
     only; `kmeans` clusters `train_images`, paths of the training split)."""

@@ -20,8 +20,8 @@ from cebench.records import TASKS, read_record
 from cebench.stages import STAGES
 from evaluation.reporting.answer import arrow, format_cell
 from evaluation.reporting.cells import is_complete, progress_note, select
+from evaluation.reporting.flags import PUBLISHED
 
-PUBLISHED = Path(__file__).parents[1] / "published.csv"
 INIT_LABELS = {"supervised": "ImageNet (supervised)", "random": "Random Gaussian",
                "kmeans": "Krähenbühl et al. (k-means init)", "autoencoder": "Autoencoder",
                "agrawal": "Agrawal et al.", "wang": "Wang et al.", "doersch": "Doersch et al.",
@@ -96,14 +96,6 @@ def one_profile(records, results, wanted=None):
     kept = [r for r in records if record_profile(r) in (None, wanted)]
     other = [(r["_path"], record_profile(r)) for r in records if record_profile(r) not in (None, wanted)]
     return wanted, kept, other
-
-
-def add_results_args(parser, *, out_help, published_help):
-    """--results (the records' folder), --out and --published: what the tables and the report read and write."""
-    parser.add_argument("--results", default=None, help="folder of result records (default results/<profile>)")
-    parser.add_argument("--out", default=None, help=out_help)
-    parser.add_argument("--published", default=str(PUBLISHED), help=published_help)
-    return parser
 
 
 def read_published(path=PUBLISHED):

@@ -35,6 +35,8 @@ from torch.nn import functional as F
 
 from cebench.errors import CebenchError
 from cebench.logs import progress
+from transfer.flags import PROBE_LAYERS as LAYERS
+from transfer.flags import SVM_COSTS
 from evaluation.metrics import classification_map
 from transfer.backbone import normalize
 from transfer.classification.data import TestViews
@@ -52,7 +54,6 @@ def assert_unchanged(module, before):
         raise CebenchError(f"frozen backbone weights changed during the probe: {changed[:4]}")
 
 
-LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 # Zhang et al. 2016 (linear probes of AlexNet at 227 px): each layer average-pooled to about 9,000 dimensions,
 # conv1 96x10x10, conv2 256x6x6, conv3/conv4 384x5x5, conv5 256x6x6. Adaptive pooling to the same grids keeps the
 # dimensions at any input size whose maps are at least this large (at 128 px: 30, 15, 7, 7, 7 px maps).
@@ -209,8 +210,6 @@ def logistic_probe(train_x, train_labels, test_x, cs, *, held_out=0.2, seed=0, m
     return fit_predict(train_x, train_labels, test_x, c=c, **opts), c, held
 
 
-# VISSL's VOC07 AlexNet config (SVM.costs.costs_list; its `base` power terms are off there).
-SVM_COSTS = (0.01, 0.1, 1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 50.0, 100.0, 1000.0)
 SVM_SETTINGS = {"loss": "squared_hinge", "penalty": "l2", "dual": True, "tol": 1e-4, "max_iter": 2000,
                 "class_weight": {1: 2, -1: 1}, "intercept_scaling": 1.0}
 CV_FOLDS = 3
