@@ -70,3 +70,23 @@ def weights_spec(value):
 
 
 weights_spec.keywords = (RANDOM, KMEANS)  # not paths: a profile's value is not resolved against its folder
+TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the command line (--arch, --width, ...)
+
+
+def trunk_of(cfg):
+    """The AlexNetEncoder kwargs (pretrain.model) that a config's trunk flags ask for (those the entry point has):
+    the entry layer resolves them, pretrain.weights.load_encoder takes them as `arch`."""
+    return {k: cfg[k] for k in TRUNK_FLAGS if k in cfg}
+
+
+def add_benchmark_args(parser):
+    """--bench-steps/--warmup/--rounds/--precisions/--json of the speed commands (cebench.speed measures)."""
+    g = parser.add_argument_group("benchmark")
+    g.add_argument("--bench-steps", type=int, default=8, help="timed steps per measurement")
+    g.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
+    g.add_argument("--rounds", type=int, default=2, help="rounds of (model-only, end-to-end) per precision, "
+                   "interleaved so that other load on the machine does not favour one side")
+    g.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="precisions to compare (default: fp32 and what the device runs natively)")
+    g.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    return g

@@ -179,16 +179,3 @@ def report(per_precision, cfg, device, json_path=None, **fields):
     if json_path:
         atomic_write_json(json_path, result)
     return result
-
-
-def add_benchmark_args(parser):
-    """--bench-steps/--warmup/--rounds/--precisions/--json of both speed commands."""
-    g = parser.add_argument_group("benchmark")
-    g.add_argument("--bench-steps", type=int, default=8, help="timed steps per measurement")
-    g.add_argument("--warmup", type=int, default=2, help="untimed steps before each measurement")
-    g.add_argument("--rounds", type=int, default=2, help="rounds of (model-only, end-to-end) per precision, "
-                   "interleaved so that other load on the machine does not favour one side")
-    g.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
-                   help="precisions to compare (default: fp32 and what the device runs natively)")
-    g.add_argument("--json", default=None, help="also write the numbers to this JSON file")
-    return g

@@ -163,7 +163,7 @@ def full_run_cache(profile, stage, counts, size):
             n = len(list_images(profile_images(profile)))
         fits = n is not None and ImageCache.fits(n, cfg["load_size"])
     else:
-        from transfer.classification.stages import CACHE_LIMIT_BYTES as CLASSIFY_LIMIT
+        from transfer.classification.data import CACHE_LIMIT_BYTES as CLASSIFY_LIMIT
         from transfer.segmentation.data import CACHE_LIMIT_BYTES as SEGMENT_LIMIT
         if counts is None:
             return []

@@ -33,7 +33,7 @@ from pretrain.weights import weights_label
 from transfer.classification.probe import (LAYERS, ZHANG_GRIDS, assert_unchanged, conv_features, layer_shapes,
                                            state_fingerprint)
 from transfer.flags import add_init_args, add_n_boot_flag, add_voc_args
-from transfer.stages import check_positive, init_label
+from transfer.driver import check_positive, init_label
 from voc.devkit import load_split
 
 

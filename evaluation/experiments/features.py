@@ -20,8 +20,8 @@ from cebench.runtime import autocast, default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from cebench.flags import RANDOM, add_precision_flag, add_threads_flag, weights_spec
-from pretrain.weights import load_encoder, trunk_of
+from cebench.flags import RANDOM, add_precision_flag, add_threads_flag, trunk_of, weights_spec
+from pretrain.weights import load_encoder
 from transfer.flags import add_health_arg
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,

@@ -82,54 +82,57 @@ def _pretrain(cfg, rt, log, n_train, n_test):
 
 def _transfer(stage, cfg, rt, log, n_train, n_test):
     """A transfer's engine step (per micro-batch) and its final evaluation, with the stage's own data and model."""
-    from transfer import stages
+    from transfer import driver
     from transfer.speed import engine_bench
 
     extra, notes = [], ["Krähenbühl rescaling and feature health of the init (a few batches, once per run)"]
     if stage == "classify":
-        from transfer.classification import stages as run
+        from transfer.classification.hooks import ClassificationHooks
         from transfer.classification.task import ClassificationTask
-        train, test = run.load_data(cfg, log)
+        run = ClassificationHooks(cfg)
+        train, test = run.load_data(rt, log)
         cached = train._cache is not None
-        workers = stages.data_workers(cfg, cached=cached)
-        backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-        model = run.classifier(backbone, cfg)
+        workers = driver.data_workers(cfg, cached=cached)
+        backbone, _ = driver.backbone_from_flags(cfg, cfg["input_size"])
+        model = run.classifier(backbone)
         task = ClassificationTask(train, test, device=rt.device, test_crops=cfg["test_crops"], seed=cfg["seed"],
                                   num_workers=workers)
         what = f"test pass, {cfg['test_crops']} crops per image"
     elif stage == "detect":
-        from transfer.detection import stages as run
+        from transfer.detection.hooks import DetectionHooks
         from transfer.detection.task import DetectionTask
+        run = DetectionHooks(cfg)
         # the check's share of each split (selective search of whole splits would take the check's minutes)
-        splits = [_head(split, n) for split, n in zip(run.load_splits(cfg, log), (CHECK_TRAIN, CHECK_TEST),
+        splits = [_head(split, n) for split, n in zip(run.load_splits(log), (CHECK_TRAIN, CHECK_TEST),
                                                         strict=True)]
-        proposals, _ = run.load_proposals(cfg, splits, rt, log)
+        proposals, _ = run.load_proposals(splits, rt, log)
         if not cfg["proposals"]:  # timed apart from the cache, on a few images in this one process
-            per_image, workers = _selective_search_s(splits[0].image_paths[:4], run.proposal_settings(cfg)), \
+            per_image, workers = _selective_search_s(splits[0].image_paths[:4], run.proposal_settings()), \
                 cfg["ss_workers"] or os.cpu_count() or 1
             extra.append({"what": "selective search of both splits (CPU; once: cached for every later run)",
                           "seconds": per_image * (n_train + n_test) / workers, "once": True,
                           "how": f"measured: {per_image:.3f} s per image on 4 of the check's images (their content, "
                                  f"not the real photos'), times the full splits' images, over {workers} processes"})
-        train, test = run.datasets(cfg, splits, proposals)
-        cached, workers = False, stages.data_workers(cfg, cached=False)
-        model, _ = run.build(cfg, num_classes=len(splits[0].classes) + 1)
+        train, test = run.datasets(splits, proposals)
+        cached, workers = False, driver.data_workers(cfg, cached=False)
+        model, _ = run.fast_rcnn(num_classes=len(splits[0].classes) + 1)
         task = DetectionTask(train, test, device=rt.device, num_workers=workers,
                              test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                             "max_per_image": cfg["max_dets"]})
         what = "test pass (every proposal scored, per-class NMS)"
     else:
-        from transfer.segmentation import stages as run
+        from transfer.segmentation.hooks import SegmentationHooks
         from transfer.segmentation.task import SegmentationTask
-        train, test, _ = run.load_data(cfg, log)
+        run = SegmentationHooks(cfg)
+        train, test, _ = run.load_data(rt, log)
         cached = train.cached
-        workers = stages.data_workers(cfg, cached=cached)
-        backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-        model = run.fcn(backbone, cfg)
+        workers = driver.data_workers(cfg, cached=cached)
+        backbone, _ = driver.backbone_from_flags(cfg, cfg["input_size"])
+        model = run.fcn(backbone)
         task = SegmentationTask(train, test, loss_normalization=cfg["loss_normalization"], prediction_dir=None,
                                 n_examples=0, show_progress=False)
         what = "test pass, whole images one at a time"
-    config = stages.train_config(cfg, workers)
+    config = driver.train_config(cfg, workers)
     bench = engine_bench(task, model, config, rt)
     micro = cfg["batch_size"] // cfg["accum_steps"]
 
@@ -153,8 +156,9 @@ def _features(stage, cfg, rt, log, n_train, n_test):
     from evaluation.experiments.imagesets import gallery_and_queries, voc_images
     from pretrain.data import normalize
     from pretrain.masks import apply_mask
+    from cebench.flags import trunk_of
     from pretrain.model import ContextEncoder
-    from pretrain.weights import load_encoder, trunk_of
+    from pretrain.weights import load_encoder
 
     if stage == "probe":
         sets = [voc_images(cfg["voc_root"], cfg["year"], cfg[k]) for k in ("train_split", "test_split")]
