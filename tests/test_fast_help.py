@@ -16,10 +16,9 @@ ENTRY_POINTS = ("pretrain.train", "pretrain.export", "pretrain.speed", "transfer
                 "evaluation.probe", "evaluation.curve", "evaluation.tables", "evaluation.report", "evaluation.check",
                 "evaluation.speed", "evaluation.readme")
 # Still importing heavy packages before parsing; each is taken off this list as its entry point is reworked.
-NOT_YET = {"pretrain.train", "pretrain.export", "pretrain.speed", "transfer.classify", "transfer.detect",
-           "transfer.segment", "transfer.speed", "evaluation.retrieval", "evaluation.inpainting", "evaluation.probe",
-           "evaluation.curve", "evaluation.tables", "evaluation.report", "evaluation.check", "evaluation.speed",
-           "evaluation.readme"}
+NOT_YET = {"pretrain.train", "pretrain.export", "pretrain.speed", "evaluation.retrieval", "evaluation.inpainting",
+           "evaluation.probe", "evaluation.curve", "evaluation.tables", "evaluation.report", "evaluation.check",
+           "evaluation.speed", "evaluation.readme"}
 NO_PROFILE = ("pretrain.export", "evaluation.check", "evaluation.speed", "evaluation.readme")  # no --print-config
 
 

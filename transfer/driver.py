@@ -21,6 +21,7 @@ rescale, engine, the task packages' data/model/task/probe modules) takes explici
 
 import json
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,9 @@ class Run:
     wall_time_s: float = 0.0  # since main started, when the record is made
 
 
-class TransferHooks:
-    """What a transfer task supplies to `run`, one method per step. A task package subclasses it once; the methods
-    without a body here have one in every task, the others are defaults a task overrides where it differs.
+class TransferHooks(ABC):
+    """What a transfer task supplies to `run`, one method per step. A task package subclasses it once; the abstract
+    methods have a body in every task, the others are defaults a task overrides where it differs.
     The hooks read `self.cfg`, the resolved configuration, and call the code below them with explicit values."""
 
     stage = None  # the suite's row (cebench.stages): names the record, the logger and the profile section
@@ -68,9 +69,9 @@ class TransferHooks:
         self.cfg = cfg
 
     @staticmethod
+    @abstractmethod
     def check_config(cfg):
         """One line naming the first flag whose value cannot run (before any data is loaded)."""
-        raise NotImplementedError
 
     @property
     def variant(self):
@@ -82,13 +83,13 @@ class TransferHooks:
         """Whether this run fits a frozen-feature probe (`probe`) instead of fine-tuning with the engine."""
         return False
 
+    @abstractmethod
     def load_data(self, rt, log):
         """The task's training and test data, every file checked (bad input fails before any output exists)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, data):
         """(model, info): the backbone of --weights with the task's head, as the rescaling sees it."""
-        raise NotImplementedError
 
     def output_paths(self, paths):
         """The common paths (`output_paths`) with the task's own files added."""
@@ -102,14 +103,14 @@ class TransferHooks:
         """Files outside the run's own folders that a new run would replace: refused without --overwrite."""
         return []
 
+    @abstractmethod
     def rescale(self, model, info, data, rt):
         """Krähenbühl's rescaling of `model` on training data (once per run: `rescale_once` calls it); its summary
         holds the init's feature health measured right after it."""
-        raise NotImplementedError
 
+    @abstractmethod
     def health(self, model, info, data, rt, rescaled):
         """The record's feature_health of the init (main rank; None elsewhere)."""
-        raise NotImplementedError
 
     def trainable(self, model):
         """The network the engine fine-tunes, from the rescaled model (segmentation: fc6/fc7 as convolutions)."""
@@ -119,9 +120,9 @@ class TransferHooks:
         """Whether the training images are cached in memory (then the loader needs no workers by default)."""
         return False
 
+    @abstractmethod
     def engine_task(self, data, rt, paths, workers):
         """The engine's task (transfer.engine.Task): training step, prediction and metric."""
-        raise NotImplementedError
 
     def choose_data_path(self, task, data, rt, log):
         """'loader' or 'device': how the training batches are made (--data-path resolved for the training set on
@@ -136,17 +137,17 @@ class TransferHooks:
         """The test split's predictions of a frozen-feature probe (main rank), for tasks that have one."""
         raise CebenchError(f"{self.stage} has no frozen-feature probe")
 
+    @abstractmethod
     def record(self, run):
         """The result record (DESIGN.md) of the run."""
-        raise NotImplementedError
 
     def write_outputs(self, run):
         """The files beside the record (scores, devkit files, drawn examples); returns the record fields naming them."""
         return {}
 
+    @abstractmethod
     def headline(self, record):
         """The log line's numbers."""
-        raise NotImplementedError
 
     def summary(self, record, run):
         """What main() returns besides out, value, ci95, steps and wall_time_s."""
