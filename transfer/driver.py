@@ -41,7 +41,7 @@ from transfer.backbone import build_backbone, health_of_init
 
 
 @dataclass
-class Run:
+class RunState:
     """What the steps of one run produced, handed to the record, outputs and summary hooks."""
 
     data: Any  # what the task's load_data returned (its splits, datasets, proposals)
@@ -173,39 +173,39 @@ def _steps(hooks, cfg, rt, log, started):
     with run_outputs(paths, cfg, rt, extra=hooks.previous_outputs(paths), guarded=hooks.guarded_outputs(paths, data)):
         rescaling = rescale_once(cfg, paths, rt, log, lambda: hooks.rescale(model, info, data, rt))
         health = health_of_init(rescaling, lambda rescaled: hooks.health(model, info, data, rt, rescaled))
-        done = Run(data, model, info, paths, rescaling, health)
+        state = RunState(data, model, info, paths, rescaling, health)
         # fine-tune via the one engine, which scores the test split at the end (or the frozen-feature probe)
-        (_probe if hooks.probes else _fine_tune)(hooks, done, cfg, rt, log)
+        (_probe if hooks.probes else _fine_tune)(hooks, state, cfg, rt, log)
         if not rt.is_main:
             return {}
         # result record, and the files beside it
-        done.wall_time_s = time.time() - started
-        record = hooks.record(done)
-        record.update(hooks.write_outputs(done))
+        state.wall_time_s = time.time() - started
+        record = hooks.record(state)
+        record.update(hooks.write_outputs(state))
         write_record(paths["out"], record)
     log.info("%s: %s, wrote %s", record["init"], hooks.headline(record), paths["out"])
     return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
-            "steps": done.fit.step if done.fit else 0, "wall_time_s": record["wall_time_s"],
-            **hooks.summary(record, done)}
+            "steps": state.fit.step if state.fit else 0, "wall_time_s": record["wall_time_s"],
+            **hooks.summary(record, state)}
 
 
-def _fine_tune(hooks, done, cfg, rt, log):
-    done.model = hooks.trainable(done.model)
-    done.workers = data_workers(cfg, hooks.in_memory(done.data))
-    done.task = hooks.engine_task(done.data, rt, done.paths, done.workers)
-    path = hooks.choose_data_path(done.task, done.data, rt, log)
+def _fine_tune(hooks, state, cfg, rt, log):
+    state.model = hooks.trainable(state.model)
+    state.workers = data_workers(cfg, hooks.in_memory(state.data))
+    state.task = hooks.engine_task(state.data, rt, state.paths, state.workers)
+    path = hooks.choose_data_path(state.task, state.data, rt, log)
     if "data_path" in cfg:  # resolved, for the record (the task has a --data-path)
         cfg["data_path"] = path
-    done.fit = fit(done.task, done.model, cfg, rt, done.paths, log, done.workers)
-    done.output = hooks.test_output(done.task)
+    state.fit = fit(state.task, state.model, cfg, rt, state.paths, log, state.workers)
+    state.output = hooks.test_output(state.task)
 
 
-def _probe(hooks, done, cfg, rt, log):
+def _probe(hooks, state, cfg, rt, log):
     if "data_path" in cfg:
         cfg["data_path"] = "loader"  # nothing trains: the features are extracted from the loader's views
-    done.output = hooks.probe(done.model, done.data, rt)
+    state.output = hooks.probe(state.model, state.data, rt)
     if rt.is_main:  # engine.fit writes it for a run that trains
-        atomic_write_json(done.paths["run_dir"] / "config.json", cfg)
+        atomic_write_json(state.paths["run_dir"] / "config.json", cfg)
 
 
 def check_positive(cfg, names):

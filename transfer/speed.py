@@ -63,10 +63,10 @@ def main(argv=None):
     device = resolve_device(cfg["device"])
     configure_backends(device, fixed_shapes=hooks.fixed_shapes)  # as transfer.classify: TF32, cudnn.benchmark
     precisions = cfg["precisions"] or benchmark_precisions(device)
-    data = hooks.load_data(None, get_logger("speed"))
+    runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
+    data = hooks.load_data(runtimes[precisions[0]], get_logger("speed"))
     workers = driver.data_workers(cfg, hooks.in_memory(data))
     config = driver.train_config(cfg, workers)
-    runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
     holder = SimpleNamespace(device_batches=None)  # choose_data_path gives it the device path's batches
     data_path = hooks.choose_data_path(holder, data, runtimes[precisions[0]], None)
     benches = {}
