@@ -83,3 +83,11 @@ def weights_spec(value):
 
 
 weights_spec.keywords = (RANDOM, KMEANS)  # not paths: a profile's value is not resolved against its folder
+
+TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the command line (--arch, --width, ...)
+
+
+def trunk_of(cfg):
+    """The AlexNetEncoder kwargs (pretrain.model) that a config's trunk flags ask for (those the entry point has):
+    the entry layer resolves them, pretrain.weights.load_encoder takes them as `arch`."""
+    return {k: cfg[k] for k in TRUNK_FLAGS if k in cfg}

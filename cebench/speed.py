@@ -16,7 +16,6 @@ from typing import Any, Callable
 import torch
 
 from cebench.files import atomic_write_json
-from cebench.flags import add_benchmark_args  # noqa: F401  (its home: cebench.flags, without torch)
 from cebench.runtime import cpu_has_native_bf16
 
 # The loader keeps up when the whole loop reaches this share of the step-only rate (issue 16's bar).

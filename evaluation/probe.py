@@ -71,7 +71,7 @@ def get_args_parser():
 
 
 def check_config(cfg):
-    from transfer.stages import check_positive
+    from transfer.driver import check_positive
 
     check_positive(cfg, ("input_size", "fc_dim", "base_size", "rescale_images", "max_iter", "n_boot", "batch_size"))
     for flag in ("cs", "svm_costs"):
@@ -113,7 +113,7 @@ def main(argv=None):
     from evaluation.experiments import probe_run as run
     from pretrain.weights import weights_label
     from transfer.classification.probe import assert_unchanged, layer_shapes, state_fingerprint
-    from transfer.stages import init_label
+    from transfer.driver import init_label
     from voc.devkit import load_split
 
     # distributed, threads, seed, logger

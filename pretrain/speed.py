@@ -9,8 +9,9 @@ import time
 
 from cebench.config import command_line_dests, parse_with_profile, resolved_config
 from cebench.errors import run_cli
+from cebench.flags import add_benchmark_args
 from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
-from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
+from cebench.speed import Bench, benchmark_precisions, measure, report
 from pretrain import loop
 from pretrain.train import check_args, get_args_parser
 

@@ -138,14 +138,6 @@ def ce_label(ckpt, path):
     return check_name(label, f"{path}: meta.init_label")
 
 
-TRUNK_FLAGS = ("arch", "width", "pool_free")  # the trunk of `random` on the command line (--arch, --width, ...)
-
-
-def trunk_of(cfg):
-    """The AlexNetEncoder kwargs that a config's trunk flags ask for (those the entry point has)."""
-    return {k: cfg[k] for k in TRUNK_FLAGS if k in cfg}
-
-
 def weights_label(spec):
     """The label load_encoder gives a weights spec (random, kmeans, supervised, or a ce.pt's own), without building
     the network: entry points name their outputs by it before they load any data."""

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 from PIL import Image
 
-from transfer.detection.stages import EXAMPLE_SIZE, draw_examples
-from transfer.segmentation.stages import save_examples
+from transfer.detection.outputs import EXAMPLE_SIZE, draw_examples
+from transfer.segmentation.outputs import save_examples
 from voc.devkit import voc_palette
 
 

@@ -16,7 +16,7 @@ ENTRY_POINTS = ("pretrain.train", "pretrain.export", "pretrain.speed", "transfer
                 "evaluation.probe", "evaluation.curve", "evaluation.tables", "evaluation.report", "evaluation.check",
                 "evaluation.speed", "evaluation.readme")
 # Still importing heavy packages before parsing; each is taken off this list as its entry point is reworked.
-NOT_YET = {"transfer.classify", "transfer.detect", "transfer.segment", "transfer.speed"}
+NOT_YET = set()
 NO_PROFILE = ("pretrain.export", "evaluation.check", "evaluation.speed", "evaluation.readme")  # no --print-config
 
 

@@ -24,7 +24,7 @@ from pretrain import train
 from pretrain.model import AlexNetEncoder, ContextEncoder
 from pretrain.weights import load_encoder, save_checkpoint
 from transfer import classify, detect, segment
-from transfer.stages import check_ids
+from transfer.driver import check_ids
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:class\\(es\\).*no positive:UserWarning")

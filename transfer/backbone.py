@@ -136,11 +136,12 @@ def rescale_backbone_(backbone, info, images, *, model=None, top=None, iteration
     return summary
 
 
-def measure_health(backbone, image_paths, size, cfg, device, *, source, rescaled):
-    """The record's feature_health of the init: --health-images fixed views of the task's training images."""
+def measure_health(backbone, image_paths, size, device, *, n_images, seed, source, rescaled):
+    """The record's feature_health of the init: `n_images` (--health-images) fixed seeded views of the task's
+    training images at `size`."""
     weights = "after Krähenbühl rescaling" if rescaled else "as loaded (no rescaling)"
-    return health_record(backbone.encoder, image_paths, cfg["health_images"], size, seed=cfg["seed"], device=device,
-                         source=source, weights=weights)
+    return health_record(backbone.encoder, image_paths, n_images, size, seed=seed, device=device, source=source,
+                         weights=weights)
 
 
 def health_of_init(rescaling, measure):

@@ -3,7 +3,7 @@ engine's step on the task's data and model, and the timing of its final evaluati
 
 from cebench.runtime import resolve_data_path
 from cebench.speed import seconds_per_call
-from transfer import stages
+from transfer import driver
 from transfer.engine import evaluate_main
 from transfer.speed import engine_bench
 from voc.devkit import read_image_set
@@ -28,7 +28,7 @@ def engine_check(task, model, cfg, rt, *, train, test, what, workers, cached, n_
     auto weighs the full split's images (`nbytes` of the check's `train`, scaled to `n_train`), and `choose(name)`
     sets it on the task (the task package's choose_data_path)."""
     chosen = choose(resolve_data_path(cfg["data_path"], rt.device, nbytes * max(1, n_train) / len(train)))
-    config = stages.train_config(cfg, workers)
+    config = driver.train_config(cfg, workers)
     bench = engine_bench(task, model, config, rt)
     micro = cfg["batch_size"] // cfg["accum_steps"]
 

@@ -7,13 +7,9 @@
 
 import time
 
+from cebench.config import parse_config
 from cebench.errors import run_cli
 from cebench.flags import add_data_path_flag
-from cebench.files import atomic_write_json
-from cebench.records import write_record
-from transfer import stages
-from transfer.backbone import health_of_init
-from transfer.classification import stages as run
 from transfer.flags import (add_data_args, add_flip_flag, add_head_args, add_init_args, add_n_boot_flag,
                             add_optimisation_args, add_run_args, task_parser)
 
@@ -49,40 +45,17 @@ def get_args_parser():
     return p
 
 
-def _run(cfg, rt, log, started):
-    stages.refuse_existing(cfg, "classify", "probe" if cfg["probe"] else "")  # before minutes of loading
-    # data: every file of both splits is checked here (bad input fails now, not mid-run)
-    train, test = run.load_data(cfg, log)
-    # model: backbone from --weights + fc8; output paths follow the init it turned out to be
-    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"], train.split.image_paths)
-    paths = stages.output_paths(cfg, "classify", stages.init_label(cfg, info), "probe" if cfg["probe"] else "")
-    with stages.run_outputs(paths, cfg, rt):
-        model = run.classifier(backbone, cfg)
-        rescaling = stages.rescale_once(cfg, paths, rt, log, lambda: run.rescale(model, info, train, cfg, rt))
-        health = health_of_init(rescaling, lambda rescaled: run.health(model, train, cfg, rt, rescaled))
-        # fine-tune via the one engine (or the frozen-feature probe), then score the test split
-        if cfg["probe"]:
-            scores, fit = run.probe(backbone, train, test, cfg, rt), None
-            if rt.is_main:
-                atomic_write_json(paths["run_dir"] / "config.json", cfg)
-        else:
-            scores, fit = run.finetune(model, train, test, cfg, rt, paths, log)
-        if not rt.is_main:
-            return {}
-        # result record
-        record = run.make_classification_record(cfg, info, paths["label"], rescaling, train, test, scores, fit,
-                                                time.time() - started, feature_health=health)
-        record["scores_file"] = str(run.save_scores(paths, test, scores))
-        write_record(paths["out"], record)
-    log.info("%s: mAP %.2f [%.2f, %.2f] (11-point %.2f), wrote %s", record["init"], record["value"],
-             *record["ci95"], record["map_voc07"], paths["out"])
-    return {"out": str(paths["out"]), "value": record["value"], "ci95": record["ci95"],
-            "map_voc07": record["map_voc07"], "n_skipped": record["n_skipped"],
-            "wall_time_s": record["wall_time_s"], "steps": fit.step if fit else 0}
-
-
 def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "classify", _run, check=run.check_config, fixed_shapes=True)
+    started = time.time()
+    # config: parser defaults < benchmarks.yaml profile < command line (--help and --print-config exit here)
+    cfg = parse_config(get_args_parser(), argv, "classify")
+    from cebench.runtime import start_run
+    from transfer import driver
+    from transfer.classification.hooks import ClassificationHooks
+
+    # checked config -> distributed, precision, threads, seed -> the driver's steps with the task's hooks
+    rt, log = start_run(cfg, "classify", ClassificationHooks.check_config, ClassificationHooks.fixed_shapes)
+    return driver.run(ClassificationHooks(cfg), cfg, rt, log, started)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,9 @@ engine; the record also holds per-class AP, a bootstrap interval over test image
 
 import time
 
-from cebench.config import benchmarks_path
+from cebench.config import benchmarks_path, parse_config
 from cebench.errors import run_cli
 from cebench.flags import add_data_path_flag
-from transfer import stages
-from transfer.backbone import health_of_init
-from transfer.detection import stages as run
 from transfer.flags import (add_data_args, add_flip_flag, add_head_args, add_init_args, add_optimisation_args,
                             add_run_args, add_test_args, task_parser)
 
@@ -74,33 +71,17 @@ def get_args_parser():
     return p
 
 
-def _run(cfg, rt, log, started):
-    stages.refuse_existing(cfg, "detect")  # before minutes of loading
-    # data: annotations checked up front, then proposals (cached selective search or --proposals)
-    splits = run.load_splits(cfg, log)
-    proposals, proposal_info = run.load_proposals(cfg, splits, rt, log)
-    train, test = run.datasets(cfg, splits, proposals)
-    # model: backbone from --weights + Fast R-CNN heads; output paths follow the init it turned out to be
-    model, info = run.build(cfg, num_classes=len(splits[0].classes) + 1, train_images=splits[0].image_paths)
-    paths = run.output_paths(cfg, stages.init_label(cfg, info))
-    with stages.run_outputs(paths, cfg, rt, extra=[paths["examples"]],
-                            guarded=run.guarded_outputs(cfg, splits[1].classes)):
-        rescaling = stages.rescale_once(cfg, paths, rt, log, lambda: run.rescale(model, info, train, cfg, rt))
-        health = health_of_init(rescaling, lambda rescaled: run.health(model, info, train.split, cfg, rt, rescaled))
-        # fine-tune via the one engine, which scores the test split at the end
-        detections, fit = run.finetune(model, train, test, cfg, rt, paths, log)
-        if not rt.is_main:
-            return {}
-        # result record, devkit results files, drawn examples
-        record = run.write_outputs(cfg, info, paths, rescaling, splits, detections, proposal_info, fit,
-                                   time.time() - started, feature_health=health)
-    log.info("%s: mAP@0.5 %s %s, COCO AP %s / AP50 %s, wrote %s", record["init"], record["value"],
-             record["ci95"], record["coco_ap"], record["coco_ap50"], paths["out"])
-    return run.summary(record, fit, proposal_info, paths)
-
-
 def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "detect", _run, check=run.check_config)
+    started = time.time()
+    # config: parser defaults < benchmarks.yaml profile < command line (--help and --print-config exit here)
+    cfg = parse_config(get_args_parser(), argv, "detect")
+    from cebench.runtime import start_run
+    from transfer import driver
+    from transfer.detection.hooks import DetectionHooks
+
+    # checked config -> distributed, precision, threads, seed -> the driver's steps with the task's hooks
+    rt, log = start_run(cfg, "detect", DetectionHooks.check_config, DetectionHooks.fixed_shapes)
+    return driver.run(DetectionHooks(cfg), cfg, rt, log, started)
 
 
 if __name__ == "__main__":

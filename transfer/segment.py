@@ -10,17 +10,12 @@ PNGs and a PNG of a few colour-coded examples next to the record.
 
 import time
 
+from cebench.config import parse_config
 from cebench.errors import run_cli
-from cebench.records import write_record
 from cebench.flags import add_data_path_flag
-from transfer import stages
-from transfer.backbone import health_of_init
 from transfer.flags import (add_data_args, add_flip_flag, add_head_args, add_init_args, add_optimisation_args,
                             add_run_args, add_test_args, task_parser)
-from transfer.segmentation import stages as run
-from transfer.segmentation.device_data import choose_data_path
-from transfer.segmentation.model import VARIANTS
-from transfer.segmentation.task import LOSS_NORMALIZATIONS, SegmentationTask
+from transfer.segmentation.choices import LOSS_NORMALIZATIONS, VARIANTS
 
 
 def get_args_parser():
@@ -67,40 +62,17 @@ def get_args_parser():
     return p
 
 
-def _run(cfg, rt, log, started):
-    stages.refuse_existing(cfg, "segment")  # before minutes of loading
-    # data first (a bad file fails before any output exists): augmented crops for training, whole test images
-    train_ds, test_ds, transform = run.load_data(cfg, log)
-    # backbone from --weights; the output paths follow the init it turned out to be
-    backbone, info = stages.backbone_from_flags(cfg, cfg["input_size"], train_ds.image_paths)
-    paths = run.output_paths(cfg, stages.init_label(cfg, info))
-    with stages.run_outputs(paths, cfg, rt, extra=run.own_outputs(paths, cfg)):
-        # rescaling of the backbone as the paper (on training crops at its input size), then fc6/fc7 as
-        # convolutions and the FCN head
-        rescaling = stages.rescale_once(cfg, paths, rt, log, lambda: run.rescale(backbone, info, train_ds, cfg, rt))
-        health = health_of_init(rescaling, lambda rescaled: run.health(backbone, train_ds, cfg, rt, rescaled))
-        model = run.fcn(backbone, cfg)
-        # optimiser, schedule, resume and loop: the one engine
-        task = SegmentationTask(train_ds, test_ds, loss_normalization=cfg["loss_normalization"],
-                                prediction_dir=paths["predictions"], n_examples=cfg["examples"],
-                                show_progress=rt.is_main)
-        cfg["data_path"] = choose_data_path(task, train_ds, cfg["data_path"], rt.device, log)  # resolved: the record
-        workers = stages.data_workers(cfg, cached=train_ds.cached)
-        fit = stages.fit(task, model, cfg, rt, paths, log, workers)
-        if not rt.is_main:
-            return {}
-        # final evaluation (fit's, on the main rank; predictions already written) -> record, examples PNG
-        run.save_examples(paths["examples_png"], test_ds, task.last["examples"])
-        record = run.segmentation_record(cfg, info, paths, rescaling, task.last, fit, train_ds, test_ds, transform,
-                                         model, workers, wall_time_s=time.time() - started, feature_health=health)
-        write_record(paths["out"], record)
-    log.info("%s: mIoU %.2f%% [%.2f, %.2f], pixel accuracy %.2f%%, wrote %s", paths["label"], record["value"],
-             *record["ci95"], record["pixel_acc"], paths["out"])
-    return dict(fit.metrics, out=str(paths["out"]), value=record["value"], ci95=record["ci95"])
-
-
 def main(argv=None):
-    return stages.run_main(get_args_parser(), argv, "segment", _run, check=run.check_config)
+    started = time.time()
+    # config: parser defaults < benchmarks.yaml profile < command line (--help and --print-config exit here)
+    cfg = parse_config(get_args_parser(), argv, "segment")
+    from cebench.runtime import start_run
+    from transfer import driver
+    from transfer.segmentation.hooks import SegmentationHooks
+
+    # checked config -> distributed, precision, threads, seed -> the driver's steps with the task's hooks
+    rt, log = start_run(cfg, "segment", SegmentationHooks.check_config, SegmentationHooks.fixed_shapes)
+    return driver.run(SegmentationHooks(cfg), cfg, rt, log, started)
 
 
 if __name__ == "__main__":

@@ -8,24 +8,14 @@ micro-step and optimiser step, so detection and segmentation share its arithmeti
 Data loading keeps up when the end-to-end images/s is at least 95% of the step-only images/s.
 """
 
-from types import SimpleNamespace
-
-import torch
-
-from cebench.config import parse_with_profile, resolved_config
+from cebench.config import parse_config
 from cebench.errors import run_cli
-from cebench.logs import get_logger
-from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
-from cebench.speed import Bench, add_benchmark_args, benchmark_precisions, measure, report
-from transfer import engine, stages
-from transfer.classification import stages as run
-from transfer.classification.model import Classifier
-from transfer.classification.task import ClassificationTask
-from transfer.classify import get_args_parser
+from cebench.flags import add_benchmark_args
+from transfer import classify
 
 
 def get_speed_parser():
-    p = get_args_parser()
+    p = classify.get_args_parser()
     p.prog = "python -m transfer.speed"
     p.description = __doc__.split("\n")[0]
     add_benchmark_args(p)
@@ -35,6 +25,9 @@ def get_speed_parser():
 def engine_bench(task, model, config, runtime):
     """The engine's step on any transfer task: one micro-batch forward and backward per call, the optimiser step on
     every `accum_steps`-th call, as in training; batches(start, n) yields the micro-batches of calls start..start+n."""
+    from cebench.speed import Bench
+    from transfer import engine
+
     model.to(runtime.device).train()
     optimizer = engine.build_optimizer(task, model, config)
     scaler = runtime.grad_scaler(config.amp)
@@ -54,33 +47,39 @@ def engine_bench(task, model, config, runtime):
     return Bench(step=step, batch=next(iter(engine._make_loader(task, config, runtime, 0, 1))), batches=batches)
 
 
-def _bench(cfg, runtime, train, test, config, device_batches):
-    """A fresh classifier (same seed for every precision) and the engine's step on it."""
-    backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-    model = runtime.place(Classifier(backbone, generator=torch.Generator().manual_seed(cfg["seed"] + 2)))
-    task = ClassificationTask(train, test, device=runtime.device, seed=cfg["seed"], num_workers=config.num_workers)
-    task.device_batches = device_batches  # the data path's, shared by every precision (one copy of the images)
-    return engine_bench(task, model, config, runtime)
-
-
 def main(argv=None):
-    cfg = resolved_config(parse_with_profile(get_speed_parser(), argv, "classify"))
-    run.check_config(cfg)
+    cfg = parse_config(get_speed_parser(), argv, "classify")  # --help and --print-config exit here
+    from types import SimpleNamespace
+
+    from cebench.logs import get_logger
+    from cebench.runtime import Runtime, configure_backends, resolve_device, set_threads
+    from cebench.speed import benchmark_precisions, measure, report
+    from transfer import driver
+    from transfer.classification.hooks import ClassificationHooks
+
+    hooks = ClassificationHooks(cfg)
+    hooks.check_config(cfg)
     set_threads(cfg["threads"])
     device = resolve_device(cfg["device"])
-    configure_backends(device, fixed_shapes=True)  # as transfer.classify: TF32 and cudnn.benchmark on CUDA
+    configure_backends(device, fixed_shapes=hooks.fixed_shapes)  # as transfer.classify: TF32, cudnn.benchmark
     precisions = cfg["precisions"] or benchmark_precisions(device)
-    train, test = run.load_data(cfg, get_logger("speed"))
-    config = stages.train_config(cfg, stages.data_workers(cfg, cached=train._cache is not None))
-    holder = SimpleNamespace(device_batches=None)  # choose_data_path gives it the device path's batches
-    data_path = run.choose_data_path(holder, train, cfg, device)
     runtimes = {p: Runtime(device=device, precision=p, compile=cfg["compile"]) for p in precisions}
-    benches = {p: _bench(cfg, rt, train, test, config, holder.device_batches) for p, rt in runtimes.items()}
+    data = hooks.load_data(runtimes[precisions[0]], get_logger("speed"))
+    workers = driver.data_workers(cfg, hooks.in_memory(data))
+    config = driver.train_config(cfg, workers)
+    holder = SimpleNamespace(device_batches=None)  # choose_data_path gives it the device path's batches
+    data_path = hooks.choose_data_path(holder, data, runtimes[precisions[0]], None)
+    benches = {}
+    for precision, rt in runtimes.items():  # a fresh classifier (same seed for every precision)
+        model, _ = hooks.build_model(data)
+        task = hooks.engine_task(data, rt, None, workers)
+        task.device_batches = holder.device_batches  # the data path's, shared by every precision (one copy)
+        benches[precision] = engine_bench(task, rt.place(model), config, rt)
     per_precision = measure(benches, images_per_step=cfg["batch_size"], device=device, rounds=cfg["rounds"],
                             warmup=cfg["warmup"], steps=cfg["bench_steps"])
     return report(per_precision, cfg, device, cfg["json"], stage="finetune (classification)", fc_dim=cfg["fc_dim"],
-                  cached=train._cache is not None, workers=config.num_workers,
-                  data_path=data_path, runtime=runtimes[precisions[0]].settings())
+                  cached=hooks.in_memory(data), workers=workers, data_path=data_path,
+                  runtime=runtimes[precisions[0]].settings())
 
 
 if __name__ == "__main__":

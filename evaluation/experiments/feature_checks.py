@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cebench.flags import trunk_of
 from cebench.runtime import default_num_workers
 from cebench.speed import Bench
 from evaluation.experiments.features import Extractor, hole_mask, make_loader
@@ -18,7 +19,7 @@ from evaluation.experiments.imagesets import gallery_and_queries, voc_images
 from pretrain.data import normalize
 from pretrain.masks import apply_mask
 from pretrain.model import ContextEncoder
-from pretrain.weights import load_encoder, trunk_of
+from pretrain.weights import load_encoder
 from voc.devkit import read_image_set
 
 

@@ -14,12 +14,13 @@ import torch
 from skimage.feature import hog
 
 from cebench.errors import CebenchError
+from cebench.flags import trunk_of
 from cebench.logs import progress
 from cebench.runtime import autocast, default_num_workers, worker_seed_init
 from pretrain.data import IMAGE_MEAN, normalize, read_image
 from pretrain.health import health_record
 from pretrain.masks import apply_mask, central_mask
-from pretrain.weights import load_encoder, trunk_of
+from pretrain.weights import load_encoder
 from evaluation.experiments.flags import HOG
 
 # Dalal & Triggs' HOG as the paper's NN-inpainting baseline (Hays & Efros style): 9 unsigned orientations,

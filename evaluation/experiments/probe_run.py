@@ -6,10 +6,11 @@ import warnings
 
 from cebench.records import make_record, percent
 from evaluation.metrics import classification_map, classification_map_ci, interval_description
-from pretrain.weights import trunk_of
+from cebench.flags import trunk_of
 from transfer.backbone import build_backbone, rescale_backbone_
+from transfer.classification.data import calibration_views
 from transfer.classification.probe import CV_FOLDS, SVM_SETTINGS, logistic_probe, svm_probe
-from transfer.classification.stages import AP_DEFINITION, calibration_views
+from transfer.classification.task import AP_DEFINITION
 from voc.devkit import VOC_CLASSES, dataset_name
 
 
@@ -35,7 +36,7 @@ def rescale(backbone, info, train, cfg, device, log):
     if not cfg["rescale"]:
         return {"applied": False}
     backbone.to(device)
-    images = calibration_views(train, cfg, device)
+    images = calibration_views(train, cfg["input_size"], cfg["base_size"], cfg["rescale_images"], cfg["seed"], device)
     summary = rescale_backbone_(backbone, info, images, iterations=cfg["rescale_iterations"], seed=cfg["seed"])
     log.info("rescaled (%d layers normalised on data; gradient/weight ratio spread %.1f -> %.2f)",
              summary["normalised_layers"], summary["ratio_spread_before"], summary["ratio_spread_after"])

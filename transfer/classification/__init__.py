@@ -1,5 +1,6 @@
 """VOC classification (Table 2, "Classification"): Krahenbuhl's voc-classification protocol.
 
-data.py (random views, the dataset) -> model.py (backbone + fc8) -> task.py (loss, multi-crop test, for the
-engine) -> stages.py (what `python -m transfer.classify` runs); probe.py: the frozen-feature linear probe.
+data.py (random views, the dataset, the rescaling's views) -> model.py (backbone + fc8) -> task.py (loss, multi-crop
+test, for the engine) -> hooks.py (ClassificationHooks: what the transfer driver calls for `python -m
+transfer.classify`); probe.py: the frozen-feature linear probe; device_views.py: the device data path.
 """

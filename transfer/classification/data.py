@@ -8,11 +8,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cebench.logs import progress
-from transfer.backbone import PRETRAINED_CFG
+from transfer.backbone import PRETRAINED_CFG, normalize
 from transfer.sampling import derive_seed
 from voc.devkit import load_image
 
 
+CACHE_LIMIT_BYTES = 2 * 1024**3  # --cache auto keeps both splits in memory below this
 MEAN_RGB = PRETRAINED_CFG["pad_rgb"]  # padding colour: 0 after normalisation
 
 
@@ -85,3 +86,17 @@ class TestViews(Dataset):
         views = [self.images.view(i, np.random.default_rng(derive_seed(self.seed, self.stream, i, c)))
                  for c in range(self.crops)]
         return torch.stack(views), self.images.labels[i]
+
+
+def calibration_images(train, n, seed, device):
+    """`n` normalised training views of VocImages `train` (distinct images while they last), seeded: (n, 3, S, S)."""
+    order = np.random.default_rng(derive_seed(seed, 6)).permutation(len(train))
+    views = [train.view(int(order[k % len(order)]), np.random.default_rng(derive_seed(seed, 6, k)))
+             for k in range(n)]
+    return normalize(torch.stack(views), device)
+
+
+def calibration_views(split, input_size, base_size, n, seed, device):
+    """The `n` normalised views of a VocSplit that transfer.classify's rescaling draws at the default scales
+    (evaluation.probe rescales on them: the same seed gives the same weights)."""
+    return calibration_images(VocImages(split, ViewSpec(input_size, base_size)), n, seed, device)

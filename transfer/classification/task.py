@@ -18,6 +18,8 @@ from evaluation.metrics import classification_map
 from transfer.backbone import normalize
 from transfer.classification.data import TestViews
 
+AP_DEFINITION = "non-interpolated AP (sklearn average_precision_score on non-difficult images), mean over classes"
+
 
 def voc_bce(logits, labels):
     """Sigmoid cross-entropy summed over classes, mean over images; label 0 (difficult) is ignored."""

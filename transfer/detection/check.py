@@ -7,9 +7,9 @@ import os
 import time
 from functools import partial
 
-from transfer import check, stages
-from transfer.detection import stages as run
+from transfer import check, driver
 from transfer.detection.device_data import DeviceImages, choose_data_path
+from transfer.detection.hooks import DetectionHooks
 from transfer.detection.task import DetectionTask
 
 SPLITS = ("train_split", "test_split")
@@ -56,19 +56,20 @@ def _selective_search_s(paths, settings):
 
 def bench(cfg, rt, log, n_train, n_test):
     # the check's share of each split (selective search of whole splits would take the check's minutes)
-    splits = [_head(split, n) for split, n in zip(run.load_splits(cfg, log), (CHECK_TRAIN, CHECK_TEST), strict=True)]
-    proposals, _ = run.load_proposals(cfg, splits, rt, log)
+    hooks = DetectionHooks(cfg)
+    splits = [_head(split, n) for split, n in zip(hooks.load_splits(log), (CHECK_TRAIN, CHECK_TEST), strict=True)]
+    proposals, _ = hooks.load_proposals(splits, rt, log)
     extra = []
     if not cfg["proposals"]:  # timed apart from the cache, on a few images in this one process
-        per_image, workers = _selective_search_s(splits[0].image_paths[:4], run.proposal_settings(cfg)), \
+        per_image, workers = _selective_search_s(splits[0].image_paths[:4], hooks.proposal_settings()), \
             cfg["ss_workers"] or os.cpu_count() or 1
         extra.append({"what": "selective search of both splits (CPU; once: cached for every later run)",
                       "seconds": per_image * (n_train + n_test) / workers, "once": True,
                       "how": f"measured: {per_image:.3f} s per image on 4 of the check's images (their content, "
                              f"not the real photos'), times the full splits' images, over {workers} processes"})
-    train, test = run.datasets(cfg, splits, proposals)
-    workers = stages.data_workers(cfg, cached=False)
-    model, _ = run.build(cfg, num_classes=len(splits[0].classes) + 1)
+    train, test = hooks.datasets(splits, proposals)
+    workers = driver.data_workers(cfg, cached=False)
+    model, _ = hooks.fast_rcnn(len(splits[0].classes) + 1)
     task = DetectionTask(train, test, device=rt.device, num_workers=workers,
                          test_settings={"score_thresh": cfg["score_thresh"], "nms_iou": cfg["nms"],
                                         "max_per_image": cfg["max_dets"]})

@@ -4,10 +4,10 @@ stage's hooks share: evaluation.experiments.stage_checks)."""
 
 from functools import partial
 
-from transfer import check, stages
-from transfer.segmentation import stages as run
+from transfer import check, driver
 from transfer.segmentation.data import CACHE_LIMIT_BYTES, find_year
 from transfer.segmentation.device_data import DeviceImages, choose_data_path
+from transfer.segmentation.hooks import SegmentationHooks
 from transfer.segmentation.task import SegmentationTask
 from voc.devkit import read_image_set
 
@@ -33,11 +33,12 @@ def cache_fits(cfg, counts, size):
 
 
 def bench(cfg, rt, log, n_train, n_test):
-    train, test, _ = run.load_data(cfg, log)
+    hooks = SegmentationHooks(cfg)
+    train, test, _ = hooks.load_data(rt, log)
     cached = train.cached
-    workers = stages.data_workers(cfg, cached=cached)
-    backbone, _ = stages.backbone_from_flags(cfg, cfg["input_size"])
-    model = run.fcn(backbone, cfg)
+    workers = driver.data_workers(cfg, cached=cached)
+    backbone, _ = driver.backbone_from_flags(cfg, cfg["input_size"])
+    model = hooks.fcn(backbone)
     task = SegmentationTask(train, test, loss_normalization=cfg["loss_normalization"], prediction_dir=None,
                             n_examples=0, show_progress=False)
     return check.engine_check(task, model, cfg, rt, train=train, test=test,

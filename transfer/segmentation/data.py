@@ -47,7 +47,7 @@ class VOCSegmentation(Dataset):
         self.ids, self.image_paths, self.mask_paths, self.skipped = segmentation_files(
             voc_root, self.year, split, skip_bad=skip_bad)
         self.sources = {f"VOC{self.year} {split}": len(self.ids)}  # images each source gave, for the record
-        self.sbd = None  # SBD's merge counts, set by transfer.segmentation.stages.load_data
+        self.sbd = None  # SBD's merge counts, set by SegmentationHooks.load_data
         if extra is not None:
             name, (ids, image_paths, mask_paths, skipped) = extra
             self.ids, self.image_paths = self.ids + ids, self.image_paths + image_paths

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("32s", "16s", "8s")
+from transfer.segmentation.choices import VARIANTS
+
 TAPS = {"16s": ("conv5",), "8s": ("conv5", "conv2")}  # stride-16 and stride-8 maps of the AlexNet trunk
 
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 
 from cebench.logs import progress
 from evaluation.metrics import ConfusionMatrix
+from transfer.segmentation.choices import LOSS_NORMALIZATIONS
 from transfer.segmentation.data import IGNORE_INDEX, NUM_CLASSES, pad_collate
 from voc.devkit import save_mask, VOC_CLASSES
 
 SEG_CLASSES = ("background", *VOC_CLASSES)
-LOSS_NORMALIZATIONS = ("valid", "batch")
 
 
 def segmentation_loss(scores, masks, normalization="valid"):
