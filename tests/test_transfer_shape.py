@@ -61,8 +61,10 @@ def test_each_task_supplies_its_hooks_as_one_class_named_for_its_stage(stage, pa
     assert TransferHooks.__abstractmethods__ and not classes[0].__abstractmethods__, classes[0].__abstractmethods__
 
 
-ENTRY_LAYER = {"transfer/driver.py", *(f"transfer/{s}.py" for s in ENTRY_POINTS),
-               *(f"transfer/{p}/hooks.py" for p in ENTRY_POINTS.values())}
+# the entry points, the driver and the hooks it calls; and the hooks `run_all.sh --check` calls (evaluation.check
+# resolves a stage's configuration as its entry point does, then hands it to the stage's check.py)
+ENTRY_LAYER = {"transfer/driver.py", "transfer/check.py", *(f"transfer/{s}.py" for s in ENTRY_POINTS),
+               *(f"transfer/{p}/{hooks}.py" for p in ENTRY_POINTS.values() for hooks in ("hooks", "check"))}
 
 
 def test_below_the_entry_layer_no_function_takes_the_configuration():
