@@ -100,8 +100,9 @@ def _full_counts(profile, stage, opts):
     years = ("2012", "2007") if cfg["year"] == "auto" else (str(cfg["year"]),)
     for year in years:
         sizes = [DEVKIT_SIZES.get((own.IMAGE_SETS, year, cfg[k])) for k in own.SPLITS]
-        if None not in sizes:
-            return tuple(sizes), f"VOC{year}'s devkit counts (the profile's data is absent)"
+        if None not in sizes:  # plus what a stage adds to its training split (segmentation: SBD's images)
+            extra, words = own.devkit_extra(cfg) if hasattr(own, "devkit_extra") else (0, "")
+            return (sizes[0] + extra, sizes[1]), f"VOC{year}'s devkit counts (the profile's data is absent){words}"
     return None, "the check's images (the profile's data is absent and its splits are not VOC's)"
 
 

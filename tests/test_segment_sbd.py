@@ -132,3 +132,16 @@ def test_run_all_paper_asks_for_sbd_before_running_anything(tmp_path):
     suite.preflight(profile, jobs, args)  # every folder there
     segment = next(j for j in jobs if j.stage == "segment")
     assert segment.argv[segment.argv.index("--sbd-root") + 1] == str(tmp_path / "voc")
+
+
+def test_the_check_counts_sbd_in_the_full_runs_training_images(voc_and_sbd):
+    """`run_all.sh paper --check` projects on the full run's training set, SBD's images included: exact from the
+    lists where SBD is present (the merge above: 3 VOC + 4 SBD), where the --cache auto decision reads it."""
+    from transfer.segmentation import check
+
+    voc, sbd, _ = voc_and_sbd
+    cfg = {"voc_root": str(voc.root), "year": "auto", "train_split": "train", "test_split": "val",
+           "sbd_root": str(sbd), "sbd_splits": ["train", "val"]}
+    assert check.counts(cfg) == (7, 3)
+    assert check.counts(dict(cfg, sbd_root="")) == (3, 3)
+    assert check.counts(dict(cfg, sbd_splits=["val"])) == (5, 3)

@@ -18,7 +18,8 @@ and where a stage needs them: `parser()` (default: its entry point's get_args_pa
 its two splits as train and val), `min_train_images(cfg)` (the stand-in's training images it needs),
 `max_image_side(cfg)` (a cap on the stand-in's image size), `cache_fits(cfg, counts, size)` (whether the full run's
 images fit its --cache auto: True, False or None for unknown), `check_flags(out_dir)` (flags that keep its files
-with the check).
+with the check), `devkit_extra(cfg)` (training images its full run adds to the devkit's count where the data is
+absent, and the words that say so: segmentation's SBD).
 """
 
 import gc
