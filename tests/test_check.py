@@ -5,6 +5,7 @@ stand-in; the pure parts (runs per stage, the full run's cache decision, totals)
 values; the suite's routing is checked with --dry-run.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def test_runs_cache_and_totals_of_the_repository_profiles():
     assert check.full_run_cache(paper, "segment", (1464, 1449), 500) == ["--cache", "on"]
     assert check.full_run_cache(paper, "pretrain", None, 500) == ["--cache", "off"]  # ImageNet: not known to fit
     assert check.full_run_cache(paper, "detect", (5011, 4952), 500) == []
+    # the paper's segmentation trains on VOC2012 train plus SBD: absent, its images are estimated (and say so), and
+    # the full run's cache decision is taken on them; the stand-in has no SBD, so its flags turn SBD off
+    (n_train, n_test), words = check._full_counts(paper, "segment", argparse.Namespace(voc_root="absent"))
+    assert (n_train, n_test) == (10582, 736) and "SBD images (an estimate" in words
+    assert check.full_run_cache(paper, "segment", (n_train, n_test), 500) == ["--cache", "off"]
+    assert check._standin_flags(paper, "segment", Path("devkit"))[-2:] == ["--sbd-root", ""]
     row = {"projected_s": 10.0, "once_s": 3.0, "runs": ["ce", "random"]}
     assert check.stage_total(row) == 23.0
 
@@ -106,3 +113,45 @@ def test_run_all_check_runs_evaluation_check_and_nothing_else(capsys):
         run_all(["smoke", "--check", "--max-steps", "5", "--dry-run"])
     with pytest.raises(CebenchError, match="--check-steps applies to --check only"):
         run_all(["smoke", "--check-steps", "5", "--dry-run"])
+
+
+def test_drawn_proposals_stand_in_for_selective_search():
+    """Where OpenCV's contrib module is missing (a GPU image's opencv-python-headless), the detection check draws
+    each image's proposals: as many as the cap, inside the image, at least 2 px a side, seeded, and around the
+    objects as well as anywhere, so that the RoI sampler fills its batch with foreground (IoU >= 0.5) and
+    background (IoU in [0.1, 0.5)) as it does on selective search's boxes."""
+    import numpy as np
+    from torchvision.ops import box_iou
+    import torch
+
+    from transfer.detection.check import drawn_proposals
+    from transfer.detection.data import DetectionSplit
+
+    boxes = [np.array([[10, 20, 60, 90], [100, 5, 180, 70]], np.float32), np.zeros((0, 4), np.float32)]
+    split = DetectionSplit("train", ("a",), ["im1", "im2"], ["x", "y"], [(200, 100), (50, 40)], boxes,
+                           [np.array([1, 1]), np.array([], int)], [np.zeros(2, bool), np.zeros(0, bool)])
+    drawn = drawn_proposals(split, 2000, seed=3)
+    assert drawn.keys() == {"im1", "im2"}
+    for image_id, (w, h) in zip(split.ids, split.sizes, strict=True):
+        b = drawn[image_id]
+        assert b.shape == (2000, 4) and b.dtype == np.float32
+        assert (b[:, :2] >= 0).all() and (b[:, 2] <= w).all() and (b[:, 3] <= h).all()
+        assert (b[:, 2:] - b[:, :2] >= 2 - 1e-4).all()
+    assert all((drawn_proposals(split, 2000, seed=3)[i] == drawn[i]).all() for i in split.ids)
+    assert not (drawn_proposals(split, 2000, seed=4)["im1"] == drawn["im1"]).all()
+    best = box_iou(torch.from_numpy(drawn["im1"]), torch.from_numpy(boxes[0])).max(dim=1).values
+    assert (best >= 0.5).sum() >= 16 and ((best >= 0.1) & (best < 0.5)).sum() >= 48  # a 64-RoI batch: 16 fg
+
+
+def test_detection_check_without_opencv_contrib_draws_its_proposals(absent_data_profile, monkeypatch):
+    monkeypatch.setattr("transfer.detection.proposals.opencv_with_contrib", lambda: None)
+    out = absent_data_profile / "check"
+    result = check.main(["--profile", "tiny", "--stages", "detect", "--check-steps", "1", "--check-warmup", "0",
+                         "--check-images", "8", "--check-test-images", "3", "--image-size", "128", "--threads", "1",
+                         "--device", "cpu", "--out-dir", str(out)])
+    assert result["failed"] == []
+    (row,) = result["rows"]
+    assert row["stage"] == "detect" and row["model_only_images_per_s"] > 0
+    assert not any("selective search" in e["what"] for e in row["evaluations"])  # not timed: not projected
+    assert any("drawn boxes" in note and "cv2.ximgproc" in note for note in row["not_projected"])
+    assert not (out / "proposals").exists()  # no selective search ran, none was cached
