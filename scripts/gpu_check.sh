@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU figures of the README in one command (issue 22): the CUDA tests (tests/test_gpu_path.py; GPU_TESTS=0
-# skips them), the check of the paper and voc-mini-paper profiles on one CUDA device, then the issue's bars read
-# from their JSON (evaluation.experiments.check_bars). Meant to finish within ~8 min on one GPU.
+# The GPU figures of the README in one command (issue 22): the check of the paper and voc-mini-paper profiles on
+# one CUDA device, the CUDA tests (tests/test_gpu_path.py; GPU_TESTS=0 skips them), then the issue's bars read from
+# the checks' JSON (evaluation.experiments.check_bars). Meant to finish within ~8 min on one GPU.
 #   bash scripts/gpu_check.sh                          # both profiles, --check-steps 8, on cuda
 #   CHECK_STEPS=4 PROFILES="paper" bash scripts/gpu_check.sh
 #   CHECK_DEVICE=cpu PROFILES=smoke CHECK_STEPS=2 bash scripts/gpu_check.sh --threads 1   # the script, on a CPU
@@ -52,12 +52,6 @@ print("== optional packages missing:", ", ".join(missing) or "none",
 EOF
 
 status=0
-# The CUDA tests first (tests/test_gpu_path.py, skipped on a CPU): a failure there is seen before the checks run.
-if [ "$device" = cuda ] && [ "${GPU_TESTS:-1}" != 0 ]; then
-  echo "== python -m pytest tests/test_gpu_path.py  (limit ${tests_limit} s)"
-  timeout "$tests_limit" "$python" -m pytest -q -rA -p no:cacheprovider tests/test_gpu_path.py \
-    2>&1 | tee "${OUT:-${TMPDIR:-/tmp}}/gpu_tests.log" || status=1
-fi
 for profile in $profiles; do
   if ! "$python" -c "import sys; from cebench.config import get_profile; get_profile(sys.argv[1])" "$profile" \
       >/dev/null 2>&1; then
@@ -68,6 +62,13 @@ for profile in $profiles; do
   timeout "$limit" bash run_all.sh "$profile" --check --device "$device" --check-steps "$steps" "$@" || status=1
   echo "== $profile: $(( $(date +%s) - start )) s"
 done
+
+# The CUDA tests (tests/test_gpu_path.py, skipped on a CPU), after the checks: those give the README's figures.
+if [ "$device" = cuda ] && [ "${GPU_TESTS:-1}" != 0 ]; then
+  echo "== python -m pytest tests/test_gpu_path.py  (limit ${tests_limit} s)"
+  timeout "$tests_limit" "$python" -m pytest -q -rA -p no:cacheprovider tests/test_gpu_path.py \
+    2>&1 | tee "${OUT:-${TMPDIR:-/tmp}}/gpu_tests.log" || status=1
+fi
 
 # The issue's bars: whole loop >= 0.8 of the step alone for pretraining and classification; the paper's
 # pretraining (one run of its full schedule) projected at <= 1 hour.
