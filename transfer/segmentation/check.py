@@ -39,8 +39,8 @@ def devkit_extra(cfg):
 
 
 def standin_flags(devkit, cfg):
-    """Its two splits on the stand-in devkit, as train and val, without SBD's extra masks (the stand-in has none;
-    its training images are at least a batch, as the full run's are)."""
+    """Its two splits on the stand-in devkit, as train and val, without SBD's extra masks (the stand-in has none:
+    the paper profile's --sbd-root would be looked for and refused)."""
     return ["--voc-root", str(devkit), "--year", "2007", "--train-split", "train", "--test-split", "val",
             "--sbd-root", ""]
 
